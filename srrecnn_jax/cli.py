@@ -1,0 +1,207 @@
+"""The ``srrecnn`` command: parse arguments, call one library function, report.
+
+Bad input ends in one line on stderr (``srrecnn: error: ...``) and a non-zero
+exit; ``--debug`` shows the traceback instead. Outputs are written under a
+temporary name and renamed, so a failure never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from srrecnn_jax import __version__
+from srrecnn_jax.errors import SrrecnnError
+
+_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _scale(text: str) -> tuple[float, float, float]:
+    from srrecnn_jax.interpolation import parse_scale
+
+    try:
+        return parse_scale(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _order(text: str) -> int:
+    value = _positive_int(text) if text != "0" else 0
+    if value > 5:
+        raise argparse.ArgumentTypeError(f"spline order must be 0 to 5, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="srrecnn", description="SRReCNN3D brain MRI super-resolution in JAX.")
+    parser.add_argument("--version", action="version", version=f"srrecnn-jax {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = commands.add_parser("sr", help="super-resolve a 3-D image",
+                            description="Super-resolve a 3-D image as the original release "
+                            "did: normalise by the maximum, cubic-spline zoom, network, "
+                            "residual, de-normalise, clamp at the input minimum.")
+    p.add_argument("input", type=Path, help="low-resolution image (NIfTI, NRRD, MetaImage)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output image (float32)")
+    p.add_argument("-m", "--model", type=Path, required=True,
+                   help="model folder (from `srrecnn convert`) or a .caffemodel file")
+    p.add_argument("-s", "--scale", type=_scale, required=True,
+                   help="zoom factor: one number or x,y,z (e.g. 2 or 2,2,2.5)")
+    p.add_argument("-r", "--reference", type=Path,
+                   help="high-resolution image of another modality, for multimodal models; "
+                   "resampled onto the output grid if it is not on it already")
+    p.add_argument("--prototxt", type=Path, help="deploy .prototxt to check a .caffemodel against")
+    p.add_argument("--tile", type=_positive_int,
+                   help="run the network in tiles of N^3 output voxels (exact: equals the "
+                   "whole-volume result); default: whole volume unless it would not fit memory")
+    p.add_argument("--order", type=_order, default=3, help="spline order of the zoom (default 3)")
+    p.add_argument("--no-residual", action="store_true",
+                   help="do not add the interpolated image to the network output")
+    p.add_argument("--header", choices=("consistent", "original"), default="consistent",
+                   help="output geometry: 'consistent' keeps the first and last voxel centres "
+                   "where the zoom puts them (default); 'original' writes spacing/scale as the "
+                   "original release did")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.set_defaults(run=_cmd_sr)
+
+    p = commands.add_parser("convert", help="convert a Caffe .caffemodel to a model folder",
+                            description="Convert original Caffe weights (no Caffe needed) to "
+                            "an orbax checkpoint folder with a readable config.json.")
+    p.add_argument("caffemodel", type=Path, help="binary .caffemodel file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model folder to write")
+    p.add_argument("--prototxt", type=Path, help="deploy .prototxt to check the weights against")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.set_defaults(run=_cmd_convert)
+
+    p = commands.add_parser("info", help="describe a model",
+                            description="Print a model's architecture, parameter count, "
+                            "receptive field and origin.")
+    p.add_argument("model", type=Path, help="model folder or .caffemodel file")
+    p.add_argument("--prototxt", type=Path, help="deploy .prototxt to check a .caffemodel against")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_cmd_info)
+    return parser
+
+
+def _check_output_file(output: Path, force: bool, inputs: Sequence[Path]) -> None:
+    """Refuse, before any work, an output we could not or should not write."""
+    if not output.name.lower().endswith(_IMAGE_SUFFIXES):
+        raise SrrecnnError(f"{output}: unknown image format; use one of "
+                           f"{', '.join(_IMAGE_SUFFIXES)}")
+    if any(output.resolve() == p.resolve() for p in inputs):
+        raise SrrecnnError(f"{output}: output would replace an input")
+    if output.exists() and not force:
+        raise SrrecnnError(f"{output}: already exists (use --force to replace it)")
+    if not output.parent.is_dir():
+        raise SrrecnnError(f"{output}: folder {output.parent} does not exist")
+
+
+def _cmd_sr(args: argparse.Namespace) -> int:
+    from srrecnn_jax import io
+    from srrecnn_jax.inference import SuperResolver
+
+    inputs = [args.input] + ([args.reference] if args.reference else [])
+    _check_output_file(args.output, args.force, inputs)
+    image = io.read_image(args.input, "input image")
+    reference = io.read_image(args.reference, "reference image") if args.reference else None
+    start = time.perf_counter()
+    resolver = SuperResolver.load(args.model, args.prototxt)
+    result = resolver.run(image, args.scale, reference, order=args.order, tile=args.tile,
+                          residual=False if args.no_residual else None, header=args.header,
+                          input_name=str(args.input), reference_name=str(args.reference))
+    io.write_image_atomic(result, args.output)
+    size = "x".join(str(n) for n in result.GetSize())
+    spacing = "x".join(f"{s:.4g}" for s in result.GetSpacing())
+    print(f"{args.output}: {size} voxels of {spacing} mm "
+          f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from srrecnn_jax.checkpoint import load_model, save_model
+
+    if args.output.exists() and not args.force:
+        raise SrrecnnError(f"{args.output}: already exists (use --force to replace it)")
+    if args.caffemodel.is_dir():
+        raise SrrecnnError(f"{args.caffemodel}: is a folder, expected a .caffemodel file")
+    loaded = load_model(args.caffemodel, args.prototxt)
+    save_model(args.output, loaded, force=args.force)
+    print(f"{args.output}: {loaded.config.describe()}", file=sys.stderr)
+    return 0
+
+
+def describe_model(path: Path, prototxt: Path | None = None) -> dict:
+    """The facts ``srrecnn info`` prints."""
+    from srrecnn_jax import model
+    from srrecnn_jax.checkpoint import load_model
+
+    loaded = load_model(path, prototxt)
+    config = loaded.config
+    return {"model": str(path), "architecture": config.describe(), "config": config.to_dict(),
+            "parameters": model.param_count(loaded.params),
+            "receptive_field": config.receptive_field,
+            "trained_scales": loaded.trained_scales, "origin": loaded.origin}
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    facts = describe_model(args.model, args.prototxt)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    origin = facts["origin"]
+    where = (f"{origin.get('kind', '?')} {origin.get('file', '')} "
+             f"(sha256 {origin.get('sha256', '?')})" if origin else "unknown")
+    scales = facts["trained_scales"]
+    r = facts["receptive_field"]
+    print(f"model:           {facts['model']}\n"
+          f"architecture:    {facts['architecture']}\n"
+          f"parameters:      {facts['parameters']:,}\n"
+          f"receptive field: {r}x{r}x{r} voxels\n"
+          f"trained scales:  {', '.join(f'{s:g}' for s in scales) if scales else 'unknown'}\n"
+          f"origin:          {where}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``srrecnn`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if not args.debug:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return args.run(args)
+    except SrrecnnError as e:
+        if args.debug:
+            raise
+        print(f"srrecnn: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("srrecnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

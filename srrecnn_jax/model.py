@@ -1,0 +1,103 @@
+"""SRReCNN3D / SRCNN3D as pure functions over a plain parameter pytree.
+
+Arrays are channels-last, ``(B, X, Y, Z, C)``, with the image axes in the
+(x, y, z) order the Caffe weights assume. Params are
+``{"conv1": {"kernel": (k, k, k, C_in, C_out), "bias": (C_out,)}, ...}``.
+Nothing here is jit-compiled: callers jit with the config as a static argument.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from srrecnn_jax.config import ModelConfig
+
+Params = dict[str, dict[str, Any]]
+
+_DIMS = ("NDHWC", "DHWIO", "NDHWC")
+
+
+def layer_names(config: ModelConfig) -> list[str]:
+    return [f"conv{i + 1}" for i in range(config.layers)]
+
+
+def param_shapes(config: ModelConfig) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Expected shape of every parameter, for checking imported weights."""
+    shapes, c_in = {}, config.in_channels
+    for name, k, c_out in zip(layer_names(config), config.kernels, config.filters):
+        shapes[name] = {"kernel": (k, k, k, c_in, c_out), "bias": (c_out,)}
+        c_in = c_out
+    return shapes
+
+
+def init(key: jax.Array, config: ModelConfig) -> Params:
+    """He (fan-in) Gaussian weights, std sqrt(2 / (C_in k^3)), zero biases, as the original."""
+    params = {}
+    shapes = param_shapes(config)
+    for name, sub in zip(shapes, jax.random.split(key, config.layers)):
+        k_shape = shapes[name]["kernel"]
+        fan_in = math.prod(k_shape[:4])
+        params[name] = {
+            "kernel": jax.random.normal(sub, k_shape, jnp.float32) * math.sqrt(2.0 / fan_in),
+            "bias": jnp.zeros(shapes[name]["bias"], jnp.float32),
+        }
+    return params
+
+
+def param_count(params: Params) -> int:
+    return sum(int(math.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None = None) -> jax.Array:
+    """The convolution chain alone: ReLU after every layer but the last.
+
+    Args:
+      params: the parameter pytree.
+      x: ``(B, X, Y, Z, C_in)``.
+      padding: ``"SAME"`` (zero padding per layer) or ``"VALID"``.
+      mask: optional ``(B, X, Y, Z, 1)`` 0/1 array, centre-cropped to each
+        hidden activation and multiplied into it. A tile cut from a
+        zero-padded volume, run with VALID convolutions and the volume's mask,
+        then sees exactly the per-layer zero padding of the whole volume where
+        the volume ends (see ``inference``).
+
+    Returns:
+      ``(B, X', Y', Z', C_out)``; X' = X for SAME, X - sum(k - 1) for VALID.
+    """
+    names = sorted(params, key=lambda n: int(n[4:]))
+    for i, name in enumerate(names):
+        layer = params[name]
+        x = jax.lax.conv_general_dilated(
+            x, layer["kernel"].astype(x.dtype), window_strides=(1, 1, 1), padding=padding,
+            dimension_numbers=_DIMS, precision=jax.lax.Precision.HIGHEST)
+        x = x + layer["bias"].astype(x.dtype)
+        if i < len(names) - 1:
+            x = jax.nn.relu(x)
+            if mask is not None:
+                crop = [(m - n) // 2 for m, n in zip(mask.shape[1:4], x.shape[1:4])]
+                x = x * mask[:, crop[0]:crop[0] + x.shape[1], crop[1]:crop[1] + x.shape[2],
+                             crop[2]:crop[2] + x.shape[3]]
+    return x
+
+
+def apply(params: Params, x: jax.Array, config: ModelConfig) -> jax.Array:
+    """The whole model on ``(B, X, Y, Z, C_in)``; returns ``(B, X, Y, Z, C_out)``.
+
+    ``same`` models pad every layer with zeros; ``edge_valid`` models (SRCNN3D)
+    edge-replicate the input by the receptive radius and use valid
+    convolutions. With ``residual`` the input's channel 0 (the interpolated
+    image) is added to the output.
+    """
+    if config.padding == "edge_valid":
+        r = config.receptive_radius
+        y = forward(params, jnp.pad(x, ((0, 0), (r, r), (r, r), (r, r), (0, 0)), mode="edge"),
+                    "VALID")
+    else:
+        y = forward(params, x, "SAME")
+    if config.residual:
+        y = y + x[..., :1]
+    return y

@@ -1,0 +1,70 @@
+"""Shared fixtures: real scans from installed packages, the original weights from ../shared."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from srrecnn_jax import io
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CAFFE = REPO.parent / "shared" / "caffe"
+MONO = "SRReCNN3D_10Layers_IsoScalex2.caffemodel"
+MULTI = "MultiSRReCNN3D_10Layers_IsoScalex2.caffemodel"
+SRCNN = "SRCNN3D_iter_470000.caffemodel"
+
+
+def package_file(package: str, relative: str) -> Path:
+    """A data file shipped inside an installed package; skip the test if absent."""
+    try:
+        path = importlib.resources.files(package) / relative
+    except ModuleNotFoundError:
+        pytest.skip(f"{package} is not installed")
+    if not path.is_file():
+        pytest.skip(f"{package} does not ship {relative}")
+    return Path(str(path))
+
+
+@pytest.fixture
+def caffe_dir() -> Path:
+    """The original release's weights (../shared/caffe); skip when absent (a user's clone)."""
+    if not (SHARED_CAFFE / MONO).is_file():
+        pytest.skip("../shared/caffe (original weights) is not available")
+    return SHARED_CAFFE
+
+
+@pytest.fixture
+def anatomical_path() -> Path:
+    """nibabel's real 2 mm T1 (33 x 41 x 25, int16)."""
+    return package_file("nibabel", "tests/data/anatomical.nii")
+
+
+@pytest.fixture
+def anatomical(anatomical_path: Path) -> sitk.Image:
+    return sitk.ReadImage(str(anatomical_path))
+
+
+@pytest.fixture
+def mni_t1_path() -> Path:
+    """nilearn's MNI ICBM152 2009a T1 at 1 mm (197 x 233 x 189, uint8)."""
+    return package_file("nilearn",
+                        "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+
+
+def crop(image: sitk.Image, lower: tuple[int, int, int], size: tuple[int, int, int]) -> sitk.Image:
+    """A sub-volume (x, y, z index ranges) keeping its physical position."""
+    return image[lower[0]:lower[0] + size[0], lower[1]:lower[1] + size[1],
+                 lower[2]:lower[2] + size[2]]
+
+
+def write(image_or_array, path: Path, spacing=(1.0, 1.0, 1.0)) -> Path:
+    """Write an image, or an (x, y, z) array with identity direction, to ``path``."""
+    if isinstance(image_or_array, np.ndarray):
+        image_or_array = io.to_image(image_or_array, spacing, (0.0, 0.0, 0.0),
+                                     (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    sitk.WriteImage(image_or_array, str(path))
+    return path
