@@ -267,7 +267,8 @@ def load_caffemodel(path: str | Path, prototxt: str | Path | None = None) -> Caf
     config = ModelConfig(kernels=tuple(kernels), filters=tuple(filters), in_channels=in_channels,
                          residual=padding == "same", padding=padding)
     return CaffeModel(params=params, config=config, net_name=net_name,
-                      layer_names=[c.name for c in convs], trained_scales=_trained_scales(path.name),
+                      layer_names=[c.name for c in convs],
+                      trained_scales=_trained_scales(path.name),
                       source={"file": path.name, "sha256": hashlib.sha256(data).hexdigest()})
 
 
@@ -289,7 +290,8 @@ def _padding_scheme(path: Path, kernels: list[int], pads: list[list[int] | None]
 
 # --- prototxt (protobuf text format) ----------------------------------------
 
-_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{}:\[\],;]|[^\s{}:\[\],;#]+')
+_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\''
+                    r'|[{}:\[\],;]|[^\s{}:\[\],;#]+')
 
 
 def parse_prototxt(text: str) -> dict[str, list[Any]]:
