@@ -51,6 +51,8 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
 
 def _decode(buf: memoryview) -> dict[int, list[tuple[int, Any]]]:
     """Split one message into ``{field: [(wire_type, value), ...]}``."""
+    if not isinstance(buf, memoryview):  # a varint where a message belongs
+        raise _WireError("expected a length-delimited message")
     fields: dict[int, list[tuple[int, Any]]] = {}
     pos = 0
     while pos < len(buf):
@@ -78,7 +80,11 @@ def _decode(buf: memoryview) -> dict[int, list[tuple[int, Any]]]:
 
 def _string(fields: dict, number: int, default: str = "") -> str:
     values = fields.get(number)
-    return bytes(values[-1][1]).decode("utf-8", "replace") if values else default
+    if not values:
+        return default
+    if values[-1][0] != _BYTES:
+        raise _WireError(f"field {number} should be a string")
+    return bytes(values[-1][1]).decode("utf-8", "replace")
 
 
 def _ints(fields: dict, number: int) -> list[int]:
@@ -99,7 +105,12 @@ def _ints(fields: dict, number: int) -> list[int]:
 
 def _reals(fields: dict, number: int, dtype: str) -> np.ndarray:
     """A repeated float (``<f4``) or double (``<f8``) field, packed or not."""
-    parts = [np.frombuffer(bytes(value), dtype=dtype) for _, value in fields.get(number, [])]
+    fixed = _FIXED32 if dtype == "<f4" else _FIXED64
+    parts = []
+    for wire, value in fields.get(number, []):
+        if wire not in (_BYTES, fixed) or len(value) % np.dtype(dtype).itemsize:
+            raise _WireError(f"field {number} is not a packed {dtype} array")
+        parts.append(np.frombuffer(bytes(value), dtype=dtype))
     return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
@@ -198,6 +209,9 @@ def _kernel_edge(conv: _Conv, path: Path) -> int:
     if w.ndim not in (4, 5) or k ** 3 != per_filter or (w.ndim == 5 and w.shape[2:] != (k,) * 3):
         raise SrrecnnError(
             f"{path}: layer {conv.name!r} has weights of shape {w.shape}, not a cubic 3-D kernel")
+    if k % 2 == 0:
+        raise SrrecnnError(f"{path}: layer {conv.name!r} has an even {k}^3 kernel; only odd "
+                           "kernels have a centre voxel")
     return k
 
 
@@ -334,9 +348,12 @@ def parse_prototxt(text: str) -> dict[str, list[Any]]:
     return message(None)
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
+
+
 def _scalar(token: str) -> Any:
     if token[0] in "\"'":
-        return token[1:-1]
+        return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m[1], m[1]), token[1:-1])
     for cast in (int, float):
         try:
             return cast(token)

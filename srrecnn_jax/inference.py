@@ -63,8 +63,10 @@ def auto_tile(config: ModelConfig, shape: Sequence[int], budget: int | None = No
     whole = math.prod(s + 2 * r for s in shape) * per_voxel
     if whole <= budget:
         return None
-    edge = int((budget / per_voxel) ** (1 / 3)) - 2 * r
-    return max(edge, _MIN_TILE)
+    side = round((budget / per_voxel) ** (1 / 3))
+    while side ** 3 * per_voxel > budget:  # guard the float cube root
+        side -= 1
+    return max(side - 2 * r, _MIN_TILE)
 
 
 def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
@@ -132,7 +134,8 @@ def _run_tiles(params: model.Params, config: ModelConfig, volume: np.ndarray,
 
 
 def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarray,
-                        scale: Sequence[float], reference: np.ndarray | None = None, *,
+                        scale: float | str | Sequence[float],
+                        reference: np.ndarray | None = None, *,
                         order: int = 3, tile: int | None = None,
                         residual: bool | None = None) -> np.ndarray:
     """The original pipeline on arrays.
@@ -140,7 +143,7 @@ def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarra
     Args:
       params, config: the model.
       lr: ``(x, y, z)`` low-resolution volume.
-      scale: per-axis factors (x, y, z).
+      scale: one factor, or per-axis factors (x, y, z).
       reference: ``(x', y', z')`` second-modality volume on the zoomed grid
         (required by, and only allowed for, 2-channel models).
       order: spline order of the zoom (0-5).
@@ -155,6 +158,7 @@ def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarra
     if lr.ndim != 3:
         raise SrrecnnError(f"input: array is {lr.ndim}-D, expected 3-D (x, y, z)")
     _check_channels(config, reference is not None)
+    scale = _scale(scale)
     if not 0 <= order <= 5:
         raise SrrecnnError(f"--order: spline order must be 0 to 5, got {order}")
     io.check_values(lr, "input")
@@ -182,6 +186,13 @@ def _check_channels(config: ModelConfig, has_reference: bool) -> None:
     if config.in_channels > 2:
         raise SrrecnnError(f"model takes {config.in_channels} input channels; only 1 or 2 "
                            "are supported")
+
+
+def _scale(scale: float | str | Sequence[float]) -> tuple[float, float, float]:
+    try:
+        return parse_scale(scale)
+    except ValueError as e:
+        raise SrrecnnError(f"--scale: {e}") from None
 
 
 def _stderr(message: str) -> None:
@@ -222,10 +233,7 @@ class SuperResolver:
         """
         io.check_image(image, input_name)
         _check_channels(self.config, reference is not None)
-        try:
-            factors = parse_scale(scale)
-        except ValueError as e:
-            raise SrrecnnError(f"--scale: {e}") from None
+        factors = _scale(scale)
         lr = io.to_array(image)
         io.check_values(lr, input_name)
         out_size = zoomed_shape(lr.shape, factors)

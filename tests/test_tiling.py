@@ -1,0 +1,123 @@
+"""Tiled inference equals whole-volume inference, borders included.
+
+Tiny models with random, non-zero biases, so that padding mistakes at the
+volume borders change the result. Tolerance: 1e-5 of the output's range.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from srrecnn_jax import config as configs
+from srrecnn_jax import inference, model
+from srrecnn_jax.config import ModelConfig
+
+TOLERANCE = 1e-5
+
+
+def random_params(cfg: ModelConfig, seed: int = 0) -> dict:
+    params = model.init(jax.random.PRNGKey(seed), cfg)
+    rng = np.random.default_rng(seed)
+    return {name: {"kernel": np.asarray(layer["kernel"]),
+                   "bias": rng.normal(0, 0.3, layer["bias"].shape).astype(np.float32)}
+            for name, layer in params.items()}
+
+
+SAME = configs.tiny()
+EDGE_VALID = ModelConfig(kernels=(5, 1, 3), filters=(6, 4, 1), residual=False,
+                         padding="edge_valid")
+MULTI = configs.tiny(in_channels=2)
+
+
+def lr_volume(shape, seed=1) -> np.ndarray:
+    """A smooth positive volume, like an MR image (x, y, z)."""
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*(np.linspace(0, 3, n) for n in shape), indexing="ij")
+    return (100 + 50 * np.sin(grid[0]) * np.cos(grid[1]) + 20 * grid[2]
+            + rng.normal(0, 5, shape)).astype(np.float32)
+
+
+def assert_close(tiled: np.ndarray, whole: np.ndarray) -> None:
+    span = whole.max() - whole.min()
+    assert np.abs(tiled - whole).max() <= TOLERANCE * span
+
+
+@pytest.mark.parametrize("scale", [(2, 2, 2), (3, 3, 3), (2.5, 2.5, 2.5), (2, 2, 2.5),
+                                   (1, 1, 2)])
+@pytest.mark.parametrize("cfg", [SAME, EDGE_VALID], ids=["same", "edge_valid"])
+def test_tiled_equals_whole_volume(cfg, scale):
+    """Odd sizes, tiles that do not divide the volume, every scale of the issue."""
+    params = random_params(cfg)
+    lr = lr_volume((7, 6, 5))
+    whole = inference.super_resolve_array(params, cfg, lr, scale)
+    tiled = inference.super_resolve_array(params, cfg, lr, scale, tile=5)
+    assert_close(tiled, whole)
+
+
+def test_tiled_multimodal_equals_whole_volume():
+    """Two input channels ([interp, reference]) tile the same way."""
+    params = random_params(MULTI)
+    lr = lr_volume((6, 7, 5))
+    reference = lr_volume((12, 14, 10), seed=2)
+    whole = inference.super_resolve_array(params, MULTI, lr, (2, 2, 2), reference)
+    tiled = inference.super_resolve_array(params, MULTI, lr, (2, 2, 2), reference, tile=4)
+    assert_close(tiled, whole)
+
+
+@pytest.mark.parametrize("tile", [1, 3, 8, 100])
+def test_any_tile_size_gives_the_whole_result(tile):
+    """From one-voxel tiles to a tile larger than the volume."""
+    params = random_params(SAME)
+    volume = lr_volume((9, 8, 7))[..., None] / 200
+    whole = inference.run_network(params, SAME, volume)
+    assert_close(inference.run_network(params, SAME, volume, tile=tile), whole)
+
+
+def test_border_needs_per_layer_zero_padding():
+    """Zero-padding the input once is not the same network: the tiles must do better."""
+    params = random_params(SAME)
+    volume = lr_volume((9, 8, 7))[..., None] / 200
+    r = SAME.receptive_radius
+    padded = np.pad(volume, [(r, r)] * 3 + [(0, 0)])
+    once = np.asarray(model.forward(params, padded[None], "VALID"))[0, ..., 0] + volume[..., 0]
+    whole = inference.run_network(params, SAME, volume)
+    assert np.abs(once - whole).max() > 100 * TOLERANCE * (whole.max() - whole.min())
+
+
+def test_tiles_compile_once():
+    """All tiles of a run share one shape: a single new compilation."""
+    params = random_params(SAME, seed=3)
+    volume = lr_volume((11, 10, 9))[..., None] / 200
+    before = inference._forward._cache_size()
+    inference.run_network(params, SAME, volume, tile=4)  # 3 x 3 x 3 tiles
+    assert inference._forward._cache_size() == before + 1
+
+
+def test_volume_too_big_for_memory_is_tiled(monkeypatch):
+    """With no --tile, a volume over the memory budget goes through exact tiles."""
+    params = random_params(SAME)
+    volume = lr_volume((10, 9, 8))[..., None] / 200
+    whole = inference.run_network(params, SAME, volume)
+    used = []
+    original = inference._run_tiles
+    monkeypatch.setattr(inference, "memory_budget", lambda: 64 * 10**3)  # 4^3 + halo
+    monkeypatch.setattr(inference, "_MIN_TILE", 1)
+    monkeypatch.setattr(inference, "_run_tiles",
+                        lambda *a: used.append(a[3]) or original(*a))
+    assert_close(inference.run_network(params, SAME, volume), whole)
+    assert used == [4]
+
+
+def test_auto_tile_is_none_when_the_volume_fits():
+    assert inference.auto_tile(SAME, (50, 50, 50), budget=1 << 30) is None
+
+
+def test_auto_tile_fits_the_budget():
+    """The chosen tile plus its halo fits the budget (or is the 16-voxel minimum)."""
+    cfg = configs.recnn()
+    budget = 2 << 30
+    edge = inference.auto_tile(cfg, (400, 400, 400), budget=budget)
+    per_voxel = inference._BYTES_PER_VOXEL_CHANNEL * 64
+    assert edge is not None and (edge + 2 * cfg.receptive_radius) ** 3 * per_voxel <= budget
