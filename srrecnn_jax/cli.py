@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_output_file(output: Path, force: bool, inputs: Sequence[Path]) -> None:
     """Refuse, before any work, an output we could not or should not write."""
-    if not output.name.lower().endswith(_IMAGE_SUFFIXES):
+    if not output.name.endswith(_IMAGE_SUFFIXES):  # SimpleITK is case-sensitive
         raise SrrecnnError(f"{output}: unknown image format; use one of "
-                           f"{', '.join(_IMAGE_SUFFIXES)}")
+                           f"{', '.join(_IMAGE_SUFFIXES)} (lower case)")
     if any(output.resolve() == p.resolve() for p in inputs):
         raise SrrecnnError(f"{output}: output would replace an input")
     if output.exists() and not force:

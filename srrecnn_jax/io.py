@@ -8,8 +8,11 @@ that transpose.
 
 from __future__ import annotations
 
+import gzip
 import os
-import secrets
+import shutil
+import struct
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +35,47 @@ def read_image(path: str | Path, role: str = "image") -> sitk.Image:
         raise SrrecnnError(f"{path}: unreadable or corrupt {role} (SimpleITK could not read it)") \
             from None
     check_image(image, str(path))
+    if path.name.endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path, role)
     return image
+
+
+def _check_nifti_complete(path: Path, role: str) -> None:
+    """Refuse a NIfTI file whose voxel data is cut short.
+
+    SimpleITK fills missing voxels of a truncated file with zeros or garbage
+    without an error, so compare the (decompressed) length with what the
+    header promises: ``vox_offset + prod(dim) * bitpix / 8``.
+    """
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(540)
+            length = len(header)
+            while chunk := f.read(1 << 22):
+                length += len(chunk)
+    except (OSError, EOFError):
+        raise SrrecnnError(f"{path}: truncated or corrupt {role} (compressed data cut short)") \
+            from None
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            dims = struct.unpack(endian + "8q", header[16:80])
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+            break
+    else:
+        return  # not a header we know: SimpleITK read it, trust it
+    count = 1
+    for n in dims[1:1 + max(0, min(dims[0], 7))]:
+        count *= max(n, 1)
+    if length < offset + count * bitpix // 8:
+        raise SrrecnnError(f"{path}: truncated {role} ({length} bytes, the header promises "
+                           f"{offset + count * bitpix // 8})")
 
 
 def check_image(image: sitk.Image, name: str) -> None:
@@ -118,7 +161,8 @@ def resample_onto(image: sitk.Image, size: Sequence[int], spacing: Sequence[floa
     resampler.SetInterpolator(sitk.sitkNearestNeighbor)
     support = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
     support.CopyInformation(image)
-    covered = float(sitk.GetArrayViewFromImage(resampler.Execute(support)).mean())
+    footprint = resampler.Execute(support)  # keep the image alive while its view is read
+    covered = float(sitk.GetArrayViewFromImage(footprint).mean())
     if covered == 0:
         raise SrrecnnError(f"{name}: reference has no physical overlap with the input")
     resampler.SetInterpolator(sitk.sitkLinear)
@@ -127,16 +171,25 @@ def resample_onto(image: sitk.Image, size: Sequence[int], spacing: Sequence[floa
 
 
 def write_image_atomic(image: sitk.Image, path: str | Path) -> None:
-    """Write beside ``path`` under a temporary name, then rename: never a partial file."""
+    """Write ``path`` so that it never exists half-written.
+
+    The image is written under its own name in a temporary folder beside
+    ``path``, then moved into place: data files first (``.raw``, ``.img`` of
+    two-file formats), the named file last.
+    """
     path = Path(path)
     if not path.parent.is_dir():
         raise SrrecnnError(f"{path}: output folder {path.parent} does not exist")
-    tmp = path.with_name(f".tmp-{secrets.token_hex(4)}-{path.name}")
     try:
-        sitk.WriteImage(image, str(tmp))
-        os.replace(tmp, path)
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    except OSError as e:
+        raise SrrecnnError(f"{path}: cannot write in {path.parent} ({e.strerror})") from None
+    try:
+        sitk.WriteImage(image, str(staging / path.name))
+        for written in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
+            os.replace(written, path.parent / written.name)
     except (RuntimeError, OSError):
         raise SrrecnnError(f"{path}: cannot write image (unknown extension or "
                            "unwritable location)") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
