@@ -30,7 +30,6 @@ from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.interpolation import parse_scale, zoom, zoomed_shape
 
-_apply = jax.jit(model.apply, static_argnames="config")
 _forward = jax.jit(model.forward, static_argnames="padding")
 
 # Bytes of device memory per voxel of a tile, per channel of the widest layer:
@@ -70,15 +69,18 @@ def auto_tile(config: ModelConfig, shape: Sequence[int], budget: int | None = No
 
 
 def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
-                tile: int | None = None, residual: bool | None = None) -> np.ndarray:
+                tile: int | None = None, residual: bool | None = None,
+                bucket: int = 1) -> np.ndarray:
     """Network (plus residual) on one volume.
 
     Args:
-      params: model parameters.
+      params: model parameters (NumPy, or JAX arrays on the device to use).
       config: architecture.
       volume: ``(X, Y, Z, C_in)`` float32 network input.
       tile: tile edge in output voxels; None picks whole-volume or tiles by memory.
       residual: override ``config.residual``.
+      bucket: pad a whole volume up to a multiple of this many voxels per axis
+        (results unchanged), so volumes of nearby sizes share one compilation.
 
     Returns:
       ``(X, Y, Z)`` float32.
@@ -86,12 +88,44 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
     volume = np.asarray(volume, np.float32)
     residual = config.residual if residual is None else residual
     if tile is None:
-        tile = auto_tile(config, volume.shape[:3])
+        tile = auto_tile(config, _round_up(volume.shape[:3], bucket))
     if tile is None:
-        cfg = dataclasses.replace(config, residual=residual)
-        return np.asarray(_apply(params, volume[None], config=cfg))[0, ..., 0]
-    y = _run_tiles(params, config, volume, tile)
+        y = _run_padded(params, config, volume, bucket)
+    else:
+        y = _run_tiles(params, config, volume, tile)
     return y + volume[..., 0] if residual else y
+
+
+def _round_up(shape: Sequence[int], multiple: int) -> list[int]:
+    return [math.ceil(s / multiple) * multiple for s in shape]
+
+
+def _run_padded(params: model.Params, config: ModelConfig, volume: np.ndarray,
+                bucket: int) -> np.ndarray:
+    """The whole volume at once, padded on the far side to a multiple of ``bucket``.
+
+    ``same`` models: zeros beyond the volume, kept zero in every hidden layer
+    by the mask, are exactly the per-layer zero padding. ``edge_valid``: the
+    model's own edge padding, then valid convolutions.
+    """
+    shape, channels = volume.shape[:3], volume.shape[3]
+    full = _round_up(shape, bucket)
+    inside = tuple(slice(0, s) for s in shape)
+    if config.padding == "same":
+        x = np.zeros(full + [channels], np.float32)  # (X', Y', Z', C)
+        x[inside] = volume
+        mask = None
+        if full != list(shape):
+            mask = np.zeros([1] + full + [1], np.float32)
+            mask[(0,) + inside] = 1.0
+        y = _forward(params, x[None], "SAME", mask)
+    else:
+        r = config.receptive_radius
+        x = np.zeros([f + 2 * r for f in full] + [channels], np.float32)
+        x[tuple(slice(0, s + 2 * r) for s in shape)] = np.pad(
+            volume, [(r, r)] * 3 + [(0, 0)], mode="edge")
+        y = _forward(params, x[None], "VALID", None)
+    return np.asarray(y)[(0,) + inside + (0,)]
 
 
 def _run_tiles(params: model.Params, config: ModelConfig, volume: np.ndarray,
@@ -133,6 +167,52 @@ def _run_tiles(params: model.Params, config: ModelConfig, volume: np.ndarray,
     return out
 
 
+@dataclasses.dataclass
+class Prepared:
+    """A volume ready for the network, and what it takes to finish it.
+
+    Attributes:
+      volume: ``(X, Y, Z, C)`` float32 network input: ``[zoom(lr / top), ref / ref.max()]``.
+      low, top: the input's minimum and maximum (de-normalisation and clamp).
+      geometry: spacing, origin and direction of the output image, or None
+        for arrays.
+    """
+
+    volume: np.ndarray
+    low: float
+    top: float
+    geometry: tuple | None = None
+
+
+def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequence[float],
+                  reference: np.ndarray | None = None, order: int = 3) -> Prepared:
+    """Normalise by the maximum and zoom; stack the normalised reference as channel 1."""
+    lr = np.asarray(lr, np.float32)
+    if lr.ndim != 3:
+        raise SrrecnnError(f"input: array is {lr.ndim}-D, expected 3-D (x, y, z)")
+    _check_channels(config, reference is not None)
+    scale = _scale(scale)
+    if not 0 <= order <= 5:
+        raise SrrecnnError(f"--order: spline order must be 0 to 5, got {order}")
+    io.check_values(lr, "input")
+    low, top = float(lr.min()), float(lr.max())
+    interp = zoom(lr / np.float32(top), scale, order)
+    channels = [interp]
+    if reference is not None:
+        reference = np.asarray(reference, np.float32)
+        if reference.shape != interp.shape:
+            raise SrrecnnError(f"reference: shape {reference.shape} is not the zoomed input's "
+                               f"{interp.shape}")
+        io.check_values(reference, "reference")
+        channels.append(reference / np.float32(reference.max()))
+    return Prepared(np.stack(channels, axis=-1), low, top)
+
+
+def finish_array(prepared: Prepared, y: np.ndarray) -> np.ndarray:
+    """De-normalise the network output and clamp it at the input minimum."""
+    return np.maximum(y * np.float32(prepared.top), np.float32(prepared.low))
+
+
 def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarray,
                         scale: float | str | Sequence[float],
                         reference: np.ndarray | None = None, *,
@@ -154,26 +234,8 @@ def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarra
       ``(round(x*s), ...)`` float32: ``max(mx * (net(i) + i), mn)`` with
       ``i = zoom(lr / mx)``, ``mn, mx`` the input's minimum and maximum.
     """
-    lr = np.asarray(lr, np.float32)
-    if lr.ndim != 3:
-        raise SrrecnnError(f"input: array is {lr.ndim}-D, expected 3-D (x, y, z)")
-    _check_channels(config, reference is not None)
-    scale = _scale(scale)
-    if not 0 <= order <= 5:
-        raise SrrecnnError(f"--order: spline order must be 0 to 5, got {order}")
-    io.check_values(lr, "input")
-    low, top = float(lr.min()), float(lr.max())
-    interp = zoom(lr / np.float32(top), scale, order)
-    channels = [interp]
-    if reference is not None:
-        reference = np.asarray(reference, np.float32)
-        if reference.shape != interp.shape:
-            raise SrrecnnError(f"reference: shape {reference.shape} is not the zoomed input's "
-                               f"{interp.shape}")
-        io.check_values(reference, "reference")
-        channels.append(reference / np.float32(reference.max()))
-    y = run_network(params, config, np.stack(channels, axis=-1), tile, residual)
-    return np.maximum(y * np.float32(top), np.float32(low))
+    prepared = prepare_array(config, lr, scale, reference, order)
+    return finish_array(prepared, run_network(params, config, prepared.volume, tile, residual))
 
 
 def _check_channels(config: ModelConfig, has_reference: bool) -> None:
@@ -218,19 +280,12 @@ class SuperResolver:
     def config(self) -> ModelConfig:
         return self.model.config
 
-    def run(self, image: sitk.Image, scale: float | str | Sequence[float],
-            reference: sitk.Image | None = None, *, order: int = 3, tile: int | None = None,
-            residual: bool | None = None, header: str = "consistent",
-            input_name: str = "input", reference_name: str = "reference",
-            log: Callable[[str], None] = _stderr) -> sitk.Image:
-        """Super-resolve ``image`` by ``scale`` (one factor or x, y, z factors).
-
-        ``header="consistent"`` keeps the physical position of the first and
-        last voxel centres (what the zoom computes); ``"original"`` writes the
-        original release's ``spacing / scale``. A reference that is not on the
-        output grid is resampled onto it in physical space (linear), with a
-        note to ``log``. Returns a float32 image.
-        """
+    def prepare(self, image: sitk.Image, scale: float | str | Sequence[float],
+                reference: sitk.Image | None = None, *, order: int = 3,
+                header: str = "consistent", input_name: str = "input",
+                reference_name: str = "reference",
+                log: Callable[[str], None] = _stderr) -> Prepared:
+        """Check, normalise and zoom ``image``; put ``reference`` on the output grid."""
         io.check_image(image, input_name)
         _check_channels(self.config, reference is not None)
         factors = _scale(scale)
@@ -250,6 +305,28 @@ class SuperResolver:
                     f"physical space (linear), covering {100 * covered:.1f}% of it")
             ref = io.to_array(reference)
             io.check_values(ref, reference_name)
-        y = super_resolve_array(self.model.params, self.config, lr, factors, ref, order=order,
-                                tile=tile, residual=residual)
-        return io.to_image(y, *geometry)
+        prepared = prepare_array(self.config, lr, factors, ref, order)
+        prepared.geometry = geometry
+        return prepared
+
+    def finish(self, prepared: Prepared, y: np.ndarray) -> sitk.Image:
+        """The network output as a float32 image on the output grid."""
+        return io.to_image(finish_array(prepared, y), *prepared.geometry)
+
+    def run(self, image: sitk.Image, scale: float | str | Sequence[float],
+            reference: sitk.Image | None = None, *, order: int = 3, tile: int | None = None,
+            residual: bool | None = None, header: str = "consistent",
+            input_name: str = "input", reference_name: str = "reference",
+            log: Callable[[str], None] = _stderr) -> sitk.Image:
+        """Super-resolve ``image`` by ``scale`` (one factor or x, y, z factors).
+
+        ``header="consistent"`` keeps the physical position of the first and
+        last voxel centres (what the zoom computes); ``"original"`` writes the
+        original release's ``spacing / scale``. A reference that is not on the
+        output grid is resampled onto it in physical space (linear), with a
+        note to ``log``. Returns a float32 image.
+        """
+        prepared = self.prepare(image, scale, reference, order=order, header=header,
+                                input_name=input_name, reference_name=reference_name, log=log)
+        y = run_network(self.model.params, self.config, prepared.volume, tile, residual)
+        return self.finish(prepared, y)

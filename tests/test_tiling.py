@@ -121,3 +121,20 @@ def test_auto_tile_fits_the_budget():
     edge = inference.auto_tile(cfg, (400, 400, 400), budget=budget)
     per_voxel = inference._BYTES_PER_VOXEL_CHANNEL * 64
     assert edge is not None and (edge + 2 * cfg.receptive_radius) ** 3 * per_voxel <= budget
+
+
+@pytest.mark.parametrize("cfg", [SAME, EDGE_VALID], ids=["same", "edge_valid"])
+def test_padding_to_a_bucket_leaves_the_result_unchanged(cfg):
+    """A whole volume padded to a multiple of 16 voxels gives the unpadded result."""
+    params = random_params(cfg)
+    volume = lr_volume((9, 8, 7))[..., None] / 200
+    exact = inference.run_network(params, cfg, volume)
+    assert_close(inference.run_network(params, cfg, volume, bucket=16), exact)
+
+
+def test_volumes_in_one_bucket_share_one_compilation():
+    params = random_params(SAME, seed=4)
+    before = inference._forward._cache_size()
+    for shape in [(9, 8, 7), (12, 11, 10), (16, 16, 16)]:
+        inference.run_network(params, SAME, lr_volume(shape)[..., None] / 200, bucket=16)
+    assert inference._forward._cache_size() == before + 1
