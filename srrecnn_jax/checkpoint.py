@@ -34,6 +34,7 @@ class LoadedModel:
     params: dict[str, dict[str, Any]]
     config: ModelConfig
     trained_scales: list[float] | None = None
+    trained_spacing: float | None = None  # mm, of the training inputs' LR grid, if known
     origin: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -74,7 +75,8 @@ def save_model(directory: str | Path, loaded: LoadedModel, force: bool = False) 
         checkpointer.save(tmp / "params", params)
         checkpointer.wait_until_finished()
         meta = {"format": FORMAT, "model": loaded.config.to_dict(),
-                "trained_scales": loaded.trained_scales, "origin": loaded.origin}
+                "trained_scales": loaded.trained_scales,
+                "trained_spacing": loaded.trained_spacing, "origin": loaded.origin}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         if directory.exists():
             shutil.rmtree(directory)
@@ -108,6 +110,7 @@ def _load_folder(directory: Path) -> LoadedModel:
         raise SrrecnnError(f"{directory}: cannot restore parameters ({first})") from None
     check_params(params, config, str(directory))
     return LoadedModel(params=params, config=config, trained_scales=meta.get("trained_scales"),
+                       trained_spacing=meta.get("trained_spacing"),
                        origin=meta.get("origin", {}))
 
 

@@ -59,12 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = commands.add_parser("sr", help="super-resolve a 3-D image",
-                            description="Super-resolve a 3-D image as the original release "
+    p = commands.add_parser("sr", help="super-resolve 3-D images",
+                            description="Super-resolve 3-D images as the original release "
                             "did: normalise by the maximum, cubic-spline zoom, network, "
-                            "residual, de-normalise, clamp at the input minimum.")
-    p.add_argument("input", type=Path, help="low-resolution image (NIfTI, NRRD, MetaImage)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output image (float32)")
+                            "residual, de-normalise, clamp at the input minimum. One input "
+                            "with -o, or any number of files, folders, DICOM series folders "
+                            "and .txt lists of paths with --out-dir (batch mode: pipelined, "
+                            "resumable, a manifest, one bad file does not stop the rest).")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                   help="image file (NIfTI, NRRD, MetaImage), DICOM series folder, folder "
+                   "(searched recursively with --glob) or .txt file listing paths")
+    p.add_argument("-o", "--output", type=Path, help="output image for a single input (float32)")
+    p.add_argument("--out-dir", type=Path,
+                   help="batch mode: write outputs here, mirroring each input's place below "
+                   "the folder it was found in")
     p.add_argument("-m", "--model", type=Path, required=True,
                    help="model folder (from `srrecnn convert`) or a .caffemodel file")
     p.add_argument("-s", "--scale", type=_scale, required=True,
@@ -72,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--reference", type=Path,
                    help="high-resolution image of another modality, for multimodal models; "
                    "resampled onto the output grid if it is not on it already")
+    p.add_argument("--reference-pattern", metavar="OLD:NEW",
+                   help="batch mode: each input's reference is the file named with OLD "
+                   "replaced by NEW (e.g. T1w:T2w)")
     p.add_argument("--prototxt", type=Path, help="deploy .prototxt to check a .caffemodel against")
     p.add_argument("--tile", type=_positive_int,
                    help="run the network in tiles of N^3 output voxels (exact: equals the "
@@ -83,7 +94,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output geometry: 'consistent' keeps the first and last voxel centres "
                    "where the zoom puts them (default); 'original' writes spacing/scale as the "
                    "original release did")
-    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                   help="replace existing outputs (batch mode skips complete ones otherwise)")
+    batch = p.add_argument_group("batch mode (--out-dir)")
+    batch.add_argument("--glob", default="*.nii*",
+                       help="file pattern when searching folders (default '*.nii*')")
+    batch.add_argument("--suffix", default="_SR",
+                       help="added to each output's name before the extension (default _SR)")
+    batch.add_argument("--output-template",
+                       help="output path below --out-dir, with {dir} {stem} {ext} {suffix}, "
+                       "e.g. '{dir}/{stem}_x2{ext}'")
+    batch.add_argument("--manifest", type=Path,
+                       help="JSONL record of the run (default OUT_DIR/srrecnn_manifest.jsonl)")
+    batch.add_argument("--workers", type=_positive_int, default=2,
+                       help="threads reading and interpolating ahead of the device (default 2)")
+    batch.add_argument("--bucket", type=_positive_int, default=8,
+                       help="pad volumes to a multiple of N voxels so nearby sizes share one "
+                       "compilation; results unchanged (default 8)")
+    batch.add_argument("--dry-run", action="store_true", help="list the work and stop")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar or warnings")
+    batch.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    batch.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run with jax.distributed (Slurm, Open MPI "
+                       "and similar detected, or give the three options below); each "
+                       "process takes its share of the files")
+    batch.add_argument("--coordinator", help="HOST:PORT of process 0 (with --distributed)")
+    batch.add_argument("--num-processes", type=_positive_int, help="with --distributed")
+    batch.add_argument("--process-id", type=int, help="with --distributed")
     p.set_defaults(run=_cmd_sr)
 
     p = commands.add_parser("convert", help="convert a Caffe .caffemodel to a model folder",
@@ -119,18 +156,33 @@ def _check_output_file(output: Path, force: bool, inputs: Sequence[Path]) -> Non
 
 
 def _cmd_sr(args: argparse.Namespace) -> int:
+    if args.out_dir is not None:
+        if args.output is not None:
+            raise SrrecnnError("-o/--output: give either -o (one input) or --out-dir, not both")
+        if args.reference is not None:
+            raise SrrecnnError("--reference: in batch mode pair inputs with "
+                               "--reference-pattern OLD:NEW")
+        from srrecnn_jax.batch_cli import run_batch_command
+
+        return run_batch_command(args)
+    if args.output is None:
+        raise SrrecnnError("-o/--output: give an output file, or --out-dir for batch mode")
+    if len(args.inputs) > 1 or args.inputs[0].name.endswith((".txt", ".lst")):
+        raise SrrecnnError("-o/--output: takes a single input; use --out-dir for several")
     from srrecnn_jax import io
+    from srrecnn_jax.batch import read_input
     from srrecnn_jax.inference import SuperResolver
 
-    inputs = [args.input] + ([args.reference] if args.reference else [])
+    source = args.inputs[0]
+    inputs = [source] + ([args.reference] if args.reference else [])
     _check_output_file(args.output, args.force, inputs)
-    image = io.read_image(args.input, "input image")
-    reference = io.read_image(args.reference, "reference image") if args.reference else None
+    image = read_input(source, "input image")
+    reference = read_input(args.reference, "reference image") if args.reference else None
     start = time.perf_counter()
     resolver = SuperResolver.load(args.model, args.prototxt)
     result = resolver.run(image, args.scale, reference, order=args.order, tile=args.tile,
                           residual=False if args.no_residual else None, header=args.header,
-                          input_name=str(args.input), reference_name=str(args.reference))
+                          input_name=str(source), reference_name=str(args.reference))
     io.write_image_atomic(result, args.output)
     size = "x".join(str(n) for n in result.GetSize())
     spacing = "x".join(f"{s:.4g}" for s in result.GetSpacing())

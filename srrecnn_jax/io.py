@@ -170,18 +170,20 @@ def resample_onto(image: sitk.Image, size: Sequence[int], spacing: Sequence[floa
     return resampler.Execute(image), covered
 
 
-def write_image_atomic(image: sitk.Image, path: str | Path) -> None:
+def write_image_atomic(image: sitk.Image, path: str | Path,
+                       staging_root: Path | None = None) -> None:
     """Write ``path`` so that it never exists half-written.
 
-    The image is written under its own name in a temporary folder beside
-    ``path``, then moved into place: data files first (``.raw``, ``.img`` of
-    two-file formats), the named file last.
+    The image is written under its own name in a temporary folder (beside
+    ``path``, or in ``staging_root`` on the same file system), then moved into
+    place: data files first (``.raw``, ``.img`` of two-file formats), the
+    named file last.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise SrrecnnError(f"{path}: output folder {path.parent} does not exist")
     try:
-        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=staging_root or path.parent))
     except OSError as e:
         raise SrrecnnError(f"{path}: cannot write in {path.parent} ({e.strerror})") from None
     try:

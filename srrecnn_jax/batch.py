@@ -1,0 +1,427 @@
+"""Batch super-resolution: many inputs, pipelined, resumable, over devices and hosts.
+
+Work flows through three stages joined by bounded queues, so host memory
+stays flat however many volumes there are:
+
+  readers (threads)  read, check, normalise, zoom, resample the reference
+  devices (a thread per local device)  the network, in shape buckets or tiles
+  writer (thread)    de-normalise, clamp, write atomically, log to the manifest
+
+Across hosts, ``jax.distributed`` gives each process its index; the job list
+is sorted and process i takes every n-th job. Each process writes its own
+manifest part; process 0 merges them after a barrier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from srrecnn_jax import io
+from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.inference import SuperResolver, run_network
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+LIST_SUFFIXES = (".txt", ".lst")
+_DONE = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One volume to super-resolve: an image file or a DICOM series folder."""
+
+    input: Path
+    output: Path
+    reference: Path | None = None
+
+
+@dataclasses.dataclass
+class Options:
+    """How to run each job (see ``srrecnn sr --help``)."""
+
+    scale: tuple[float, float, float]
+    order: int = 3
+    tile: int | None = None
+    residual: bool | None = None
+    header: str = "consistent"
+    bucket: int = 8
+    overwrite: bool = False
+    readers: int = 2
+    prefetch: int = 2
+
+
+def split_name(path: Path) -> tuple[str, str]:
+    """``a.nii.gz`` -> (``a``, ``.nii.gz``); a DICOM folder -> (its name, ``.nii.gz``)."""
+    for suffix in IMAGE_SUFFIXES:
+        if path.name.endswith(suffix) and len(path.name) > len(suffix):
+            return path.name[:-len(suffix)], suffix
+    if path.is_dir():
+        return path.name, ".nii.gz"
+    return path.stem, path.suffix or ".nii.gz"
+
+
+def is_dicom_series(folder: Path) -> bool:
+    """A folder holding DICOM files that GDCM groups into a series."""
+    if not folder.is_dir() or not any(p.suffix.lower() == ".dcm" for p in folder.iterdir()):
+        return False
+    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def collect_inputs(sources: Sequence[Path], glob: str = "*.nii*",
+                   exclude: Callable[[Path], bool] = lambda p: False) -> list[tuple[Path, Path]]:
+    """Expand paths, folders (recursive ``glob``), list files and DICOM folders.
+
+    Returns:
+      ``(input, root)`` pairs, in a stable order; an output mirrors the input's
+      place below ``root``. Missing paths are kept: they fail as jobs, so one
+      bad entry does not stop the batch.
+    """
+    found: list[tuple[Path, Path]] = []
+    for source in sources:
+        if source.is_file() and source.name.endswith(LIST_SUFFIXES):
+            lines = [ln.strip() for ln in source.read_text().splitlines()]
+            found += [(Path(ln), Path(ln).parent) for ln in lines if ln and not ln.startswith("#")]
+        elif source.is_dir() and is_dicom_series(source):
+            found.append((source, source.parent))
+        elif source.is_dir():
+            files = [p for p in source.rglob(glob) if p.is_file()]
+            folders = [p for p in source.rglob("*") if p.is_dir() and is_dicom_series(p)]
+            found += [(p, source) for p in sorted(files + folders)
+                      if not exclude(p) and not any(part.startswith(".tmp-")
+                                                    for part in p.relative_to(source).parts)]
+        else:
+            found.append((source, source.parent))
+    return found
+
+
+def plan_jobs(inputs: Iterable[tuple[Path, Path]], out_dir: Path, suffix: str = "_SR",
+              template: str | None = None, reference_pattern: str | None = None) -> list[Job]:
+    """Name each output below ``out_dir`` and pair each input with its reference.
+
+    Outputs mirror the input's folder below its root and add ``suffix`` before
+    the extension, or follow ``template`` (fields ``{dir}``, ``{stem}``,
+    ``{ext}``, ``{suffix}``). ``reference_pattern`` ``OLD:NEW`` replaces OLD by
+    NEW in the input's file name to find its reference (``T1w:T2w``).
+    """
+    if reference_pattern is not None and (":" not in reference_pattern
+                                          or not reference_pattern.split(":", 1)[0]):
+        raise SrrecnnError(f"--reference-pattern: {reference_pattern!r} is not OLD:NEW")
+    jobs, seen = [], {}
+    for path, root in inputs:
+        stem, ext = split_name(path)
+        try:
+            folder = path.parent.relative_to(root)
+        except ValueError:
+            folder = Path()
+        if template:
+            try:
+                name = template.format(dir=folder, stem=stem, ext=ext, suffix=suffix)
+            except (KeyError, IndexError, ValueError) as e:
+                raise SrrecnnError(f"--output-template: {template!r} is not valid ({e})") \
+                    from None
+            output = out_dir / name
+        else:
+            output = out_dir / folder / f"{stem}{suffix}{ext}"
+        reference = None
+        if reference_pattern:
+            old, new = reference_pattern.split(":", 1)
+            if old not in path.name:
+                raise SrrecnnError(f"--reference-pattern: {old!r} is not in {path}")
+            reference = path.with_name(path.name.replace(old, new, 1))
+        if output in seen:
+            raise SrrecnnError(f"{path}: its output {output} is also the output of {seen[output]}")
+        seen[output] = path
+        jobs.append(Job(path, output, reference))
+    return jobs
+
+
+def shard(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
+    """The jobs of process ``index`` of ``count``: every count-th, in sorted order."""
+    return sorted(jobs, key=lambda j: str(j.input))[index::count]
+
+
+def read_input(path: Path, role: str) -> sitk.Image:
+    """An image file, or the DICOM series in a folder."""
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        ids = reader.GetGDCMSeriesIDs(str(path))
+        if not ids:
+            raise SrrecnnError(f"{path}: folder holds no DICOM series")
+        if len(ids) > 1:
+            raise SrrecnnError(f"{path}: folder holds {len(ids)} DICOM series; give one per "
+                               "folder")
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), ids[0]))
+        try:
+            image = reader.Execute()
+        except RuntimeError:
+            raise SrrecnnError(f"{path}: unreadable DICOM series") from None
+        io.check_image(image, str(path))
+        return image
+    return io.read_image(path, role)
+
+
+def header_warnings(image: sitk.Image, name: str,
+                    trained_spacing: float | None = None) -> list[str]:
+    """Warnings about a header that is suspect, or far from what the model saw."""
+    warnings = []
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-3):
+        warnings.append(f"{name}: direction cosines are not orthonormal; the header may be "
+                        "inconsistent")
+    spacing = np.array(image.GetSpacing())
+    if spacing.max() > 4 * spacing.min():
+        warnings.append(f"{name}: very anisotropic voxels {tuple(spacing.round(3))} mm")
+    if trained_spacing and np.any(np.abs(np.log(spacing / trained_spacing)) > np.log(2)):
+        warnings.append(f"{name}: spacing {tuple(spacing.round(3))} mm is far from the "
+                        f"{trained_spacing:g} mm the model was trained on")
+    return warnings
+
+
+@dataclasses.dataclass
+class Record:
+    """One manifest line."""
+
+    input: str
+    output: str
+    status: str  # ok | skipped | error
+    reference: str | None = None
+    shape: list[int] | None = None
+    spacing: list[float] | None = None
+    seconds: float | None = None
+    error: str | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    process: int = 0
+
+
+class Manifest:
+    """A JSONL file written line by line (flushed), so a killed run still leaves one."""
+
+    def __init__(self, path: Path | None, process: int = 0):
+        self.path, self.process, self.records = path, process, []
+        self._lock = threading.Lock()
+        self._file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "w")  # noqa: SIM115 - closed in close()
+
+    def add(self, record: Record) -> None:
+        record.process = self.process
+        with self._lock:
+            self.records.append(record)
+            if self._file:
+                self._file.write(json.dumps(dataclasses.asdict(record)) + "\n")
+                self._file.flush()
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+
+
+@dataclasses.dataclass
+class Summary:
+    ok: int = 0
+    skipped: int = 0
+    errors: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+    device_seconds: float = 0.0
+    devices: int = 1
+    voxels: int = 0
+
+    @property
+    def utilisation(self) -> float:
+        """Fraction of the run's wall time the devices spent running the network."""
+        return self.device_seconds / max(self.seconds * self.devices, 1e-9)
+
+
+def _staging_dir(out_root: Path) -> Path:
+    """This process's staging folder for atomic writes; stale ones of dead runs are removed."""
+    host = socket.gethostname()
+    out_root.mkdir(parents=True, exist_ok=True)
+    for old in out_root.glob(f".tmp-srrecnn-{host}-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    staging = out_root / f".tmp-srrecnn-{host}-{os.getpid()}"
+    staging.mkdir(exist_ok=True)
+    return staging
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
+              manifest: Manifest, out_root: Path, stop: threading.Event | None = None,
+              progress: Callable[[Record, int], None] | None = None,
+              warn: Callable[[str], None] | None = None) -> Summary:
+    """Super-resolve every job; never raise for one bad job.
+
+    Args:
+      resolver: the loaded model.
+      jobs: what to do (this process's share).
+      options: scale and how to run.
+      manifest: receives one record per job.
+      out_root: folder for the staging area of atomic writes.
+      stop: when set (Ctrl-C), no new volume starts; queued writes finish.
+      progress: called after each job with its record and output voxels.
+      warn: receives warnings (header, scale, reference resampling).
+    """
+    import jax
+
+    stop = stop or threading.Event()
+    warn = warn or (lambda m: print(m, file=sys.stderr))
+    summary = Summary(devices=len(jax.local_devices()))
+    staging = _staging_dir(out_root)
+    todo = []
+    for job in jobs:
+        if job.output.exists() and not options.overwrite:
+            manifest.add(Record(str(job.input), str(job.output), "skipped"))
+            summary.skipped += 1
+        else:
+            todo.append(job)
+    scales = resolver.model.trained_scales
+    if scales and not all(s in scales for s in options.scale):
+        warn(f"--scale: {options.scale} differs from the scale(s) {scales} the model was "
+             "trained for")
+
+    jobs_q: queue.Queue = queue.Queue()
+    for job in todo:
+        jobs_q.put(job)
+    ready_q: queue.Queue = queue.Queue(maxsize=options.prefetch)
+    done_q: queue.Queue = queue.Queue(maxsize=options.prefetch)
+    lock = threading.Lock()
+    start = time.perf_counter()
+
+    def fail(job: Job, error: Exception, started: float) -> None:
+        message = str(error) if isinstance(error, SrrecnnError) else f"{job.input}: " \
+            f"{type(error).__name__}: {error}"
+        record = Record(str(job.input), str(job.output), "error",
+                        str(job.reference) if job.reference else None,
+                        seconds=time.perf_counter() - started, error=message)
+        manifest.add(record)
+        with lock:
+            summary.errors += 1
+        if progress:
+            progress(record, 0)
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                job = jobs_q.get_nowait()
+            except queue.Empty:
+                break
+            started = time.perf_counter()
+            notes: list[str] = []
+            try:
+                image = read_input(job.input, "input image")
+                notes += header_warnings(image, str(job.input), resolver.model.trained_spacing)
+                reference = (read_input(job.reference, "reference image")
+                             if job.reference else None)
+                prepared = resolver.prepare(image, options.scale, reference, order=options.order,
+                                            header=options.header, input_name=str(job.input),
+                                            reference_name=str(job.reference),
+                                            log=notes.append)
+            except Exception as e:  # noqa: BLE001 - reported, the batch goes on
+                fail(job, e, started)
+                continue
+            for note in notes:
+                warn(note)
+            ready_q.put((job, prepared, notes, started))
+
+    def compute(device) -> None:
+        params = jax.device_put(resolver.model.params, device)
+        while True:
+            item = ready_q.get()
+            if item is _DONE:
+                ready_q.put(_DONE)  # let the other device threads see it too
+                break
+            if stop.is_set():
+                continue  # not started: a rerun does it
+            job, prepared, notes, started = item
+            try:
+                tick = time.perf_counter()
+                with jax.default_device(device):
+                    y = run_network(params, resolver.config, prepared.volume, options.tile,
+                                    options.residual, options.bucket)
+                with lock:
+                    summary.device_seconds += time.perf_counter() - tick
+            except Exception as e:  # noqa: BLE001
+                fail(job, e, started)
+                continue
+            done_q.put((job, prepared, y, notes, started))
+
+    def write() -> None:
+        while True:
+            item = done_q.get()
+            if item is _DONE:
+                break
+            job, prepared, y, notes, started = item
+            try:
+                image = resolver.finish(prepared, y)
+                job.output.parent.mkdir(parents=True, exist_ok=True)
+                io.write_image_atomic(image, job.output, staging)
+            except Exception as e:  # noqa: BLE001
+                fail(job, e, started)
+                continue
+            record = Record(str(job.input), str(job.output), "ok",
+                            str(job.reference) if job.reference else None,
+                            list(image.GetSize()), list(image.GetSpacing()),
+                            time.perf_counter() - started, warnings=notes)
+            manifest.add(record)
+            with lock:
+                summary.ok += 1
+                summary.voxels += int(np.prod(image.GetSize()))
+            if progress:
+                progress(record, int(np.prod(image.GetSize())))
+
+    readers = [threading.Thread(target=read, daemon=True) for _ in range(options.readers)]
+    devices = [threading.Thread(target=compute, args=(d,), daemon=True)
+               for d in jax.local_devices()]
+    writer = threading.Thread(target=write, daemon=True)
+    for thread in readers + devices + [writer]:
+        thread.start()
+    try:
+        for thread in readers:
+            thread.join()
+        ready_q.put(_DONE)  # each device thread passes it on and stops
+        for thread in devices:
+            thread.join()
+        done_q.put(_DONE)
+        writer.join()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary.interrupted = stop.is_set()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def merge_manifests(parts: Sequence[Path], target: Path) -> list[dict]:
+    """Concatenate per-process manifest parts into one JSONL file (atomically)."""
+    rows = []
+    for part in parts:
+        if part.exists():
+            rows += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: r["input"])
+    tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, target)
+    return rows
