@@ -361,7 +361,7 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
                 tick = time.perf_counter()
                 with jax.default_device(device):
                     y = run_network(params, resolver.config, prepared.volume, options.tile,
-                                    options.residual, options.bucket)
+                                    options.residual, options.bucket, devices=[device])
                 with lock:
                     summary.device_seconds += time.perf_counter() - tick
             except Exception as e:  # noqa: BLE001

@@ -70,7 +70,7 @@ def auto_tile(config: ModelConfig, shape: Sequence[int], budget: int | None = No
 
 def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
                 tile: int | None = None, residual: bool | None = None,
-                bucket: int = 1) -> np.ndarray:
+                bucket: int = 1, devices: Sequence[jax.Device] | None = None) -> np.ndarray:
     """Network (plus residual) on one volume.
 
     Args:
@@ -81,6 +81,8 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
       residual: override ``config.residual``.
       bucket: pad a whole volume up to a multiple of this many voxels per axis
         (results unchanged), so volumes of nearby sizes share one compilation.
+      devices: where tiles run, round robin (default: the default device).
+        A whole volume runs on the default device.
 
     Returns:
       ``(X, Y, Z)`` float32.
@@ -92,7 +94,7 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
     if tile is None:
         y = _run_padded(params, config, volume, bucket)
     else:
-        y = _run_tiles(params, config, volume, tile)
+        y = _run_tiles(params, config, volume, tile, devices)
     return y + volume[..., 0] if residual else y
 
 
@@ -129,7 +131,7 @@ def _run_padded(params: model.Params, config: ModelConfig, volume: np.ndarray,
 
 
 def _run_tiles(params: model.Params, config: ModelConfig, volume: np.ndarray,
-               tile: int) -> np.ndarray:
+               tile: int, devices: Sequence[jax.Device] | None = None) -> np.ndarray:
     """Network without residual, tile by tile; ``(X, Y, Z, C)`` -> ``(X, Y, Z)``.
 
     The volume is padded by the receptive radius R as the model pads it (zeros
@@ -137,7 +139,9 @@ def _run_tiles(params: model.Params, config: ModelConfig, volume: np.ndarray,
     side to whole tiles. Each tile of ``tile + 2R`` voxels runs through VALID
     convolutions to ``tile`` output voxels; for ``same`` models a mask of the
     volume keeps every hidden activation zero outside it, as the per-layer
-    zero padding of a whole-volume run does.
+    zero padding of a whole-volume run does. Tiles are dispatched
+    asynchronously, round robin over ``devices``, a few in flight per device,
+    so host-side slicing overlaps device work.
     """
     if tile < 1:
         raise SrrecnnError(f"--tile: must be a positive number of voxels, got {tile}")
@@ -155,15 +159,28 @@ def _run_tiles(params: model.Params, config: ModelConfig, volume: np.ndarray,
     else:
         padded[tuple(slice(0, s + 2 * r) for s in shape)] = np.pad(
             volume, [(r, r)] * 3 + [(0, 0)], mode="edge")
+    devices = list(devices or [jax.devices()[0]])
+    placed = [jax.device_put(params, d) for d in devices]
     out = np.empty(shape, np.float32)
-    for index in itertools.product(*(range(n) for n in counts)):
-        lo = [i * t for i, t in zip(index, sizes)]
-        window = tuple(slice(a, a + t + 2 * r) for a, t in zip(lo, sizes))
-        block_mask = None if mask is None else mask[window][None]
-        y = np.asarray(_forward(params, padded[window][None], "VALID", block_mask))[0, ..., 0]
+    pending: list[tuple[jax.Array, list[int]]] = []
+
+    def collect(result: jax.Array, lo: list[int]) -> None:
+        y = np.asarray(result)[0, ..., 0]
         hi = [min(a + t, s) for a, t, s in zip(lo, sizes, shape)]
         out[tuple(slice(a, b) for a, b in zip(lo, hi))] = y[tuple(slice(0, b - a)
                                                                   for a, b in zip(lo, hi))]
+
+    for n, index in enumerate(itertools.product(*(range(c) for c in counts))):
+        lo = [i * t for i, t in zip(index, sizes)]
+        window = tuple(slice(a, a + t + 2 * r) for a, t in zip(lo, sizes))
+        device = devices[n % len(devices)]
+        block = jax.device_put(padded[window][None], device)
+        block_mask = None if mask is None else jax.device_put(mask[window][None], device)
+        pending.append((_forward(placed[n % len(devices)], block, "VALID", block_mask), lo))
+        if len(pending) > 2 * len(devices):
+            collect(*pending.pop(0))
+    for result, lo in pending:
+        collect(result, lo)
     return out
 
 
@@ -328,5 +345,6 @@ class SuperResolver:
         """
         prepared = self.prepare(image, scale, reference, order=order, header=header,
                                 input_name=input_name, reference_name=reference_name, log=log)
-        y = run_network(self.model.params, self.config, prepared.volume, tile, residual)
+        y = run_network(self.model.params, self.config, prepared.volume, tile, residual,
+                        devices=jax.local_devices())
         return self.finish(prepared, y)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.resources
+import os
+
+# Two CPU devices, set before JAX starts, so multi-device code runs without a GPU.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 from pathlib import Path
 
 import numpy as np

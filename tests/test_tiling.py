@@ -138,3 +138,13 @@ def test_volumes_in_one_bucket_share_one_compilation():
     for shape in [(9, 8, 7), (12, 11, 10), (16, 16, 16)]:
         inference.run_network(params, SAME, lr_volume(shape)[..., None] / 200, bucket=16)
     assert inference._forward._cache_size() == before + 1
+
+
+def test_tiles_spread_over_devices_give_the_whole_result():
+    """Tiles dispatched round robin to every local device (2 forced CPU devices here)."""
+    assert len(jax.local_devices()) >= 2
+    params = random_params(SAME)
+    volume = lr_volume((11, 9, 8))[..., None] / 200
+    whole = inference.run_network(params, SAME, volume)
+    spread = inference.run_network(params, SAME, volume, tile=4, devices=jax.local_devices())
+    assert_close(spread, whole)
