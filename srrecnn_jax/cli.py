@@ -132,6 +132,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing folder")
     p.set_defaults(run=_cmd_convert)
 
+    p = commands.add_parser("degrade", help="simulate a low-resolution scan (observation model)",
+                            description="The original training data's observation model: "
+                            "Gaussian blur (sigma in voxels), crop each axis to a multiple of "
+                            "the scale, cubic-spline downsampling. Headers stay physically "
+                            "consistent: the LR (and interpolated) images lie where the cropped "
+                            "HR image does.")
+    p.add_argument("hr", type=Path, help="high-resolution image")
+    p.add_argument("-o", "--output", type=Path, required=True, help="low-resolution image")
+    p.add_argument("-s", "--scale", type=_scale, required=True,
+                   help="downsampling factor: one number or x,y,z")
+    p.add_argument("--sigma", type=float, default=1.0,
+                   help="Gaussian blur sigma in HR voxels (default 1, as the original)")
+    p.add_argument("--order", type=_order, default=3, help="spline order (default 3)")
+    p.add_argument("--interpolated", type=Path,
+                   help="also write the LR image zoomed back onto the cropped HR grid")
+    p.add_argument("--cropped-hr", type=Path,
+                   help="also write the HR image cropped to a multiple of the scale")
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.set_defaults(run=_cmd_degrade)
+
+    p = commands.add_parser("eval", help="PSNR and SSIM of a result against the truth",
+                            description="PSNR (peak = HR maximum) and 3-D SSIM (Gaussian "
+                            "window, sigma 1.5) of SR against HR, optionally in a mask and "
+                            "away from the borders, and of the cubic-spline baseline.")
+    p.add_argument("sr", type=Path, help="super-resolved (or any estimated) image")
+    p.add_argument("hr", type=Path, help="ground-truth image on the same grid (a larger HR "
+                   "image is cropped to SR's extent when they share the first voxel)")
+    p.add_argument("--mask", type=Path, help="image whose non-zero voxels are evaluated")
+    p.add_argument("--shave", type=int, default=0, help="ignore N voxels at each border")
+    p.add_argument("--lr", type=Path, help="low-resolution input: also score its cubic-spline "
+                   "zoom onto the SR grid (the baseline)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_cmd_eval)
+
     p = commands.add_parser("info", help="describe a model",
                             description="Print a model's architecture, parameter count, "
                             "receptive field and origin.")
@@ -201,6 +235,41 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     loaded = load_model(args.caffemodel, args.prototxt)
     save_model(args.output, loaded, force=args.force)
     print(f"{args.output}: {loaded.config.describe()}", file=sys.stderr)
+    return 0
+
+
+def _cmd_degrade(args: argparse.Namespace) -> int:
+    from srrecnn_jax import io
+    from srrecnn_jax.degradation import degrade_image
+
+    outputs = [args.output] + [p for p in (args.interpolated, args.cropped_hr) if p]
+    for output in outputs:
+        _check_output_file(output, args.force, [args.hr])
+    if args.sigma < 0:
+        raise SrrecnnError(f"--sigma: must be >= 0, got {args.sigma}")
+    hr = io.read_image(args.hr, "HR image")
+    images = degrade_image(hr, args.scale, args.sigma, args.order)
+    io.write_image_atomic(images["lr"], args.output)
+    if args.interpolated:
+        io.write_image_atomic(images["interpolated"], args.interpolated)
+    if args.cropped_hr:
+        io.write_image_atomic(images["hr"], args.cropped_hr)
+    size = "x".join(str(n) for n in images["lr"].GetSize())
+    print(f"{args.output}: {size} voxels", file=sys.stderr)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from srrecnn_jax.evaluation import evaluate_files
+
+    scores = evaluate_files(args.sr, args.hr, mask=args.mask, shave=args.shave, lr=args.lr)
+    if args.json:
+        print(json.dumps(scores, indent=2))
+        return 0
+    for name in ("sr", "spline"):
+        if name in scores:
+            print(f"{name:7s} PSNR {scores[name]['psnr']:.3f} dB  SSIM {scores[name]['ssim']:.5f}")
+    print(f"voxels  {scores['voxels']}")
     return 0
 
 

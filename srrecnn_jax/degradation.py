@@ -6,7 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.ndimage
+import SimpleITK as sitk
 
+from srrecnn_jax import io
+from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.interpolation import zoom
 
 
@@ -30,3 +33,27 @@ def degrade(hr: np.ndarray, scale: Sequence[float], sigma: float = 1.0,
     blur = scipy.ndimage.gaussian_filter(hr, sigma)
     blur, hr = modcrop(blur, scale), modcrop(hr, scale)
     return zoom(blur, [1.0 / s for s in scale], order), hr
+
+
+def degrade_image(hr: sitk.Image, scale: Sequence[float], sigma: float = 1.0,
+                  order: int = 3) -> dict[str, sitk.Image]:
+    """``degrade`` on an image, with consistent headers.
+
+    Returns:
+      ``{"lr", "interpolated", "hr"}``: the LR image, its spline zoom back by
+      ``scale`` and the cropped HR image. ``zoom`` aligns first and last voxel
+      centres, so all three share the HR origin and direction, and the
+      interpolated image lies exactly on the cropped HR grid.
+    """
+    array = io.to_array(hr)
+    io.check_values(array, "HR image")
+    lr, cropped = degrade(array, scale, sigma, order)
+    if min(lr.shape) < 2:
+        raise SrrecnnError(f"--scale: {tuple(scale)} leaves {lr.shape} LR voxels")
+    spacing = hr.GetSpacing()
+    geometry = (hr.GetOrigin(), hr.GetDirection())
+    lr_spacing = [s * (a - 1) / (b - 1) for s, a, b in zip(spacing, cropped.shape, lr.shape)]
+    interpolated = zoom(lr, [a / b for a, b in zip(cropped.shape, lr.shape)], order)
+    return {"lr": io.to_image(lr, lr_spacing, *geometry),
+            "interpolated": io.to_image(interpolated, spacing, *geometry),
+            "hr": io.to_image(cropped, spacing, *geometry)}

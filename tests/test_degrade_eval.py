@@ -1,0 +1,101 @@
+"""`srrecnn degrade` (observation model with consistent headers) and `srrecnn eval`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import SimpleITK as sitk
+from conftest import crop, write
+
+from srrecnn_jax import io
+from srrecnn_jax.cli import main
+from srrecnn_jax.degradation import degrade
+from srrecnn_jax.metrics import psnr, ssim
+
+
+@pytest.fixture
+def hr_path(anatomical, tmp_path):
+    """A real 2 mm T1 crop with an odd size (modcrop has work to do)."""
+    return write(crop(anatomical, (4, 6, 3), (17, 15, 13)), tmp_path / "hr.nii.gz")
+
+
+def run(*argv: str) -> int:
+    return main([str(a) for a in argv])
+
+
+def test_degrade_writes_the_observation_model(hr_path, tmp_path):
+    """LR = zoom(gaussian_filter(HR, 1) cropped to multiples of 2, 1/2), float32."""
+    assert run("degrade", hr_path, "-o", tmp_path / "lr.nii.gz", "-s", "2") == 0
+    lr = io.to_array(sitk.ReadImage(str(tmp_path / "lr.nii.gz")))
+    expected, _ = degrade(io.to_array(sitk.ReadImage(str(hr_path))), (2, 2, 2))
+    assert lr.shape == (8, 7, 6)
+    np.testing.assert_array_equal(lr, expected)
+
+
+def test_degraded_images_share_the_cropped_hr_grid(hr_path, tmp_path):
+    """LR corners and the interpolated image lie where the cropped HR voxels do (1e-6 mm)."""
+    out = {name: tmp_path / f"{name}.nii.gz" for name in ("lr", "interp", "hrc")}
+    assert run("degrade", hr_path, "-o", out["lr"], "-s", "2", "--interpolated", out["interp"],
+               "--cropped-hr", out["hrc"]) == 0
+    lr, interp, hrc = (sitk.ReadImage(str(p)) for p in out.values())
+    assert interp.GetSize() == hrc.GetSize() == (16, 14, 12)
+    assert interp.GetSpacing() == hrc.GetSpacing()
+    far_lr = [n - 1 for n in lr.GetSize()]
+    far_hr = [n - 1 for n in hrc.GetSize()]
+    np.testing.assert_allclose(lr.TransformIndexToPhysicalPoint(far_lr),
+                               hrc.TransformIndexToPhysicalPoint(far_hr), atol=1e-6)
+    np.testing.assert_allclose(lr.GetOrigin(), hrc.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(io.to_array(interp),
+                               scipy.ndimage.zoom(io.to_array(lr), 2, order=3), rtol=1e-6)
+
+
+def test_degrade_refuses_a_negative_sigma(hr_path, tmp_path, capsys):
+    assert run("degrade", hr_path, "-o", tmp_path / "lr.nii.gz", "-s", "2", "--sigma", "-1") == 1
+    assert "--sigma" in capsys.readouterr().err
+    assert not (tmp_path / "lr.nii.gz").exists()
+
+
+def test_psnr_of_a_known_error():
+    """Truth 0..100, estimate off by 1 everywhere: MSE 1, PSNR = 20 log10(100) = 40 dB."""
+    truth = np.linspace(0, 100, 1000).reshape(10, 10, 10)
+    assert psnr(truth + 1, truth) == pytest.approx(40.0, abs=1e-9)
+
+
+def test_ssim_is_one_for_identical_volumes_and_falls_with_noise():
+    truth = scipy.ndimage.gaussian_filter(np.random.default_rng(0).random((16, 16, 16)), 2)
+    noisy = truth + 0.05 * np.random.default_rng(1).standard_normal(truth.shape)
+    assert ssim(truth, truth) == pytest.approx(1.0, abs=1e-12)
+    assert ssim(noisy, truth) < 0.9
+
+
+def test_eval_scores_the_estimate_and_the_spline_baseline(hr_path, tmp_path, capsys):
+    """The spline line equals the interpolated image's own score."""
+    out = {name: tmp_path / f"{name}.nii.gz" for name in ("lr", "interp")}
+    run("degrade", hr_path, "-o", out["lr"], "-s", "2", "--interpolated", out["interp"])
+    capsys.readouterr()
+    assert run("eval", out["interp"], hr_path, "--lr", out["lr"], "--json") == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["voxels"] == 16 * 14 * 12  # HR cropped to the estimate (modcrop)
+    assert scores["sr"]["psnr"] == pytest.approx(scores["spline"]["psnr"], abs=1e-4)
+    assert 0 < scores["sr"]["ssim"] < 1
+
+
+def test_eval_mask_and_shave_restrict_the_voxels(tmp_path, capsys):
+    truth = np.random.default_rng(0).uniform(1, 2, (10, 10, 10)).astype(np.float32)
+    mask = np.zeros_like(truth)
+    mask[:5] = 1
+    paths = [write(a, tmp_path / f"{n}.nii.gz") for n, a in
+             (("sr", truth + 0.1), ("hr", truth), ("mask", mask))]
+    assert run("eval", paths[0], paths[1], "--mask", paths[2], "--shave", "2", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["voxels"] == 3 * 6 * 6
+
+
+def test_eval_refuses_grids_that_do_not_match(tmp_path, capsys):
+    a = write(np.ones((6, 6, 6), np.float32), tmp_path / "a.nii.gz")
+    b = write(np.ones((5, 7, 6), np.float32), tmp_path / "b.nii.gz")
+    assert run("eval", a, b) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "b.nii.gz" in err
