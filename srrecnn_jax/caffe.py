@@ -129,6 +129,28 @@ def _blob(buf: memoryview) -> np.ndarray:
     return data.reshape(shape)
 
 
+def _key(field: int, wire: int) -> bytes:
+    return _encode_varint(field << 3 | wire)
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(field: int, payload: bytes | str | int) -> bytes:
+    """One field: a varint for ints, length-delimited for bytes and strings."""
+    if isinstance(payload, int):
+        return _key(field, _VARINT) + _encode_varint(payload)
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _key(field, _BYTES) + _encode_varint(len(data)) + data
+
+
 # --- NetParameter ---------------------------------------------------------
 
 _V1_CONVOLUTION = 4
@@ -394,3 +416,41 @@ def _check_prototxt(path: Path, convs: list[_Conv], kernels: list[int], filters:
         raise SrrecnnError(f"{path}: input has {dims[1]} channels but the weights take "
                            f"{in_channels}")
     return pads
+
+
+# --- writing ------------------------------------------------------------------
+
+
+def _blob_bytes(array: np.ndarray) -> bytes:
+    """A BlobProto: N-D shape (field 7) and packed little-endian float32 data (5)."""
+    dims = b"".join(_encode_varint(int(n)) for n in array.shape)
+    return (_field(7, _field(1, dims))
+            + _field(5, np.ascontiguousarray(array, "<f4").tobytes()))
+
+
+def caffemodel_bytes(params: dict, config: ModelConfig, net_name: str = "VDSR3D") -> bytes:
+    """A binary NetParameter with new-style layers that Caffe (and ``load_caffemodel``) reads.
+
+    Convolutions ``conv1..convN`` carry their weights as ``(out, in, kx, ky, kz)``
+    (arrays in (x, y, z) order, as the original) and bias blobs, with
+    ``convolution_param`` (num_output, pad, kernel_size, stride); ReLU layers
+    run in place between them. The residual addition is not a layer, as in
+    the published models.
+    """
+    layers = []
+    bottom = "data"
+    for i, (k, f) in enumerate(zip(config.kernels, config.filters)):
+        name = f"conv{i + 1}"
+        kernel = np.asarray(params[name]["kernel"], np.float32)
+        pad = (k - 1) // 2 if config.padding == "same" else 0
+        conv_param = (_field(1, f) + _field(3, pad) + _field(4, k) + _field(6, 1))
+        layer = (_field(1, name) + _field(2, "Convolution") + _field(3, bottom) + _field(4, name)
+                 + _field(7, _blob_bytes(kernel.transpose(4, 3, 0, 1, 2)))
+                 + _field(7, _blob_bytes(np.asarray(params[name]["bias"], np.float32)))
+                 + _field(106, conv_param))
+        layers.append(_field(100, layer))
+        if i < config.layers - 1:
+            relu = _field(1, f"relu{i + 1}") + _field(2, "ReLU") + _field(3, name) + _field(4, name)
+            layers.append(_field(100, relu))
+        bottom = name
+    return _field(1, net_name) + b"".join(layers)

@@ -166,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_cmd_eval)
 
+    p = commands.add_parser("export-caffe", help="write a model as a Caffe .caffemodel",
+                            description="Write a model folder (or caffemodel) as a binary "
+                            "Caffe .caffemodel with conv1..convN and ReLU layers; "
+                            "`srrecnn convert` reads it back to identical parameters.")
+    p.add_argument("model", type=Path, help="model folder or .caffemodel file")
+    p.add_argument("-o", "--output", type=Path, required=True, help=".caffemodel to write")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(run=_cmd_export_caffe)
+
     p = commands.add_parser("info", help="describe a model",
                             description="Print a model's architecture, parameter count, "
                             "receptive field and origin.")
@@ -270,6 +279,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if name in scores:
             print(f"{name:7s} PSNR {scores[name]['psnr']:.3f} dB  SSIM {scores[name]['ssim']:.5f}")
     print(f"voxels  {scores['voxels']}")
+    return 0
+
+
+def _cmd_export_caffe(args: argparse.Namespace) -> int:
+    import os
+
+    from srrecnn_jax.caffe import caffemodel_bytes
+    from srrecnn_jax.checkpoint import load_model
+
+    if args.output.exists() and not args.force:
+        raise SrrecnnError(f"{args.output}: already exists (use --force to replace it)")
+    if not args.output.parent.is_dir():
+        raise SrrecnnError(f"{args.output}: folder {args.output.parent} does not exist")
+    loaded = load_model(args.model)
+    name = "SRCNN3D" if loaded.config.padding == "edge_valid" else "VDSR3D"
+    data = caffemodel_bytes(loaded.params, loaded.config, name)
+    tmp = args.output.with_name(f".tmp-{os.getpid()}-{args.output.name}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, args.output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"{args.output}: {loaded.config.describe()}", file=sys.stderr)
     return 0
 
 
