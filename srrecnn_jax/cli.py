@@ -46,6 +46,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _border(text: str) -> tuple[int, int, int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not x,y,z integers") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or 3 non-negative integers")
+    return (values[0], values[1], values[2])
+
+
 def _order(text: str) -> int:
     value = _positive_int(text) if text != "0" else 0
     if value > 5:
@@ -151,6 +163,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the HR image cropped to a multiple of the scale")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.set_defaults(run=_cmd_degrade)
+
+    p = commands.add_parser("make-patches", help="HDF5 training patches, as the original",
+                            description="Cut training patches into HDF5 files in the original "
+                            "layout (data/label, float32, (N, C, P, P, P), chunked by batch), "
+                            "shuffled with seed 0. Modes: simulated (LR from the observation "
+                            "model, one or more -s), free (-i gives each HR image's LR image), "
+                            "intermod (-i gives a registered HR image of another modality: "
+                            "2-channel data). One -o for all images, or one -o per -f as the "
+                            "original.")
+    p.add_argument("-f", "--hr", type=Path, action="append", required=True,
+                   help="HR image (repeat for several)")
+    p.add_argument("-i", "--other", type=Path, action="append",
+                   help="free: LR image of each -f; intermod: registered HR image of another "
+                   "modality for each -f")
+    p.add_argument("-o", "--output", type=Path, action="append", required=True,
+                   help="HDF5 file: one for all, or one per -f")
+    p.add_argument("--mode", choices=("simulated", "free", "intermod"), default="simulated")
+    p.add_argument("-s", "--scale", type=_scale, action="append",
+                   help="scale of the observation model, repeatable (default 2,2,2)")
+    p.add_argument("--patch", type=_positive_int, default=21, help="patch edge (default 21)")
+    p.add_argument("--stride", type=_positive_int, default=10, help="stride (default 10)")
+    p.add_argument("--border", type=_border, default=(10, 10, 0),
+                   help="voxels shaved at each end of x,y,z (default 10,10,0)")
+    p.add_argument("--sigma", type=float, default=1.0, help="blur sigma in voxels (default 1)")
+    p.add_argument("--order", type=_order, default=3, help="spline order (default 3)")
+    p.add_argument("--batch", type=_positive_int, default=64, help="HDF5 chunk rows (default 64)")
+    p.add_argument("--samples", type=_positive_int, help="keep the first N shuffled patches")
+    p.add_argument("--compat", action="store_true",
+                   help="reproduce the original's quirks: crops accumulating across scales; "
+                   "integer zoom factors in free mode")
+    p.add_argument("--list", type=Path, help="also write this text file listing the HDF5 files "
+                   "(Caffe's HDF5Data source, or `srrecnn train`'s input)")
+    p.add_argument("--force", action="store_true", help="replace existing files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_make_patches)
 
     p = commands.add_parser("eval", help="PSNR and SSIM of a result against the truth",
                             description="PSNR (peak = HR maximum) and 3-D SSIM (Gaussian "
@@ -265,6 +312,70 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
         io.write_image_atomic(images["hr"], args.cropped_hr)
     size = "x".join(str(n) for n in images["lr"].GetSize())
     print(f"{args.output}: {size} voxels", file=sys.stderr)
+    return 0
+
+
+def _image_size(path: Path) -> tuple[int, ...]:
+    import SimpleITK as sitk
+
+    if not path.is_file():
+        raise SrrecnnError(f"{path}: no such image file")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise SrrecnnError(f"{path}: unreadable or corrupt image") from None
+    if reader.GetDimension() != 3:
+        raise SrrecnnError(f"{path}: image is {reader.GetDimension()}-D, expected 3-D")
+    return tuple(reader.GetSize())
+
+
+def _cmd_make_patches(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from srrecnn_jax import io
+    from srrecnn_jax.patches import PatchConfig, Source, write_patch_set
+
+    others = args.other or []
+    if args.mode == "simulated" and others:
+        raise SrrecnnError("-i/--other: only for --mode free or intermod")
+    if args.mode != "simulated" and len(others) != len(args.hr):
+        raise SrrecnnError(f"-i/--other: --mode {args.mode} needs one -i per -f "
+                           f"({len(args.hr)} -f, {len(others)} -i)")
+    if len(args.output) not in (1, len(args.hr)):
+        raise SrrecnnError(f"-o/--output: give one file, or one per -f ({len(args.hr)})")
+    for output in args.output + ([args.list] if args.list else []):
+        if output.exists() and not args.force:
+            raise SrrecnnError(f"{output}: already exists (use --force to replace it)")
+        if not output.parent.is_dir():
+            raise SrrecnnError(f"{output}: folder {output.parent} does not exist")
+    if args.sigma < 0:
+        raise SrrecnnError(f"--sigma: must be >= 0, got {args.sigma}")
+    sources = [Source(hr, others[i] if others else None, args.mode)
+               for i, hr in enumerate(args.hr)]
+    shapes = [tuple(_image_size(p) for p in (s.hr, s.other) if p) for s in sources]
+    config = PatchConfig(patch=args.patch, stride=args.stride, border=args.border,
+                         sigma=args.sigma, order=args.order,
+                         scales=tuple(args.scale or [(2.0, 2.0, 2.0)]), batch=args.batch,
+                         samples=args.samples, compat=args.compat)
+
+    def read(path: Path):
+        array = io.to_array(io.read_image(path, "image"))
+        io.check_values(array, str(path))
+        return array
+
+    groups = ([(args.output[0], sources, shapes)] if len(args.output) == 1 else
+              [(o, [s], [sh]) for o, s, sh in zip(args.output, sources, shapes)])
+    with tqdm(total=len(sources), unit="image", disable=args.quiet, file=sys.stderr) as bar:
+        for output, group, group_shapes in groups:
+            try:
+                count = write_patch_set(output, group, group_shapes, config, read, bar.update)
+            except ValueError as e:
+                raise SrrecnnError(f"{output}: {e}") from None
+            bar.write(f"{output}: {count} patches", file=sys.stderr)
+    if args.list:
+        io.write_text_atomic(args.list, "".join(f"{o.resolve()}\n" for o in args.output))
     return 0
 
 
