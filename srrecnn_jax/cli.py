@@ -199,6 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_make_patches)
 
+    p = commands.add_parser("train", help="train or fine-tune a model on HDF5 patch sets",
+                            description="Train SRReCNN3D with the original's solver (Adam, "
+                            "multistep, bias lr x0.1, Euclidean loss by default), data-parallel "
+                            "over all devices, with orbax checkpoints. Rerunning the same command "
+                            "resumes from the latest checkpoint. Settings: defaults, then "
+                            "--from-caffe-solver, then --config, then --set.")
+    p.add_argument("data", type=Path, nargs="+",
+                   help="HDF5 patch files (from make-patches or the original scripts) or text "
+                   "files listing them (train.txt)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (created or resumed)")
+    p.add_argument("--config", type=Path, help="TOML or JSON file of settings")
+    p.add_argument("--from-caffe-solver", type=Path, help="Caffe solver.prototxt to import")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set learning_rate=1e-4 --set "
+                   "steps=[1000,2000] (repeatable)")
+    p.add_argument("--init", type=Path, help="model folder or .caffemodel to fine-tune from")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_train)
+
     p = commands.add_parser("eval", help="PSNR and SSIM of a result against the truth",
                             description="PSNR (peak = HR maximum) and 3-D SSIM (Gaussian "
                             "window, sigma 1.5) of SR against HR, optionally in a mask and "
@@ -376,6 +395,57 @@ def _cmd_make_patches(args: argparse.Namespace) -> int:
             bar.write(f"{output}: {count} patches", file=sys.stderr)
     if args.list:
         io.write_text_atomic(args.list, "".join(f"{o.resolve()}\n" for o in args.output))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from tqdm import tqdm
+
+    from srrecnn_jax import training
+    from srrecnn_jax.checkpoint import load_model
+    from srrecnn_jax.data import PatchSet
+    from srrecnn_jax.trainer import read_run_config, train
+
+    if (args.out / "train_config.json").exists() and not (
+            args.config or args.from_caffe_solver or args.set):
+        config = read_run_config(args.out)
+    else:
+        config = training.TrainConfig()
+        if args.from_caffe_solver:
+            config = training.from_caffe_solver(args.from_caffe_solver, config)
+        if args.config:
+            config = training.load_config_file(args.config, config)
+        config = training.config_from(dict(map(training.parse_override, args.set)), config)
+    init = load_model(args.init) if args.init else None
+    data = PatchSet(args.data)
+    stop = threading.Event()
+    handlers = {s: signal.signal(s, lambda *_: stop.set())
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    bar = tqdm(total=config.max_iter, unit="step", disable=args.quiet, file=sys.stderr,
+               dynamic_ncols=True)
+
+    def on_log(metrics: dict) -> None:
+        bar.n = metrics["step"]
+        bar.set_postfix_str(f"loss {metrics['loss']:.4g} lr {metrics['learning_rate']:.3g} "
+                            f"{metrics['steps_per_s']:.3g} steps/s "
+                            f"data wait {metrics['data_wait_fraction']:.0%}")
+        bar.refresh()
+
+    try:
+        last = train(config, data, args.out, init, stop, on_log)
+    finally:
+        bar.close()
+        data.close()
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    if stop.is_set():
+        print(f"srrecnn: stopped at step {last.get('step')}; the same command resumes",
+              file=sys.stderr)
+        return 130
+    print(f"{args.out / 'model'}: trained {config.max_iter} steps", file=sys.stderr)
     return 0
 
 

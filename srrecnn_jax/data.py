@@ -1,0 +1,140 @@
+"""Training batches from HDF5 patch sets, as a pure function of the step.
+
+Like Caffe's HDF5Data layer (no shuffle: the sets are shuffled when made),
+batches walk through the concatenated files in order and wrap around, so the
+batch of step ``t`` is rows ``[t B, (t + 1) B)`` modulo N. Being a function
+of the step, the input pipeline needs no state of its own to resume exactly,
+and each of P processes reads only its own rows of every global batch.
+A background thread reads ahead into a bounded queue.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from srrecnn_jax.errors import SrrecnnError
+
+
+def expand_sources(paths: Sequence[Path]) -> list[Path]:
+    """HDF5 files, and text files listing them one per line (Caffe's ``train.txt``)."""
+    files: list[Path] = []
+    for path in paths:
+        if not path.is_file():
+            raise SrrecnnError(f"{path}: no such training data file")
+        if path.suffix in (".txt", ".lst"):
+            lines = [ln.strip() for ln in path.read_text().splitlines()]
+            files += [(path.parent / ln) if not Path(ln).is_absolute() else Path(ln)
+                      for ln in lines if ln and not ln.startswith("#")]
+        else:
+            files.append(path)
+    return files
+
+
+class PatchSet:
+    """Read access to the rows of one or more HDF5 patch files, in order."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = expand_sources(paths)
+        self._files, self.sizes = [], []
+        channels = None
+        for path in self.paths:
+            try:
+                f = h5py.File(path, "r")
+                data, label = f["data"], f["label"]
+            except FileNotFoundError:
+                raise SrrecnnError(f"{path}: no such HDF5 file") from None
+            except (OSError, KeyError) as e:
+                raise SrrecnnError(f"{path}: not a patch set with data and label ({e})") \
+                    from None
+            if data.ndim != 5 or label.shape[0] != data.shape[0] or label.shape[1] != 1:
+                raise SrrecnnError(f"{path}: data {data.shape} / label {label.shape} are not "
+                                   "(N, C, P, P, P) / (N, 1, P, P, P)")
+            if channels not in (None, data.shape[1:]):
+                raise SrrecnnError(f"{path}: patches {data.shape[1:]} differ from the "
+                                   f"other files' {channels}")
+            channels = data.shape[1:]
+            self._files.append(f)
+            self.sizes.append(data.shape[0])
+        if not self.paths or sum(self.sizes) == 0:
+            raise SrrecnnError("training data: no patches")
+        self.channels = channels[0]
+        self.patch = channels[1]
+        self._starts = np.cumsum([0] + self.sizes)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def rows(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` rows from global row ``first`` (wrapping), channels-last."""
+        index = (first + np.arange(count)) % len(self)
+        data, label = [], []
+        # contiguous runs within one file are read in one slice
+        breaks = np.flatnonzero(np.diff(index) != 1) + 1
+        for run in np.split(index, breaks):
+            while run.size:
+                k = int(np.searchsorted(self._starts, run[0], side="right") - 1)
+                local = run[run < self._starts[k + 1]] - self._starts[k]
+                f = self._files[k]
+                data.append(f["data"][local[0]:local[-1] + 1])
+                label.append(f["label"][local[0]:local[-1] + 1])
+                run = run[local.size:]
+        data_cl = np.concatenate(data).transpose(0, 2, 3, 4, 1)  # (B, P, P, P, C)
+        label_cl = np.concatenate(label).transpose(0, 2, 3, 4, 1)
+        return np.ascontiguousarray(data_cl), np.ascontiguousarray(label_cl)
+
+    def batch(self, step: int, batch: int, process: int = 0,
+              processes: int = 1) -> dict[str, np.ndarray]:
+        """This process's share of global batch ``step``."""
+        share = batch // processes
+        data, label = self.rows(step * batch + process * share, share)
+        return {"data": data, "label": label}
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+
+
+def prefetch(patches: PatchSet, first_step: int, last_step: int, batch: int, process: int,
+             processes: int, depth: int = 4,
+             stats: dict | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Batches for steps ``first_step .. last_step - 1``, read ahead by a thread.
+
+    ``stats["wait_seconds"]`` accumulates the time the consumer waited.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for step in range(first_step, last_step):
+                if stop.is_set():
+                    return
+                ready.put(patches.batch(step, batch, process, processes))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            ready.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        for _ in range(first_step, last_step):
+            tick = time.perf_counter()
+            item = ready.get()
+            if stats is not None:
+                stats["wait_seconds"] = stats.get("wait_seconds", 0.0) + time.perf_counter() - tick
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
