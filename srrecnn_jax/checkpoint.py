@@ -114,12 +114,28 @@ def _load_folder(directory: Path) -> LoadedModel:
                        origin=meta.get("origin", {}))
 
 
+def _load_training_checkpoint(run_dir: Path, step: int | None) -> LoadedModel:
+    """The parameters of a training run's checkpoint (``step``, or the latest)."""
+    from srrecnn_jax.trainer import restore_state
+
+    state, config = restore_state(run_dir, step)
+    params = jax.tree_util.tree_map(np.asarray, jax.device_get(state["params"]))
+    origin = {"kind": "srrecnn-jax training checkpoint", "run": str(run_dir),
+              "step": int(state["step"])}
+    return LoadedModel(params=params, config=config.model_config(), origin=origin)
+
+
 def load_model(path: str | Path, prototxt: str | Path | None = None) -> LoadedModel:
-    """A model folder written by ``save_model``, or a Caffe ``.caffemodel`` file."""
+    """A model folder written by ``save_model``, a training run folder (its latest
+    checkpoint) or one of its ``checkpoints/<step>`` folders, or a ``.caffemodel``."""
     path = Path(path)
     if path.is_dir():
         if prototxt is not None:
             raise SrrecnnError(f"{prototxt}: --prototxt only applies to a .caffemodel")
+        if (path / "train_config.json").is_file():  # a training run: its latest checkpoint
+            return _load_training_checkpoint(path, None)
+        if (path / "state").is_dir() and (path.parent.parent / "train_config.json").is_file():
+            return _load_training_checkpoint(path.parent.parent, int(path.name))
         return _load_folder(path)
     from srrecnn_jax.caffe import load_caffemodel
 
