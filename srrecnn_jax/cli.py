@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one setting, e.g. --set learning_rate=1e-4 --set "
                    "steps=[1000,2000] (repeatable)")
     p.add_argument("--init", type=Path, help="model folder or .caffemodel to fine-tune from")
+    p.add_argument("--validate", type=Path, action="append", default=[], metavar="HR",
+                   help="held-out HR image, degraded and scored (PSNR/SSIM of the model and "
+                   "of spline) every validate_every steps (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_train)
 
@@ -419,7 +422,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.config:
             config = training.load_config_file(args.config, config)
         config = training.config_from(dict(map(training.parse_override, args.set)), config)
+    from srrecnn_jax import io
+
     init = load_model(args.init) if args.init else None
+    validation = []
+    for path in args.validate:
+        volume = io.to_array(io.read_image(path, "validation image"))
+        io.check_values(volume, str(path))
+        validation.append(volume)
     data = PatchSet(args.data)
     stop = threading.Event()
     handlers = {s: signal.signal(s, lambda *_: stop.set())
@@ -429,13 +439,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     def on_log(metrics: dict) -> None:
         bar.n = metrics["step"]
+        val = (f" val {metrics['val_psnr']:.2f} dB (spline {metrics['val_spline_psnr']:.2f})"
+               if "val_psnr" in metrics else "")
         bar.set_postfix_str(f"loss {metrics['loss']:.4g} lr {metrics['learning_rate']:.3g} "
                             f"{metrics['steps_per_s']:.3g} steps/s "
-                            f"data wait {metrics['data_wait_fraction']:.0%}")
+                            f"data wait {metrics['data_wait_fraction']:.0%}{val}")
         bar.refresh()
 
     try:
-        last = train(config, data, args.out, init, stop, on_log)
+        last = train(config, data, args.out, init, stop, on_log, validation)
     finally:
         bar.close()
         data.close()

@@ -57,6 +57,8 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep: int = 3
     log_every: int = 100
+    validate_every: int = 1000
+    validation_scale: float = 2.0
 
     def __post_init__(self) -> None:
         if self.solver not in ("adam", "sgd"):
