@@ -206,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "resumes from the latest checkpoint. Settings: defaults, then "
                             "--from-caffe-solver, then --config, then --set.")
     p.add_argument("data", type=Path, nargs="+",
-                   help="HDF5 patch files (from make-patches or the original scripts) or text "
-                   "files listing them (train.txt)")
+                   help="HDF5 patch files (from make-patches or the original scripts), text "
+                   "files listing them (train.txt), or HR images (NIfTI...) to cut random "
+                   "patches from on the fly (settings patch, patch_scales)")
     p.add_argument("--out", type=Path, required=True, help="run folder (created or resumed)")
     p.add_argument("--config", type=Path, help="TOML or JSON file of settings")
     p.add_argument("--from-caffe-solver", type=Path, help="Caffe solver.prototxt to import")
@@ -430,7 +431,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         volume = io.to_array(io.read_image(path, "validation image"))
         io.check_values(volume, str(path))
         validation.append(volume)
-    data = PatchSet(args.data)
+    if all(p.name.endswith((".h5", ".hdf5", ".txt", ".lst")) for p in args.data):
+        data = PatchSet(args.data)
+    else:
+        from srrecnn_jax.data import RandomPatches
+
+        volumes = []
+        for path in args.data:
+            volume = io.to_array(io.read_image(path, "training image"))
+            io.check_values(volume, str(path))
+            volumes.append(volume)
+        data = RandomPatches(volumes, config.patch_scales, config.patch, seed=config.seed)
     stop = threading.Event()
     handlers = {s: signal.signal(s, lambda *_: stop.set())
                 for s in (signal.SIGINT, signal.SIGTERM)}

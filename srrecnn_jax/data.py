@@ -138,3 +138,52 @@ def prefetch(patches: PatchSet, first_step: int, last_step: int, batch: int, pro
                 ready.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.05)
+
+
+class RandomPatches:
+    """Patches cut on the fly from HR volumes: random volume, scale and position.
+
+    Each HR volume is min-max rescaled to [0, 1] and degraded once per scale
+    (blur, modcrop, downsample, spline back up), as ``make-patches`` does; the
+    pairs stay in memory. Sample ``i`` of global batch ``t`` is drawn from a
+    generator seeded with ``(seed, t, i)``, so batches are a function of the
+    step (exact resume) and P processes draw disjoint shares of the same
+    global batch.
+    """
+
+    def __init__(self, volumes: Sequence[np.ndarray], scales: Sequence[float], patch: int,
+                 sigma: float = 1.0, order: int = 3, seed: int = 0,
+                 others: Sequence[np.ndarray] | None = None):
+        from srrecnn_jax.patches import PatchConfig, Source, pairs
+
+        config = PatchConfig(patch=patch, border=(0, 0, 0), sigma=sigma, order=order,
+                             scales=tuple((float(s),) * 3 for s in scales))
+        self.pairs = []
+        for i, volume in enumerate(volumes):
+            arrays = {"hr": volume, "other": others[i] if others else None}
+            source = Source(Path("hr"), Path("other") if others else None,
+                            "intermod" if others else "simulated")
+            for data, label in pairs(source, config, lambda p, a=arrays: a[p.name]):
+                if min(label.shape[1:]) < patch:
+                    raise SrrecnnError(f"training volume {i}: {label.shape[1:]} is smaller than "
+                                       f"the {patch}^3 patch")
+                self.pairs.append((data, label))
+        self.patch, self.seed = patch, seed
+        self.channels = self.pairs[0][0].shape[0]
+
+    def batch(self, step: int, batch: int, process: int = 0,
+              processes: int = 1) -> dict[str, np.ndarray]:
+        share = batch // processes
+        p = self.patch
+        data, label = [], []
+        for i in range(process * share, (process + 1) * share):
+            rng = np.random.default_rng([self.seed, step, i])
+            volume, truth = self.pairs[int(rng.integers(len(self.pairs)))]
+            x, y, z = (int(rng.integers(n - p + 1)) for n in truth.shape[1:])
+            data.append(volume[:, x:x + p, y:y + p, z:z + p])
+            label.append(truth[:, x:x + p, y:y + p, z:z + p])
+        return {"data": np.ascontiguousarray(np.stack(data).transpose(0, 2, 3, 4, 1)),
+                "label": np.ascontiguousarray(np.stack(label).transpose(0, 2, 3, 4, 1))}
+
+    def close(self) -> None:
+        pass

@@ -28,7 +28,7 @@ import numpy as np
 from srrecnn_jax import io
 from srrecnn_jax.checkpoint import LoadedModel, save_model
 from srrecnn_jax.curves import draw_curves
-from srrecnn_jax.data import PatchSet, prefetch
+from srrecnn_jax.data import PatchSet, RandomPatches, prefetch
 from srrecnn_jax.degradation import degrade
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import super_resolve_array
@@ -97,7 +97,7 @@ def validate(params, config: TrainConfig,
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
-def train(config: TrainConfig, data: PatchSet, run_dir: Path,
+def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
           init: LoadedModel | None = None, stop: threading.Event | None = None,
           on_log: Callable[[dict], None] | None = None,
           validation: Sequence[np.ndarray] = ()) -> dict:

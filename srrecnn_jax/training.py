@@ -59,6 +59,8 @@ class TrainConfig:
     log_every: int = 100
     validate_every: int = 1000
     validation_scale: float = 2.0
+    patch: int = 21  # on-the-fly patches from images (no HDF5)
+    patch_scales: tuple[float, ...] = (2.0,)
 
     def __post_init__(self) -> None:
         if self.solver not in ("adam", "sgd"):
@@ -73,7 +75,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["steps"] = list(self.steps)
+        d["steps"], d["patch_scales"] = list(self.steps), list(self.patch_scales)
         return d
 
 
@@ -85,9 +87,11 @@ def config_from(values: Mapping[str, Any], base: TrainConfig | None = None) -> T
     if unknown:
         raise SrrecnnError(f"unknown training setting(s): {', '.join(unknown)}")
     updates = dict(values)
-    if "steps" in updates:
-        steps = updates["steps"]
-        updates["steps"] = tuple(int(s) for s in ([steps] if isinstance(steps, int) else steps))
+    for key, cast in (("steps", int), ("patch_scales", float)):
+        if key in updates:
+            value = updates[key]
+            updates[key] = tuple(cast(v) for v in (value if isinstance(value, list | tuple)
+                                                    else [value]))
     try:
         return dataclasses.replace(base, **updates)
     except (TypeError, ValueError) as e:
