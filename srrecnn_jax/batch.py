@@ -103,7 +103,13 @@ def collect_inputs(sources: Sequence[Path], glob: str = "*.nii*",
                                                     for part in p.relative_to(source).parts)]
         else:
             found.append((source, source.parent))
-    return found
+    unique, seen = [], set()
+    for path, root in found:  # the same file named twice (a folder and a file in it)
+        key = path.resolve() if path.exists() else path
+        if key not in seen:
+            seen.add(key)
+            unique.append((path, root))
+    return unique
 
 
 def plan_jobs(inputs: Iterable[tuple[Path, Path]], out_dir: Path, suffix: str = "_SR",
@@ -195,7 +201,7 @@ class Record:
 
     input: str
     output: str
-    status: str  # ok | skipped | error
+    status: str  # ok | skipped | error | not-started (the run was stopped first)
     reference: str | None = None
     shape: list[int] | None = None
     spacing: list[float] | None = None
@@ -294,8 +300,11 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
     todo = []
     for job in jobs:
         if job.output.exists() and not options.overwrite:
-            manifest.add(Record(str(job.input), str(job.output), "skipped"))
+            record = Record(str(job.input), str(job.output), "skipped")
+            manifest.add(record)
             summary.skipped += 1
+            if progress:
+                progress(record, 0)
         else:
             todo.append(job)
     scales = resolver.model.trained_scales
@@ -409,6 +418,11 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
         writer.join()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if stop.is_set():  # say what is left, so the manifest of a stopped run is complete
+        finished = {r.input for r in manifest.records}
+        for job in todo:
+            if str(job.input) not in finished:
+                manifest.add(Record(str(job.input), str(job.output), "not-started"))
     summary.interrupted = stop.is_set()
     summary.seconds = time.perf_counter() - start
     return summary

@@ -79,9 +79,6 @@ def run_batch_command(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{done_voxels[0] / (time.perf_counter() - start):.3g} voxels/s")
         bar.update(1)
 
-    for record in manifest.records:  # skipped before the run started
-        progress(record, 0)
-
     def warn(message: str) -> None:
         if not args.quiet:
             bar.write(f"srrecnn: warning: {message}", file=sys.stderr)

@@ -1,0 +1,732 @@
+"""Batch mode (``srrecnn sr --out-dir``): plan, run, report, resume, survive kills.
+
+Specification, one behaviour per test:
+
+* planning: ``collect_inputs`` expands folders (recursive ``--glob``), ``.txt`` lists,
+  single files and DICOM series folders, keeps missing paths (they fail as jobs) and skips
+  the output folder and ``.tmp-*`` staging folders; ``plan_jobs`` mirrors the input tree
+  below ``--out-dir`` (or follows ``--output-template``) and pairs references; ``shard``
+  splits the jobs between processes;
+* a run writes every good output, reports every bad input in one ``srrecnn: error:`` line,
+  exits 1 if any job failed, and its outputs equal ``SuperResolver.run`` of the same input
+  to ``RTOL`` (shape buckets must not change results);
+* the manifest (JSONL) has one line per job;
+* a rerun skips complete outputs; SIGKILL and Ctrl-C leave only complete outputs and no
+  staging files, and a rerun completes the rest;
+* memory is bounded (bounded queues), whatever the number of volumes.
+
+Inputs are tiny (6-20 voxels per axis) and the model is a 3-layer, 4-filter ReCNN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+import zlib
+from io import StringIO
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import crop, package_file
+
+from srrecnn_jax import batch, cli, config, io, model
+from srrecnn_jax.batch import Job, collect_inputs, plan_jobs, shard
+from srrecnn_jax.checkpoint import LoadedModel, save_model
+from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.inference import SuperResolver
+
+SCALE = 2
+RTOL = 1e-6  # batch output vs SuperResolver.run: |diff| <= RTOL * max|expected|
+MANIFEST = "srrecnn_manifest.jsonl"
+
+
+# --- fixtures and helpers ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random models saved once: ``mono`` (1 channel) and ``multi`` (2 channels)."""
+    root = tmp_path_factory.mktemp("models")
+    folders = {}
+    for name, channels in (("mono", 1), ("multi", 2)):
+        cfg = config.tiny(in_channels=channels)
+        params = model.init(jax.random.PRNGKey(0), cfg)
+        folders[name] = save_model(root / name, LoadedModel(params, cfg))
+    return folders
+
+
+@pytest.fixture(scope="module")
+def resolver(models) -> SuperResolver:
+    return SuperResolver.load(models["mono"])
+
+
+@pytest.fixture(scope="module")
+def anatomical_image() -> sitk.Image:
+    """nibabel's real 2 mm T1 (33 x 41 x 25, int16), read once for the module."""
+    return sitk.ReadImage(str(package_file("nibabel", "tests/data/anatomical.nii")))
+
+
+def synthetic(size: tuple[int, int, int], seed: int, spacing=(1.0, 1.0, 1.0),
+              origin=(0.0, 0.0, 0.0)) -> sitk.Image:
+    """An (x, y, z) = ``size`` float32 image of positive random voxels."""
+    values = np.random.default_rng(seed).uniform(0.1, 1.0, size).astype(np.float32)
+    return io.to_image(values, spacing, origin, (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def save(image: sitk.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def run_cli(*args, quiet: bool = True) -> tuple[int, str, str]:
+    """``srrecnn sr ARGS`` in-process; returns (exit status, stdout, stderr)."""
+    out, err = StringIO(), StringIO()
+    argv = ["sr", *map(str, args)] + (["--quiet"] if quiet else [])
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def command(*args) -> list[str]:
+    """The real command line, for a subprocess."""
+    return [sys.executable, "-m", "srrecnn_jax.cli", "sr", *map(str, args), "--quiet"]
+
+
+def manifest(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / MANIFEST).read_text().splitlines()]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("srrecnn: error:")]
+
+
+def tmp_leftovers(folder: Path) -> list[Path]:
+    """Every ``.tmp-*`` file or folder anywhere below ``folder``."""
+    return [p for p in folder.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def pixels(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def assert_same_result(got: sitk.Image, want: sitk.Image) -> None:
+    """Same grid, and voxels equal to ``RTOL`` relative to the largest expected voxel."""
+    assert got.GetSize() == want.GetSize()
+    np.testing.assert_allclose(got.GetSpacing(), want.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(got.GetOrigin(), want.GetOrigin(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got.GetDirection(), want.GetDirection(), rtol=0, atol=1e-6)
+    a, b = sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(want)
+    np.testing.assert_allclose(a, b, rtol=0, atol=RTOL * np.abs(b).max())
+
+
+def write_dicom_series(values: np.ndarray, folder: Path, spacing=(0.9, 1.1, 2.0),
+                       origin=(-5.0, 3.0, 10.0)) -> None:
+    """An (x, y, z) int16 volume as a DICOM series: one ``.dcm`` file per z slice.
+
+    As SimpleITK's "DICOM series from array" example: one Series Instance UID, and per
+    slice its Image Position Patient and Instance Number.
+    """
+    folder.mkdir(parents=True)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(values.transpose(2, 1, 0), np.int16))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    d = image.GetDirection()
+    uid = f"1.2.826.0.1.3680043.2.1125.{zlib.crc32(str(folder).encode())}"
+    tags = {"0008|0060": "MR", "0008|103e": "srrecnn test series",
+            "0020|000d": uid + ".1", "0020|000e": uid + ".2",
+            "0020|0037": "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+            "0028|0030": f"{spacing[1]}\\{spacing[0]}", "0018|0050": str(spacing[2])}
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        plane = image[:, :, k]
+        for tag, value in tags.items():
+            plane.SetMetaData(tag, value)
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        plane.SetMetaData("0020|0032", "\\".join(str(v) for v in position))
+        plane.SetMetaData("0020|0013", str(k + 1))
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(plane)
+
+
+# --- collect_inputs ---------------------------------------------------------------------
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_collect_folder_recursive_glob(tmp_path):
+    """A folder is searched recursively with the glob; each input's root is that folder."""
+    root = tmp_path / "in"
+    a, b, c = (touch(root / "a.nii.gz"), touch(root / "sub" / "b.nii"),
+               touch(root / "sub" / "deep" / "c.nii.gz"))
+    touch(root / "notes.txt")
+    touch(root / "sub" / "d.mha")
+    assert collect_inputs([root]) == [(a, root), (b, root), (c, root)]
+    assert collect_inputs([root], "*.mha") == [(root / "sub" / "d.mha", root)]
+
+
+def test_collect_list_file(tmp_path):
+    """A .txt list gives one input per line, skipping comments and blank lines, in order."""
+    b, a = touch(tmp_path / "x" / "b.nii.gz"), touch(tmp_path / "y" / "a.nii")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# scans\n\n{b}\n   \n  {a}  \n# the end\n")
+    assert collect_inputs([listing]) == [(b, b.parent), (a, a.parent)]
+
+
+def test_collect_single_file(tmp_path):
+    """A single file is one input, rooted at its own folder (whatever the glob)."""
+    path = touch(tmp_path / "scan.mha")
+    assert collect_inputs([path]) == [(path, tmp_path)]
+
+
+def test_collect_keeps_missing_path(tmp_path):
+    """A path that does not exist is kept as an input, so that it fails as a job."""
+    missing = tmp_path / "nope.nii.gz"
+    good = touch(tmp_path / "good.nii.gz")
+    assert collect_inputs([missing, good]) == [(missing, tmp_path), (good, tmp_path)]
+
+
+def test_collect_excludes_output_folder_and_staging(tmp_path):
+    """Files below the output folder (``exclude``) and in ``.tmp-*`` folders are not inputs."""
+    root = tmp_path / "in"
+    keep = touch(root / "a.nii.gz")
+    touch(root / "out" / "a_SR.nii.gz")
+    touch(root / ".tmp-srrecnn-host-123" / ".tmp-x" / "b_SR.nii.gz")
+    touch(root / "sub" / ".tmp-1234-c.nii.gz" / "c.nii.gz")
+    out = (root / "out").resolve()
+    assert collect_inputs([root], exclude=lambda p: out in p.resolve().parents) == [
+        (keep, root)]
+
+
+def test_collect_dicom_series_folder(tmp_path):
+    """A folder of .dcm files forming a series is one input, rooted at its parent."""
+    series = tmp_path / "in" / "sub-01" / "t1_series"
+    write_dicom_series(np.full((4, 3, 3), 100), series)
+    assert collect_inputs([tmp_path / "in"]) == [(series, tmp_path / "in")]
+    assert collect_inputs([series]) == [(series, series.parent)]
+
+
+# --- plan_jobs and shard ----------------------------------------------------------------
+
+
+def test_plan_mirrors_tree_with_suffix(tmp_path):
+    """Outputs mirror the input's place below its root, with ``_SR`` before the extension."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    jobs = plan_jobs([(root / "a.nii", root), (root / "s" / "d" / "c.nii.gz", root),
+                      (root / "b.mha", root)], out)
+    assert [j.output for j in jobs] == [out / "a_SR.nii", out / "s" / "d" / "c_SR.nii.gz",
+                                        out / "b_SR.mha"]
+    assert all(j.reference is None for j in jobs)
+
+
+def test_plan_output_template(tmp_path):
+    """``--output-template '{dir}/{stem}_x2{ext}'`` names outputs by the template."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    jobs = plan_jobs([(root / "a.nii.gz", root), (root / "s" / "c.nii", root)], out,
+                     template="{dir}/{stem}_x2{ext}")
+    assert [j.output for j in jobs] == [out / "a_x2.nii.gz", out / "s" / "c_x2.nii"]
+
+
+def test_plan_bad_template_raises(tmp_path):
+    """A template with an unknown field is refused, naming --output-template."""
+    with pytest.raises(SrrecnnError, match="--output-template"):
+        plan_jobs([(tmp_path / "a.nii", tmp_path)], tmp_path / "out", template="{name}.nii")
+
+
+def test_plan_reference_pattern(tmp_path):
+    """``T1w:T2w`` pairs ``sub-01_T1w.nii.gz`` with ``sub-01_T2w.nii.gz`` in its folder."""
+    t1 = tmp_path / "in" / "sub-01" / "sub-01_T1w.nii.gz"
+    (job,) = plan_jobs([(t1, tmp_path / "in")], tmp_path / "out",
+                       reference_pattern="T1w:T2w")
+    assert job == Job(t1, tmp_path / "out" / "sub-01" / "sub-01_T1w_SR.nii.gz",
+                      tmp_path / "in" / "sub-01" / "sub-01_T2w.nii.gz")
+
+
+@pytest.mark.parametrize("pattern", ["T1w", ":T2w", ""])
+def test_plan_bad_reference_pattern_raises(pattern, tmp_path):
+    """A pattern that is not OLD:NEW with a non-empty OLD is refused."""
+    with pytest.raises(SrrecnnError, match="--reference-pattern"):
+        plan_jobs([(tmp_path / "a_T1w.nii", tmp_path)], tmp_path / "out",
+                  reference_pattern=pattern)
+
+
+def test_plan_reference_pattern_not_in_name_raises(tmp_path):
+    """An input whose name lacks OLD is refused, by name."""
+    path = tmp_path / "a_T2w.nii"
+    with pytest.raises(SrrecnnError, match="a_T2w.nii"):
+        plan_jobs([(path, tmp_path)], tmp_path / "out", reference_pattern="T1w:T2w")
+
+
+def test_plan_same_output_twice_raises(tmp_path):
+    """Two inputs that would write the same output are refused, naming both."""
+    x, y = tmp_path / "x" / "t1.nii.gz", tmp_path / "y" / "t1.nii.gz"
+    with pytest.raises(SrrecnnError) as info:
+        plan_jobs([(x, x.parent), (y, y.parent)], tmp_path / "out")
+    assert str(x) in str(info.value) and str(y) in str(info.value)
+
+
+def test_shard_two_processes():
+    """Two shards hold every job exactly once, disjoint, whatever the order jobs come in."""
+    jobs = [Job(Path(f"/in/{n}.nii"), Path(f"/out/{n}_SR.nii")) for n in "gacfbed"]
+    parts = [shard(jobs, i, 2) for i in range(2)]
+    assert sorted(len(p) for p in parts) == [3, 4]
+    assert sorted(parts[0] + parts[1], key=str) == sorted(jobs, key=str)
+    assert not set(parts[0]) & set(parts[1])
+    assert [shard(jobs[::-1], i, 2) for i in range(2)] == parts
+
+
+def test_cli_same_output_twice_fails_before_work(tmp_path, models):
+    """Two inputs with one output name end the batch before any work: exit 1, one line."""
+    x = save(synthetic((6, 6, 6), 0), tmp_path / "x" / "t1.nii.gz")
+    y = save(synthetic((6, 6, 6), 1), tmp_path / "y" / "t1.nii.gz")
+    code, out, err = run_cli(x, y, "--out-dir", tmp_path / "out", "-m", models["mono"],
+                             "-s", SCALE)
+    assert code == 1
+    assert len(err.splitlines()) == 1 and len(error_lines(err)) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+# --- a mixed batch: real crops, synthetic volumes, bad inputs ---------------------------
+
+
+GOOD = ["real/t1_a.nii.gz", "real/t1_b.nii", "synth/s1.nii.gz", "synth/deep/s2.nrrd"]
+BAD = ["bad/corrupt.nii", "bad/zero.nii.gz", "bad/flat2d.nii"]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, models, anatomical_image):
+    """One batch over good and bad inputs; sizes off the bucket of 8 to exercise padding."""
+    root = tmp_path_factory.mktemp("mixed")
+    src, out = root / "in", root / "out"
+    t1 = anatomical_image
+    save(crop(t1, (8, 10, 6), (9, 11, 7)), src / GOOD[0])
+    save(crop(t1, (12, 14, 9), (12, 10, 8)), src / GOOD[1])
+    save(synthetic((6, 10, 12), 1, spacing=(1.2, 0.9, 3.0), origin=(-10, 5, 2)), src / GOOD[2])
+    save(synthetic((11, 7, 9), 2, spacing=(0.8, 0.8, 1.0)), src / GOOD[3])
+    (src / "bad").mkdir()
+    (src / BAD[0]).write_bytes(np.random.default_rng(1).bytes(2000))
+    save(io.to_image(np.zeros((8, 8, 8), np.float32), (1, 1, 1), (0, 0, 0),
+                     (1, 0, 0, 0, 1, 0, 0, 0, 1)), src / BAD[1])
+    save(sitk.Image([8, 8], sitk.sitkFloat32) + 1, src / BAD[2])
+    code, stdout, stderr = run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE,
+                                   "--glob", "*.n*")
+    return {"src": src, "out": out, "code": code, "stdout": stdout, "stderr": stderr}
+
+
+def sr_name(relative: str) -> str:
+    for ext in (".nii.gz", ".nii", ".nrrd"):
+        if relative.endswith(ext):
+            return relative[:-len(ext)] + "_SR" + ext
+    raise ValueError(relative)
+
+
+def test_mixed_batch_exits_1(mixed):
+    """A batch in which some jobs failed exits with status 1."""
+    assert mixed["code"] == 1, mixed["stderr"]
+
+
+def test_mixed_batch_reports_each_bad_input_once(mixed):
+    """Each bad input gets exactly one ``srrecnn: error:`` line naming it; no traceback."""
+    lines = error_lines(mixed["stderr"])
+    assert len(lines) == len(BAD), mixed["stderr"]
+    for name in BAD:
+        assert sum(str(mixed["src"] / name) in line for line in lines) == 1, (name, lines)
+    assert "Traceback" not in mixed["stderr"]
+
+
+def test_mixed_batch_writes_every_good_output(mixed):
+    """Every good input has its output, mirroring the input tree; no output for bad ones."""
+    for name in GOOD:
+        assert (mixed["out"] / sr_name(name)).is_file(), name
+    for name in BAD:
+        assert not (mixed["out"] / sr_name(name)).exists(), name
+
+
+def test_mixed_batch_outputs_equal_single_volume_run(mixed, resolver):
+    """Each output equals ``SuperResolver.run`` of its input (bucket padding changes nothing).
+
+    Tolerance: |batch - run| <= 1e-6 * max|run|, same size, spacing, origin and direction.
+    """
+    for name in GOOD:
+        want = resolver.run(sitk.ReadImage(str(mixed["src"] / name)), SCALE, log=lambda m: None)
+        got = sitk.ReadImage(str(mixed["out"] / sr_name(name)))
+        assert got.GetPixelID() == sitk.sitkFloat32
+        assert_same_result(got, want)
+
+
+def test_mixed_batch_leaves_only_outputs_and_manifest(mixed):
+    """The output folder holds the outputs and the manifest, and nothing else (no .tmp-*)."""
+    found = sorted(str(p.relative_to(mixed["out"])) for p in mixed["out"].rglob("*")
+                   if p.is_file())
+    assert found == sorted([MANIFEST] + [sr_name(n) for n in GOOD])
+    assert tmp_leftovers(mixed["out"]) == []
+
+
+# --- the manifest -----------------------------------------------------------------------
+
+
+def test_manifest_one_line_per_job(mixed):
+    """The default manifest OUT_DIR/srrecnn_manifest.jsonl has one JSON line per job."""
+    rows = manifest(mixed["out"])
+    assert sorted(r["input"] for r in rows) == sorted(str(mixed["src"] / n) for n in GOOD + BAD)
+    assert sorted(r["status"] for r in rows) == ["error"] * len(BAD) + ["ok"] * len(GOOD)
+
+
+def test_manifest_ok_record(mixed):
+    """An ok line has the output, its size and spacing, the seconds taken and no error."""
+    rows = {r["input"]: r for r in manifest(mixed["out"])}
+    for name in GOOD:
+        row = rows[str(mixed["src"] / name)]
+        image = sitk.ReadImage(str(mixed["out"] / sr_name(name)))
+        assert row["status"] == "ok" and row["error"] is None
+        assert row["output"] == str(mixed["out"] / sr_name(name))
+        assert row["shape"] == list(image.GetSize())
+        np.testing.assert_allclose(row["spacing"], image.GetSpacing(), rtol=1e-6)
+        assert row["seconds"] > 0
+
+
+def test_manifest_error_record(mixed):
+    """An error line has the planned output, the seconds taken and the error naming the input."""
+    rows = {r["input"]: r for r in manifest(mixed["out"])}
+    for name in BAD:
+        row = rows[str(mixed["src"] / name)]
+        assert row["status"] == "error"
+        assert row["output"] == str(mixed["out"] / sr_name(name))
+        assert str(mixed["src"] / name) in row["error"]
+        assert row["shape"] is None and row["seconds"] >= 0
+
+
+# --- resume -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_batch(tmp_path, models):
+    """Three synthetic inputs, already run once into ``out`` (exit 0)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    for n, size in enumerate([(6, 7, 8), (8, 8, 8), (9, 6, 7)]):
+        save(synthetic(size, n), src / f"v{n}.nii.gz")
+    args = [src, "--out-dir", out, "-m", models["mono"], "-s", SCALE]
+    assert run_cli(*args)[0] == 0
+    outputs = sorted(out.glob("*_SR.nii.gz"))
+    assert len(outputs) == 3
+    for path in outputs:  # a time no rewrite could produce
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    return {"src": src, "out": out, "args": args, "outputs": outputs}
+
+
+def test_rerun_skips_complete_outputs(small_batch):
+    """The same command again exits 0, marks every job skipped and leaves the files untouched."""
+    code, _, err = run_cli(*small_batch["args"])
+    assert code == 0, err
+    assert [r["status"] for r in manifest(small_batch["out"])] == ["skipped"] * 3
+    assert [p.stat().st_mtime_ns for p in small_batch["outputs"]] == [1_000_000_000] * 3
+
+
+def test_rerun_redoes_only_missing_outputs(small_batch):
+    """A deleted output is redone; the others are skipped."""
+    small_batch["outputs"][1].unlink()
+    assert run_cli(*small_batch["args"])[0] == 0
+    status = {Path(r["output"]).name: r["status"] for r in manifest(small_batch["out"])}
+    assert status == {"v0_SR.nii.gz": "skipped", "v1_SR.nii.gz": "ok",
+                      "v2_SR.nii.gz": "skipped"}
+    assert small_batch["outputs"][1].is_file()
+
+
+def test_overwrite_redoes_outputs(small_batch):
+    """With --overwrite every output is written again."""
+    assert run_cli(*small_batch["args"], "--overwrite")[0] == 0
+    assert [r["status"] for r in manifest(small_batch["out"])] == ["ok"] * 3
+    assert all(p.stat().st_mtime_ns != 1_000_000_000 for p in small_batch["outputs"])
+
+
+def test_rerun_retries_failed_jobs(small_batch):
+    """A failed job is tried again on a rerun (it has no output): still exit 1 while it fails."""
+    bad = small_batch["src"] / "v3.nii.gz"
+    bad.write_bytes(b"not an image")
+    code, _, err = run_cli(*small_batch["args"])
+    assert code == 1
+    (line,) = error_lines(err)
+    assert str(bad) in line
+    code, _, _ = run_cli(*small_batch["args"])
+    assert code == 1
+    assert sorted(r["status"] for r in manifest(small_batch["out"])) == ["error"] + [
+        "skipped"] * 3
+
+
+SKIPPED_PROGRESS = (
+    "batch_cli.run_batch_command feeds manifest.records to the progress bar before "
+    "run_batch, but run_batch adds the skipped records itself and never calls progress for "
+    "them, so a resumed run's bar stops at 0/N")
+
+
+def test_rerun_progress_bar_counts_skipped(small_batch):
+    """The progress bar of a rerun that skips every output reaches 3/3."""
+    code, _, err = run_cli(*small_batch["args"], quiet=False)
+    assert code == 0
+    assert "3/3" in err, err.replace("\r", "\n")
+
+
+# --- output folder inside the input folder ----------------------------------------------
+
+
+def test_outputs_inside_input_folder_are_not_inputs(tmp_path, models):
+    """With --out-dir inside the searched folder, a rerun does not take outputs as inputs."""
+    src = tmp_path / "in"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    args = [src, "--out-dir", src / "sr", "-m", models["mono"], "-s", SCALE]
+    assert run_cli(*args)[0] == 0
+    code, out, _ = run_cli(*args, "--dry-run")
+    assert code == 0
+    assert out.splitlines() == [f"{src / 'a.nii.gz'} -> {src / 'sr' / 'a_SR.nii.gz'}"]
+
+
+# --- kill, Ctrl-C ------------------------------------------------------------------------
+
+
+def many_volumes(folder: Path, count: int, size: int = 16, ext: str = ".nii.gz") -> list[Path]:
+    """``count`` random ``size``^3 volumes ``v00{ext}``, ``v01{ext}``, ..."""
+    return [save(synthetic((size, size, size), n), folder / f"v{n:02d}{ext}")
+            for n in range(count)]
+
+
+def start_until_first_output(args: list, out: Path, log: Path) -> subprocess.Popen:
+    """Start the real command; return once its first output is in place."""
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(command(*args), stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 60
+    while not any(out.glob("*_SR.nii.gz")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"no output before exit {proc.returncode}: {log.read_text()[-2000:]}")
+        time.sleep(0.002)
+    return proc
+
+
+def test_sigkill_then_rerun_equals_clean_run(tmp_path, models):
+    """SIGKILL mid-batch, then the same command: outputs equal a clean run's, no .tmp-* left.
+
+    Twelve 16^3 volumes, one reader: the run is killed as soon as its first output appears,
+    leaving its staging folder behind; the rerun removes it.
+    """
+    src, out, clean = tmp_path / "in", tmp_path / "out", tmp_path / "clean"
+    inputs = many_volumes(src, 12)
+    args = [src, "-m", models["mono"], "-s", SCALE, "--workers", "1"]
+    proc = start_until_first_output(args + ["--out-dir", out], out, tmp_path / "log")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_with = len(list(out.glob("*_SR.nii.gz")))
+    assert 1 <= killed_with < len(inputs), "the kill did not land mid-batch"
+    assert tmp_leftovers(out), "a killed run leaves its staging folder"
+
+    code, _, err = run_cli(*args, "--out-dir", out)
+    assert code == 0, err
+    assert sum(r["status"] == "skipped" for r in manifest(out)) == killed_with
+    assert run_cli(*args, "--out-dir", clean)[0] == 0
+
+    for path in inputs:
+        name = path.name.replace(".nii.gz", "_SR.nii.gz")
+        np.testing.assert_array_equal(pixels(out / name), pixels(clean / name))
+    assert tmp_leftovers(out) == []
+
+
+def test_sigint_exits_130_with_complete_outputs(tmp_path, models):
+    """Ctrl-C: exit 130, each output present is complete and readable, no .tmp-* left,
+    fewer than all written; a rerun completes the rest and skips what was done."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    inputs = many_volumes(src, 16)
+    args = [src, "--out-dir", out, "-m", models["mono"], "-s", SCALE, "--workers", "1"]
+    proc = start_until_first_output(args, out, tmp_path / "log")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, (tmp_path / "log").read_text()[-2000:]
+    done = sorted(out.glob("*_SR.nii.gz"))
+    assert 1 <= len(done) < len(inputs)
+    for path in done:
+        assert sitk.ReadImage(str(path)).GetSize() == (32, 32, 32)
+    assert tmp_leftovers(out) == []
+    statuses = [r["status"] for r in manifest(out)]
+    assert statuses.count("ok") == len(done)  # and the rest is listed as left to do
+    assert statuses.count("not-started") == len(inputs) - len(done) == len(statuses) - len(done)
+
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    rows = manifest(out)
+    assert sorted(Path(r["output"]) for r in rows if r["status"] == "skipped") == done
+    assert sum(r["status"] == "ok" for r in rows) == len(inputs) - len(done)
+    assert len(list(out.glob("*_SR.nii.gz"))) == len(inputs)
+
+
+# --- bounded memory ---------------------------------------------------------------------
+
+
+def test_memory_bounded_by_queues_not_batch_size(tmp_path, models, monkeypatch):
+    """Peak traced memory over 40 volumes < 1.5 x that over 10 volumes + 2 MB.
+
+    20^3 MetaImage inputs (40^3 float32 network inputs, 256 KB each; MetaImage, not NIfTI,
+    so the 4 MB reads of the NIfTI length check do not swamp the numbers). The network is
+    made 20 ms slower per volume so the readers outrun it on any device: unbounded queues
+    would then hold most of the batch. Measured on 2 CPU cores: ~3.5 MB at both counts;
+    with unbounded queues (``prefetch`` 10000) ~11 MB over 40 volumes against a limit of
+    ~7.5 MB. Compilation is warmed up first.
+    """
+    run_network = batch.run_network
+
+    def slow_network(*args, **kwargs):
+        time.sleep(0.02)
+        return run_network(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "run_network", slow_network)
+    small = many_volumes(tmp_path / "small", 10, size=20, ext=".mha")
+    large = many_volumes(tmp_path / "large", 40, size=20, ext=".mha")
+    base = ["-m", models["mono"], "-s", SCALE]
+    assert run_cli(small[0], "--out-dir", tmp_path / "warm", *base)[0] == 0
+
+    def peak(folder: Path, out: Path) -> int:
+        tracemalloc.start()
+        try:
+            assert run_cli(folder, "--out-dir", out, "--glob", "*.mha", *base)[0] == 0
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    p10 = peak(small[0].parent, tmp_path / "out10")
+    p40 = peak(large[0].parent, tmp_path / "out40")
+    assert len(list((tmp_path / "out40").glob("*_SR.mha"))) == 40
+    mb = 1 << 20
+    assert p40 < 1.5 * p10 + 2 * mb, (
+        f"peak {p40 / mb:.2f} MB over 40 volumes vs {p10 / mb:.2f} MB over 10: "
+        f"limit {(1.5 * p10 + 2 * mb) / mb:.2f} MB")
+
+
+# --- DICOM series -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def dicom_series(tmp_path) -> Path:
+    """A 7 x 6 x 5 int16 series in ``in/sub-01/t1_series``."""
+    values = np.random.default_rng(3).integers(10, 1000, (7, 6, 5))
+    folder = tmp_path / "in" / "sub-01" / "t1_series"
+    write_dicom_series(values, folder)
+    return folder
+
+
+def test_dicom_series_single_input(dicom_series, tmp_path, models):
+    """``sr FOLDER -o out.nii.gz`` reads the series as one volume: output 2x its size."""
+    output = tmp_path / "out.nii.gz"
+    code, _, err = run_cli(dicom_series, "-o", output, "-m", models["mono"], "-s", SCALE)
+    assert code == 0, err
+    assert sitk.ReadImage(str(output)).GetSize() == (14, 12, 10)
+
+
+def test_dicom_series_batch_named_after_folder(dicom_series, tmp_path, models):
+    """Batch mode over a parent folder finds the series and names the output after it;
+    the result equals the single-input command's (to 1e-6 relative)."""
+    single = tmp_path / "single.nii.gz"
+    assert run_cli(dicom_series, "-o", single, "-m", models["mono"], "-s", SCALE)[0] == 0
+    code, _, err = run_cli(tmp_path / "in", "--out-dir", tmp_path / "out", "-m",
+                           models["mono"], "-s", SCALE)
+    assert code == 0, err
+    output = tmp_path / "out" / "sub-01" / "t1_series_SR.nii.gz"
+    assert [r["output"] for r in manifest(tmp_path / "out")] == [str(output)]
+    assert_same_result(sitk.ReadImage(str(output)), sitk.ReadImage(str(single)))
+    assert sitk.ReadImage(str(output)).GetSize() == (14, 12, 10)
+
+
+# --- multimodal pairing -----------------------------------------------------------------
+
+
+@pytest.fixture
+def multimodal(tmp_path, anatomical_image):
+    """``sub-01``: T1w crop + T2w on the super-resolved grid; ``sub-02``: T1w, no T2w."""
+    src = tmp_path / "in"
+    t1 = crop(anatomical_image, (10, 12, 8), (9, 10, 7))
+    size = tuple(SCALE * n for n in t1.GetSize())
+    geometry = io.zoomed_geometry(t1, size, (SCALE,) * 3)
+    t2 = io.to_image(np.random.default_rng(4).uniform(5, 50, size).astype(np.float32),
+                     *geometry)
+    save(t1, src / "sub-01" / "sub-01_T1w.nii.gz")
+    save(t2, src / "sub-01" / "sub-01_T2w.nii.gz")
+    save(crop(anatomical_image, (12, 12, 9), (8, 8, 8)), src / "sub-02" / "sub-02_T1w.nii.gz")
+    return src
+
+
+def run_multimodal(src: Path, out: Path, models) -> tuple[int, str, str]:
+    return run_cli(src, "--out-dir", out, "-m", models["multi"], "-s", SCALE, "--glob",
+                   "*_T1w.nii.gz", "--reference-pattern", "T1w:T2w", quiet=False)
+
+
+def test_multimodal_pairs_reference(multimodal, tmp_path, models):
+    """Each T1w is paired with its T2w; the output equals ``SuperResolver.run`` with it as
+    reference (to 1e-6 relative), and a reference on the output grid is not resampled."""
+    out = tmp_path / "out"
+    _, _, err = run_multimodal(multimodal, out, models)
+    assert "resampled" not in err, err
+    folder = multimodal / "sub-01"
+    want = SuperResolver.load(models["multi"]).run(
+        sitk.ReadImage(str(folder / "sub-01_T1w.nii.gz")), SCALE,
+        reference=sitk.ReadImage(str(folder / "sub-01_T2w.nii.gz")), log=lambda m: None)
+    assert_same_result(sitk.ReadImage(str(out / "sub-01" / "sub-01_T1w_SR.nii.gz")), want)
+    row = next(r for r in manifest(out) if r["status"] == "ok")
+    assert row["reference"] == str(folder / "sub-01_T2w.nii.gz")
+
+
+def test_multimodal_missing_reference_fails_that_job_only(multimodal, tmp_path, models):
+    """A T1w without its T2w fails alone, naming the missing reference; the batch exits 1."""
+    out = tmp_path / "out"
+    code, _, err = run_multimodal(multimodal, out, models)
+    assert code == 1
+    (line,) = error_lines(err)
+    assert str(multimodal / "sub-02" / "sub-02_T2w.nii.gz") in line
+    assert (out / "sub-01" / "sub-01_T1w_SR.nii.gz").is_file()
+    assert not (out / "sub-02").exists() or not any((out / "sub-02").iterdir())
+    assert sorted(r["status"] for r in manifest(out)) == ["error", "ok"]
+
+
+# --- --dry-run and --json ----------------------------------------------------------------
+
+
+def test_dry_run_lists_jobs_and_writes_nothing(tmp_path, models):
+    """--dry-run prints ``input -> output`` per job, exits 0 and creates nothing."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    a = save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    b = save(synthetic((6, 6, 6), 1), src / "sub" / "b.nii")
+    before = sorted(tmp_path.rglob("*"))
+    code, stdout, _ = run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE,
+                              "--dry-run")
+    assert code == 0
+    assert stdout.splitlines() == [f"{a} -> {out / 'a_SR.nii.gz'}",
+                                   f"{b} -> {out / 'sub' / 'b_SR.nii'}"]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_json_summary(tmp_path, models):
+    """--json prints one JSON object on stdout with the ok, skipped and errors counts."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    save(synthetic((7, 6, 6), 1), src / "b.nii.gz")
+    (src / "c.nii").write_bytes(b"not an image")
+    args = [src, "--out-dir", out, "-m", models["mono"], "-s", SCALE, "--json"]
+    code, stdout, _ = run_cli(*args)
+    assert code == 1
+    (line,) = stdout.splitlines()
+    facts = json.loads(line)
+    assert (facts["ok"], facts["skipped"], facts["errors"]) == (2, 0, 1)
+    (src / "c.nii").unlink()
+    code, stdout, _ = run_cli(*args)
+    assert code == 0
+    facts = json.loads(stdout)
+    assert (facts["ok"], facts["skipped"], facts["errors"]) == (0, 2, 0)
