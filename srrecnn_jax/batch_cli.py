@@ -94,8 +94,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
     if count > 1:
         distributed.barrier("srrecnn-batch-done")
         if process == 0:
-            merge_manifests(sorted(part.parent.glob(f"{manifest_path.stem}.part-*.jsonl")),
-                            manifest_path)
+            merge_manifests(sorted(part.parent.glob(  # this run's parts only
+                f"{manifest_path.stem}.part-*-of-{count:05d}.jsonl")), manifest_path)
     rate = summary.voxels / summary.seconds if summary.seconds else 0.0
     if not args.quiet:
         print(f"srrecnn: {summary.ok} written, {summary.skipped} skipped (complete), "

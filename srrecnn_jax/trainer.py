@@ -189,8 +189,8 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
                     draw_curves(log_file, run_dir / "curves.png")
             if on_log:
                 on_log(last)
-        if step % config.checkpoint_every == 0 or done:
-            save(step)
+        if step % config.checkpoint_every == 0 or done or stop.is_set():
+            save(step)  # stop may have been set by on_log or a signal since `done`
         if stop.is_set():
             break
     batches.close()

@@ -69,6 +69,9 @@ class TrainConfig:
             raise ValueError(f"loss must be euclidean or mean, not {self.loss!r}")
         if self.batch < 1 or self.max_iter < 0 or self.layers < 1:
             raise ValueError("batch and layers must be positive, max_iter non-negative")
+        for name in ("checkpoint_every", "log_every", "validate_every", "keep", "patch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     def model_config(self) -> ModelConfig:
         return recnn(self.layers, self.filters, self.kernel, self.in_channels, self.residual)
@@ -149,6 +152,8 @@ def from_caffe_solver(path: Path, base: TrainConfig | None = None) -> TrainConfi
                "max_iter": "max_iter", "snapshot": "checkpoint_every", "display": "log_every",
                "delta": "epsilon"}
     for caffe_key, ours in mapping.items():
+        if caffe_key in ("snapshot", "display") and not last(caffe_key):
+            continue  # 0 means "never" in Caffe: keep our default interval
         if caffe_key in solver:
             values[ours] = type(getattr(TrainConfig, ours, 0.0))(last(caffe_key))
     if "momentum" in solver:
@@ -223,7 +228,7 @@ def train_step(state: dict, batch: dict, config: TrainConfig) -> tuple[dict, dic
     updates, opt_state = make_optimizer(config).update(grads, state["opt_state"],
                                                        state["params"])
     params = optax.apply_updates(state["params"], updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     metrics = {"loss": loss, "grad_norm": grad_norm,
                "learning_rate": learning_rate_schedule(config)(state["step"]),
                "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}

@@ -1,0 +1,176 @@
+"""Batch mode over two processes on one machine: ``jax.distributed`` on loopback, CPU (gloo).
+
+Two ``srrecnn sr --out-dir ... --distributed`` processes share eight tiny
+volumes; the sorted job list is split every other job. Their results must
+equal a single-process run, and process 0 merges the manifest parts after a
+barrier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import write
+
+from srrecnn_jax import config, model
+from srrecnn_jax.checkpoint import LoadedModel, save_model
+
+TIMEOUT_S = 120
+MANIFEST = "srrecnn_manifest.jsonl"
+# Two of the eight in a sub-folder, so outputs mirror the input tree across processes.
+NAMES = ["a0", "a1", "a2", "a3", "a4", "a5", "sub/b0", "sub/b1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sr_command(in_dir: Path, out_dir: Path, model_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "srrecnn_jax.cli", "sr", str(in_dir), "--out-dir",
+            str(out_dir), "-m", str(model_dir), "-s", "2", "--quiet"]
+
+
+def run_processes(commands: list[list[str]], logs: Path) -> list[int]:
+    """Start all commands at once, wait for all (killing all on a timeout); exit statuses."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")  # XLA_FLAGS (2 devices each) from conftest
+    logs.mkdir(parents=True, exist_ok=True)
+    procs, files = [], []
+    for i, command in enumerate(commands):
+        out, err = open(logs / f"{i}.out", "w"), open(logs / f"{i}.err", "w")  # noqa: SIM115
+        files += [out, err]
+        procs.append(subprocess.Popen(command, stdout=out, stderr=err, env=env))
+    try:
+        for proc in procs:
+            proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+        pytest.fail(f"timed out after {TIMEOUT_S} s\n{stderr_of(logs, len(procs))}")
+    finally:
+        for f in files:
+            f.close()
+    return [proc.returncode for proc in procs]
+
+
+def stderr_of(logs: Path, count: int) -> str:
+    return "\n".join(f"--- process {i} stderr:\n{(logs / f'{i}.err').read_text()[-3000:]}"
+                     for i in range(count))
+
+
+def run_distributed(in_dir: Path, out_dir: Path, model_dir: Path, logs: Path) -> list[int]:
+    port = free_port()
+    commands = [sr_command(in_dir, out_dir, model_dir)
+                + ["--distributed", "--coordinator", f"127.0.0.1:{port}",
+                   "--num-processes", "2", "--process-id", str(i)] for i in range(2)]
+    return run_processes(commands, logs)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    """A tiny saved model and eight volumes of 6-10 voxels per axis."""
+    root = tmp_path_factory.mktemp("distributed")
+    cfg = config.tiny()
+    save_model(root / "model", LoadedModel(model.init(jax.random.PRNGKey(0), cfg), cfg))
+    rng = np.random.default_rng(0)
+    (root / "in" / "sub").mkdir(parents=True)
+    for name in NAMES:
+        shape = tuple(int(n) for n in rng.integers(6, 11, size=3))
+        write((rng.random(shape) * 100 + 1).astype(np.float32), root / "in" / f"{name}.nii.gz")
+    return {"root": root, "in": root / "in", "model": root / "model"}
+
+
+@pytest.fixture(scope="module")
+def two_process_run(data) -> tuple[Path, list[int], str]:
+    """The 2-process batch: output folder, exit statuses, both stderrs."""
+    out, logs = data["root"] / "out2", data["root"] / "logs2"
+    codes = run_distributed(data["in"], out, data["model"], logs)
+    return out, codes, stderr_of(logs, 2)
+
+
+@pytest.fixture(scope="module")
+def one_process_out(data) -> Path:
+    """The same batch in one process (no --distributed)."""
+    out, logs = data["root"] / "out1", data["root"] / "logs1"
+    codes = run_processes([sr_command(data["in"], out, data["model"])], logs)
+    assert codes == [0], stderr_of(logs, 1)
+    return out
+
+
+def expected_split(in_dir: Path) -> dict[str, int]:
+    """Input path -> the process that should take it: every other job of the sorted list."""
+    inputs = sorted(str(in_dir / f"{name}.nii.gz") for name in NAMES)
+    return {path: k % 2 for k, path in enumerate(inputs)}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_both_processes_exit_zero(two_process_run):
+    """Both processes finish their share, pass the barrier and exit 0."""
+    _, codes, stderr = two_process_run
+    assert codes == [0, 0], stderr
+
+
+def test_outputs_written_once_and_equal_single_process(data, two_process_run, one_process_out):
+    """Every input has exactly one output, voxel for voxel the single-process result."""
+    out, codes, stderr = two_process_run
+    assert codes == [0, 0], stderr
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.nii.gz"))
+    assert written == sorted(f"{name}_SR.nii.gz" for name in NAMES)
+    assert not list(out.glob(".tmp-*")), "staging folders left behind"
+    for name in NAMES:
+        got = sitk.ReadImage(str(out / f"{name}_SR.nii.gz"))
+        want = sitk.ReadImage(str(one_process_out / f"{name}_SR.nii.gz"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(want))
+        assert got.GetSpacing() == want.GetSpacing() and got.GetOrigin() == want.GetOrigin()
+
+
+def test_merged_manifest_one_ok_line_per_input(data, two_process_run):
+    """Process 0's merged manifest: one "ok" line per input, from the process that owns it."""
+    out, codes, stderr = two_process_run
+    assert codes == [0, 0], stderr
+    rows = read_jsonl(out / MANIFEST)
+    assert sorted(r["input"] for r in rows) == sorted(expected_split(data["in"]))
+    assert all(r["status"] == "ok" for r in rows), rows
+    assert {r["input"]: r["process"] for r in rows} == expected_split(data["in"])
+    assert sorted(r["process"] for r in rows) == [0] * 4 + [1] * 4
+
+
+def test_part_files_list_only_their_share(data, two_process_run):
+    """Each process's manifest part lists exactly its own jobs."""
+    out, codes, stderr = two_process_run
+    assert codes == [0, 0], stderr
+    split = expected_split(data["in"])
+    for i in range(2):
+        rows = read_jsonl(out / f"srrecnn_manifest.part-{i:05d}-of-00002.jsonl")
+        assert sorted(r["input"] for r in rows) == sorted(p for p, k in split.items() if k == i)
+        assert {r["process"] for r in rows} == {i}
+        assert {r["status"] for r in rows} == {"ok"}
+
+
+def test_merge_ignores_parts_of_another_process_count(data, tmp_path):
+    """A part left by an earlier 3-process run is not merged into a 2-process run's manifest."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = {"input": str(data["in"] / "a0.nii.gz"), "output": str(out / "a0_SR.nii.gz"),
+             "status": "error", "error": "from an earlier run", "process": 2}
+    (out / "srrecnn_manifest.part-00002-of-00003.jsonl").write_text(json.dumps(stale) + "\n")
+    codes = run_distributed(data["in"], out, data["model"], tmp_path / "logs")
+    assert codes == [0, 0], stderr_of(tmp_path / "logs", 2)
+    rows = read_jsonl(out / MANIFEST)
+    assert len(rows) == len(NAMES)
+    assert all(r["status"] == "ok" for r in rows), rows
