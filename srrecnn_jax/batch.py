@@ -91,7 +91,7 @@ def collect_inputs(sources: Sequence[Path], glob: str = "*.nii*",
     found: list[tuple[Path, Path]] = []
     for source in sources:
         if source.is_file() and source.name.endswith(LIST_SUFFIXES):
-            lines = [ln.strip() for ln in source.read_text().splitlines()]
+            lines = [ln.strip() for ln in source.read_text(encoding="utf-8").splitlines()]
             found += [(Path(ln), Path(ln).parent) for ln in lines if ln and not ln.startswith("#")]
         elif source.is_dir() and is_dicom_series(source):
             found.append((source, source.parent))
@@ -220,7 +220,7 @@ class Manifest:
         self._file = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "w")  # noqa: SIM115 - closed in close()
+            self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def add(self, record: Record) -> None:
         record.process = self.process
@@ -433,9 +433,10 @@ def merge_manifests(parts: Sequence[Path], target: Path) -> list[dict]:
     rows = []
     for part in parts:
         if part.exists():
-            rows += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
+            lines = part.read_text(encoding="utf-8").splitlines()
+            rows += [json.loads(line) for line in lines if line.strip()]
     rows.sort(key=lambda r: r["input"])
     tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     os.replace(tmp, target)
     return rows

@@ -390,7 +390,7 @@ def _check_prototxt(path: Path, convs: list[_Conv], kernels: list[int], filters:
                     in_channels: int) -> list[list[int]]:
     """Check a deploy prototxt against the weights; return its pads per layer."""
     try:
-        net = parse_prototxt(path.read_text())
+        net = parse_prototxt(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SrrecnnError(f"{path}: no such prototxt file") from None
     except (OSError, UnicodeDecodeError, ValueError, IndexError) as e:

@@ -57,6 +57,14 @@ def check_params(params: dict, config: ModelConfig, name: str) -> None:
         raise SrrecnnError(f"{name}: parameters do not fit the config: {'; '.join(problems)}")
 
 
+def _local_checkpointer(ocp):
+    """A checkpointer for this process alone: a model folder is read and written by one
+    process, so it must not wait for the others of a multi-process run."""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}))
+
+
 def save_model(directory: str | Path, loaded: LoadedModel, force: bool = False) -> Path:
     """Write a model folder atomically (temporary folder, then rename)."""
     directory = Path(directory).absolute()
@@ -70,14 +78,14 @@ def save_model(directory: str | Path, loaded: LoadedModel, force: bool = False) 
     tmp = directory.with_name(f".tmp-{secrets.token_hex(4)}-{directory.name}")
     try:
         tmp.mkdir()
-        checkpointer = ocp.StandardCheckpointer()
+        checkpointer = _local_checkpointer(ocp)
         params = jax.tree_util.tree_map(np.asarray, loaded.params)
         checkpointer.save(tmp / "params", params)
         checkpointer.wait_until_finished()
         meta = {"format": FORMAT, "model": loaded.config.to_dict(),
                 "trained_scales": loaded.trained_scales,
                 "trained_spacing": loaded.trained_spacing, "origin": loaded.origin}
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)
@@ -92,7 +100,7 @@ def _load_folder(directory: Path) -> LoadedModel:
     if not config_file.is_file():
         raise SrrecnnError(f"{directory}: not a model folder (no config.json)")
     try:
-        meta = json.loads(config_file.read_text())
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
         config = ModelConfig.from_dict(meta["model"])
     except (ValueError, KeyError, TypeError) as e:
         raise SrrecnnError(f"{config_file}: invalid model config ({e})") from None
@@ -104,7 +112,7 @@ def _load_folder(directory: Path) -> LoadedModel:
                       for leaf, shape in leaves.items()}
               for layer, leaves in model.param_shapes(config).items()}
     try:
-        params = ocp.StandardCheckpointer().restore((directory / "params").absolute(), target)
+        params = _local_checkpointer(ocp).restore((directory / "params").absolute(), target)
     except Exception as e:  # orbax raises many types for a damaged folder
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SrrecnnError(f"{directory}: cannot restore parameters ({first})") from None

@@ -216,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one setting, e.g. --set learning_rate=1e-4 --set "
                    "steps=[1000,2000] (repeatable)")
     p.add_argument("--init", type=Path, help="model folder or .caffemodel to fine-tune from")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run with jax.distributed (Slurm, Open MPI and "
+                   "similar detected, or --coordinator/--num-processes/--process-id); each "
+                   "process reads its share of every batch")
+    p.add_argument("--coordinator", help="HOST:PORT of process 0 (with --distributed)")
+    p.add_argument("--num-processes", type=_positive_int, help="with --distributed")
+    p.add_argument("--process-id", type=int, help="with --distributed")
     p.add_argument("--validate", type=Path, action="append", default=[], metavar="HR",
                    help="held-out HR image, degraded and scored (PSNR/SSIM of the model and "
                    "of spline) every validate_every steps (repeatable)")
@@ -425,6 +432,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from srrecnn_jax.data import PatchSet
     from srrecnn_jax.trainer import read_run_config, train
 
+    if args.distributed:
+        from srrecnn_jax import distributed
+
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    elif args.coordinator or args.num_processes or args.process_id is not None:
+        raise SrrecnnError("--coordinator/--num-processes/--process-id: need --distributed")
     if (args.out / "train_config.json").exists() and not (
             args.config or args.from_caffe_solver or args.set):
         config = read_run_config(args.out)

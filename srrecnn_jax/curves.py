@@ -14,7 +14,8 @@ def draw_curves(metrics_file: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    lines = metrics_file.read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
     if not rows:
         return
     validated = [r for r in rows if "val_psnr" in r]

@@ -29,7 +29,7 @@ def expand_sources(paths: Sequence[Path]) -> list[Path]:
         if not path.is_file():
             raise SrrecnnError(f"{path}: no such training data file")
         if path.suffix in (".txt", ".lst"):
-            lines = [ln.strip() for ln in path.read_text().splitlines()]
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
             files += [(path.parent / ln) if not Path(ln).is_absolute() else Path(ln)
                       for ln in lines if ln and not ln.startswith("#")]
         else:

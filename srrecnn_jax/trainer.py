@@ -37,6 +37,11 @@ from srrecnn_jax.metrics import psnr, ssim
 from srrecnn_jax.training import TrainConfig, compile_step, config_from, init_state
 
 
+def local_copy(tree):
+    """A replicated (possibly multi-process) pytree as NumPy, from this process's copy."""
+    return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)), tree)
+
+
 def _manager(run_dir: Path, keep: int):
     import orbax.checkpoint as ocp
 
@@ -70,7 +75,7 @@ def restore_state(run_dir: Path, step: int | None = None,
 def read_run_config(run_dir: Path) -> TrainConfig:
     path = run_dir / "train_config.json"
     try:
-        return config_from(json.loads(path.read_text()))
+        return config_from(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise SrrecnnError(f"{run_dir}: not a training run (no train_config.json)") from None
     except ValueError as e:
@@ -130,6 +135,9 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
+    if init is not None and init.config != config.model_config():
+        raise SrrecnnError(f"--init: model {init.config.describe()} does not match the "
+                           f"configured {config.model_config().describe()}")
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "train_config.json"
     if config_file.exists():
@@ -145,9 +153,6 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
         state, _ = restore_state(run_dir, start, replicated)
     else:
         params = None if init is None else init.params
-        if init is not None and init.config != config.model_config():
-            raise SrrecnnError(f"--init: model {init.config.describe()} does not match the "
-                               f"configured {config.model_config().describe()}")
         state = jax.device_put(init_state(jax.random.PRNGKey(config.seed), config, params),
                                replicated)
     step_fn = compile_step(config, mesh)
@@ -171,7 +176,7 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
         step += 1
         done = step == config.max_iter or stop.is_set()
         if step % config.log_every == 0 or done:
-            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            values = {k: float(v) for k, v in local_copy(metrics).items()}
             if not values.pop("finite"):
                 raise SrrecnnError(f"step {step}: loss or gradient is not finite "
                                    f"(loss {values['loss']}); lower the learning rate")
@@ -181,9 +186,9 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
                     "data_wait_fraction": stats.get("wait_seconds", 0.0) / max(seconds, 1e-9)}
             stats["wait_seconds"], tick, tick_step = 0.0, time.perf_counter(), step
             if validation and (step % config.validate_every == 0 or done):
-                last |= validate(jax.device_get(state["params"]), config, validation)
+                last |= validate(local_copy(state["params"]), config, validation)
             if process == 0:
-                with open(log_file, "a") as f:
+                with open(log_file, "a", encoding="utf-8") as f:
                     f.write(json.dumps(last) + "\n")
                 if "val_psnr" in last or done:
                     draw_curves(log_file, run_dir / "curves.png")
@@ -196,7 +201,7 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
     batches.close()
     manager.wait_until_finished()
     if step == config.max_iter and process == 0:
-        params = jax.tree_util.tree_map(np.asarray, jax.device_get(state["params"]))
+        params = local_copy(state["params"])
         save_model(run_dir / "model", LoadedModel(params, config.model_config(),
                                                   origin={"kind": "srrecnn-jax training",
                                                           "run": str(run_dir.resolve()),

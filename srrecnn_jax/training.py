@@ -104,7 +104,7 @@ def config_from(values: Mapping[str, Any], base: TrainConfig | None = None) -> T
 def load_config_file(path: Path, base: TrainConfig | None = None) -> TrainConfig:
     """A TOML or JSON file of settings (flat keys as in ``TrainConfig``)."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except FileNotFoundError:
         raise SrrecnnError(f"{path}: no such config file") from None
@@ -128,7 +128,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def from_caffe_solver(path: Path, base: TrainConfig | None = None) -> TrainConfig:
     """Settings from a Caffe ``solver.prototxt`` (type, base_lr, momentum(2), delta, ...)."""
     try:
-        solver = parse_prototxt(path.read_text())
+        solver = parse_prototxt(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SrrecnnError(f"{path}: no such solver file") from None
     except (OSError, ValueError, IndexError) as e:

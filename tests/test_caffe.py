@@ -226,7 +226,7 @@ def test_published_source_sha256_matches_provenance(published, caffe_dir):
     """source = {file, sha256}, the sha256 being the one listed in PROVENANCE.md."""
     name, _, caffe = published
     listed = {}
-    for line in (caffe_dir / "PROVENANCE.md").read_text().splitlines():
+    for line in (caffe_dir / "PROVENANCE.md").read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 3 and re.fullmatch(r"[0-9a-f]{64}", cells[2]):
             listed[cells[0]] = cells[2]
