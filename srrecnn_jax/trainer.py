@@ -27,6 +27,7 @@ import numpy as np
 
 from srrecnn_jax import io
 from srrecnn_jax.checkpoint import LoadedModel, save_model
+from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.curves import draw_curves
 from srrecnn_jax.data import PatchSet, RandomPatches, prefetch
 from srrecnn_jax.degradation import degrade
@@ -82,18 +83,18 @@ def read_run_config(run_dir: Path) -> TrainConfig:
         raise SrrecnnError(f"{path}: invalid ({e})") from None
 
 
-def validate(params, config: TrainConfig,
+def validate(params, model_config: ModelConfig, scale: float,
              volumes: Sequence[np.ndarray]) -> dict[str, float]:
     """Mean PSNR/SSIM of the model and of cubic spline on held-out HR volumes.
 
     Each (x, y, z) HR volume is degraded by the observation model at
-    ``config.validation_scale`` and restored both ways; PSNR peak = HR maximum.
+    ``scale`` and restored both ways; PSNR peak = HR maximum.
     """
-    scale = (config.validation_scale,) * 3
+    scale = (scale,) * 3
     scores: dict[str, list[float]] = {}
     for hr in volumes:
         lr, truth = degrade(hr, scale)
-        estimates = {"val": super_resolve_array(params, config.model_config(), lr, scale),
+        estimates = {"val": super_resolve_array(params, model_config, lr, scale),
                      "val_spline": zoom(lr, scale)}
         span = float(truth.max() - truth.min())
         for name, estimate in estimates.items():
@@ -186,7 +187,8 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
                     "data_wait_fraction": stats.get("wait_seconds", 0.0) / max(seconds, 1e-9)}
             stats["wait_seconds"], tick, tick_step = 0.0, time.perf_counter(), step
             if validation and (step % config.validate_every == 0 or done):
-                last |= validate(local_copy(state["params"]), config, validation)
+                last |= validate(local_copy(state["params"]), config.model_config(),
+                                 config.validation_scale, validation)
             if process == 0:
                 with open(log_file, "a", encoding="utf-8") as f:
                     f.write(json.dumps(last) + "\n")
