@@ -31,3 +31,13 @@ def test_demo_without_a_checkpoint_is_one_error_line(tmp_path, capsys, monkeypat
     assert main(["demo", "--out", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "--model" in err
+
+
+def test_demo_runs_the_shipped_checkpoint_by_default(mni_t1_path, tmp_path, capsys):
+    """No --model: checkpoints/mni_x2 (5 layers, 16 filters) restores a crop better than
+    spline (interior of a 48^3 crop)."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--crop", "48"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    spline, ours = (float(line.split("PSNR")[1].split("dB")[0]) for line in lines[:2])
+    assert ours > spline + 1.0

@@ -20,7 +20,7 @@ from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.trainer import validate
 
 HERE = Path(__file__).resolve().parent
-ORIGINAL = HERE.parents[1] / "shared" / "caffe" / "SRReCNN3D_10Layers_IsoScalex2.caffemodel"
+ORIGINAL = HERE.parents[2] / "shared" / "caffe" / "SRReCNN3D_10Layers_IsoScalex2.caffemodel"
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
