@@ -31,10 +31,17 @@ def draw_curves(metrics_file: Path, png: Path) -> None:
         score.plot(steps, [r["val_spline_psnr"] for r in validated], "s--", label="cubic spline")
         score.set(xlabel="step", ylabel="PSNR (dB)", title="held-out PSNR")
         score.legend()
+    save_figure(figure, png, dpi=100)
+
+
+def save_figure(figure, png: Path, dpi: int) -> None:
+    """Write a matplotlib figure as PNG under a temporary name, rename, close it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     tmp = png.with_name(f".tmp-{os.getpid()}-{png.name}")
     try:
-        figure.savefig(tmp, dpi=100, format="png")
+        figure.savefig(tmp, dpi=dpi, format="png")
         os.replace(tmp, png)
     finally:
         plt.close(figure)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib.resources
-import os
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from srrecnn_jax import io
+from srrecnn_jax.curves import save_figure
 from srrecnn_jax.degradation import degrade_image
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import SuperResolver
@@ -104,11 +104,4 @@ def draw_montage(spline: np.ndarray, sr: np.ndarray, hr: np.ndarray, png: Path,
                 ax.set_title(title)
             if col == 0:
                 ax.set_ylabel(plane)
-    figure.tight_layout()
-    tmp = png.with_name(f".tmp-{os.getpid()}-{png.name}")
-    try:
-        figure.savefig(tmp, dpi=80, format="png")
-        os.replace(tmp, png)
-    finally:
-        plt.close(figure)
-        tmp.unlink(missing_ok=True)
+    save_figure(figure, png, dpi=80)
