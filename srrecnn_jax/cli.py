@@ -65,6 +65,17 @@ def _order(text: str) -> int:
     return value
 
 
+def _add_distributed(group, share: str) -> None:
+    """--distributed and its explicit coordinator options (sr batch mode, train)."""
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run with jax.distributed (Slurm, Open MPI "
+                       "and similar detected, or --coordinator/--num-processes/--process-id);"
+                       f" each process {share}")
+    group.add_argument("--coordinator", help="HOST:PORT of process 0 (with --distributed)")
+    group.add_argument("--num-processes", type=_positive_int, help="with --distributed")
+    group.add_argument("--process-id", type=int, help="with --distributed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="srrecnn", description="SRReCNN3D brain MRI super-resolution in JAX.")
     parser.add_argument("--version", action="version", version=f"srrecnn-jax {__version__}")
@@ -126,13 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--dry-run", action="store_true", help="list the work and stop")
     batch.add_argument("--quiet", action="store_true", help="no progress bar or warnings")
     batch.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    batch.add_argument("--distributed", action="store_true",
-                       help="join a multi-process run with jax.distributed (Slurm, Open MPI "
-                       "and similar detected, or give the three options below); each "
-                       "process takes its share of the files")
-    batch.add_argument("--coordinator", help="HOST:PORT of process 0 (with --distributed)")
-    batch.add_argument("--num-processes", type=_positive_int, help="with --distributed")
-    batch.add_argument("--process-id", type=int, help="with --distributed")
+    _add_distributed(batch, "takes its share of the files")
     p.set_defaults(run=_cmd_sr)
 
     p = commands.add_parser("convert", help="convert a Caffe .caffemodel to a model folder",
@@ -216,13 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one setting, e.g. --set learning_rate=1e-4 --set "
                    "steps=[1000,2000] (repeatable)")
     p.add_argument("--init", type=Path, help="model folder or .caffemodel to fine-tune from")
-    p.add_argument("--distributed", action="store_true",
-                   help="join a multi-process run with jax.distributed (Slurm, Open MPI and "
-                   "similar detected, or --coordinator/--num-processes/--process-id); each "
-                   "process reads its share of every batch")
-    p.add_argument("--coordinator", help="HOST:PORT of process 0 (with --distributed)")
-    p.add_argument("--num-processes", type=_positive_int, help="with --distributed")
-    p.add_argument("--process-id", type=int, help="with --distributed")
+    _add_distributed(p, "reads its share of every batch")
     p.add_argument("--validate", type=Path, action="append", default=[], metavar="HR",
                    help="held-out HR image, degraded and scored (PSNR/SSIM of the model and "
                    "of spline) every validate_every steps (repeatable)")

@@ -72,3 +72,20 @@ def write(image_or_array, path: Path, spacing=(1.0, 1.0, 1.0)) -> Path:
                                      (1, 0, 0, 0, 1, 0, 0, 0, 1))
     sitk.WriteImage(image_or_array, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random models saved once: ``mono`` (1 channel) and ``multi`` (2 channels)."""
+    import jax
+
+    from srrecnn_jax import config, model
+    from srrecnn_jax.checkpoint import LoadedModel, save_model
+
+    root = tmp_path_factory.mktemp("models")
+    folders = {}
+    for name, channels in (("mono", 1), ("multi", 2)):
+        cfg = config.tiny(in_channels=channels)
+        params = model.init(jax.random.PRNGKey(0), cfg)
+        folders[name] = save_model(root / name, LoadedModel(params, cfg))
+    return folders

@@ -32,15 +32,13 @@ import zlib
 from io import StringIO
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import crop, package_file
 
-from srrecnn_jax import batch, cli, config, io, model
+from srrecnn_jax import batch, cli, io
 from srrecnn_jax.batch import Job, collect_inputs, plan_jobs, shard
-from srrecnn_jax.checkpoint import LoadedModel, save_model
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import SuperResolver
 
@@ -51,17 +49,6 @@ MANIFEST = "srrecnn_manifest.jsonl"
 
 # --- fixtures and helpers ---------------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random models saved once: ``mono`` (1 channel) and ``multi`` (2 channels)."""
-    root = tmp_path_factory.mktemp("models")
-    folders = {}
-    for name, channels in (("mono", 1), ("multi", 2)):
-        cfg = config.tiny(in_channels=channels)
-        params = model.init(jax.random.PRNGKey(0), cfg)
-        folders[name] = save_model(root / name, LoadedModel(params, cfg))
-    return folders
 
 
 @pytest.fixture(scope="module")

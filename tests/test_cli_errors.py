@@ -19,13 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from srrecnn_jax import cli, config, inference, model
-from srrecnn_jax.checkpoint import LoadedModel, save_model
+from srrecnn_jax import cli, inference
 from srrecnn_jax.errors import SrrecnnError
 
 LR_SIZE = (8, 7, 6)  # SimpleITK (x, y, z) size of the good input
@@ -33,17 +31,6 @@ LR_SIZE = (8, 7, 6)  # SimpleITK (x, y, z) size of the good input
 
 # --- fixtures and helpers ---------------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random models saved once: ``mono`` (1 channel) and ``multi`` (2 channels)."""
-    root = tmp_path_factory.mktemp("models")
-    folders = {}
-    for name, channels in (("mono", 1), ("multi", 2)):
-        cfg = config.tiny(in_channels=channels)
-        params = model.init(jax.random.PRNGKey(0), cfg)
-        folders[name] = save_model(root / name, LoadedModel(params, cfg))
-    return folders
 
 
 def lr_image(values: np.ndarray | None = None) -> sitk.Image:
