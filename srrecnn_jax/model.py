@@ -14,11 +14,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from srrecnn_jax import conv
 from srrecnn_jax.config import ModelConfig
 
 Params = dict[str, dict[str, Any]]
 
-_DIMS = ("NDHWC", "DHWIO", "NDHWC")
+
+PRECISIONS = conv.PRECISIONS
 
 
 def layer_names(config: ModelConfig) -> list[str]:
@@ -52,7 +54,8 @@ def param_count(params: Params) -> int:
     return sum(int(math.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
 
 
-def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None = None) -> jax.Array:
+def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None = None,
+            precision: str = "fp32", impl: str = "auto") -> jax.Array:
     """The convolution chain alone: ReLU after every layer but the last.
 
     Args:
@@ -64,17 +67,18 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
         zero-padded volume, run with VALID convolutions and the volume's mask,
         then sees exactly the per-layer zero padding of the whole volume where
         the volume ends (see ``inference``).
+      precision: one of ``PRECISIONS`` (see ``conv``).
+      impl: convolution formulation, one of ``conv.IMPLEMENTATIONS``; ``auto``
+        picks shifted matrix products on CPU and XLA's convolution elsewhere.
 
     Returns:
-      ``(B, X', Y', Z', C_out)``; X' = X for SAME, X - sum(k - 1) for VALID.
+      ``(B, X', Y', Z', C_out)`` float32; X' = X for SAME, X - sum(k - 1) for VALID.
     """
     names = sorted(params, key=lambda n: int(n[4:]))
     for i, name in enumerate(names):
         layer = params[name]
-        x = jax.lax.conv_general_dilated(
-            x, layer["kernel"].astype(x.dtype), window_strides=(1, 1, 1), padding=padding,
-            dimension_numbers=_DIMS, precision=jax.lax.Precision.HIGHEST)
-        x = x + layer["bias"].astype(x.dtype)
+        x = conv.conv3d(x, layer["kernel"], padding, conv.layer_precision(precision, i),
+                        impl) + layer["bias"].astype(jnp.float32)
         if i < len(names) - 1:
             x = jax.nn.relu(x)
             if mask is not None:
@@ -84,20 +88,21 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
     return x
 
 
-def apply(params: Params, x: jax.Array, config: ModelConfig) -> jax.Array:
+def apply(params: Params, x: jax.Array, config: ModelConfig, precision: str = "fp32",
+          impl: str = "auto") -> jax.Array:
     """The whole model on ``(B, X, Y, Z, C_in)``; returns ``(B, X, Y, Z, C_out)``.
 
     ``same`` models pad every layer with zeros; ``edge_valid`` models (SRCNN3D)
     edge-replicate the input by the receptive radius and use valid
     convolutions. With ``residual`` the input's channel 0 (the interpolated
-    image) is added to the output.
+    image) is added to the output, in float32. ``precision``, ``impl``: see ``forward``.
     """
     if config.padding == "edge_valid":
         r = config.receptive_radius
         y = forward(params, jnp.pad(x, ((0, 0), (r, r), (r, r), (r, r), (0, 0)), mode="edge"),
-                    "VALID")
+                    "VALID", precision=precision, impl=impl)
     else:
-        y = forward(params, x, "SAME")
+        y = forward(params, x, "SAME", precision=precision, impl=impl)
     if config.residual:
         y = y + x[..., :1]
     return y
