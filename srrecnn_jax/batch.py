@@ -56,6 +56,8 @@ class Options:
     tile: int | None = None
     residual: bool | None = None
     header: str = "consistent"
+    precision: str = "fp32"
+    interpolation: str = "device"
     bucket: int = 8
     overwrite: bool = False
     readers: int = 2
@@ -346,7 +348,9 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
                 reference = (read_input(job.reference, "reference image")
                              if job.reference else None)
                 prepared = resolver.prepare(image, options.scale, reference, order=options.order,
-                                            header=options.header, input_name=str(job.input),
+                                            header=options.header,
+                                            interpolation=options.interpolation,
+                                            input_name=str(job.input),
                                             reference_name=str(job.reference),
                                             log=notes.append)
             except Exception as e:  # noqa: BLE001 - reported, the batch goes on
@@ -370,7 +374,8 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
                 tick = time.perf_counter()
                 with jax.default_device(device):
                     y = run_network(params, resolver.config, prepared.volume, options.tile,
-                                    options.residual, options.bucket, devices=[device])
+                                    options.residual, options.bucket, devices=[device],
+                                    precision=options.precision)
                 with lock:
                     summary.device_seconds += time.perf_counter() - tick
             except Exception as e:  # noqa: BLE001

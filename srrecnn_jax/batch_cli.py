@@ -54,7 +54,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
     resolver = SuperResolver.load(args.model, args.prototxt)
     options = Options(scale=args.scale, order=args.order, tile=args.tile,
                       residual=False if args.no_residual else None, header=args.header,
-                      bucket=args.bucket, overwrite=args.force, readers=args.workers)
+                      precision=args.precision, interpolation=args.interpolation,
+                      bucket=args.bucket, overwrite=args.force,
+                      readers=args.workers)
     manifest_path = args.manifest or out_dir / "srrecnn_manifest.jsonl"
     part = manifest_path if count == 1 else manifest_path.with_name(
         f"{manifest_path.stem}.part-{process:05d}-of-{count:05d}.jsonl")

@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the network in tiles of N^3 output voxels (exact: equals the "
                    "whole-volume result); default: whole volume unless it would not fit memory")
     p.add_argument("--order", type=_order, default=3, help="spline order of the zoom (default 3)")
+    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                   help="arithmetic of the network's convolutions: fp32 (default, exact "
+                   "float32), tf32 (GPU tensor cores, 10-bit mantissa products; as fp32 on "
+                   "CPU) or bf16 (bfloat16 operands, float32 sums)")
+    p.add_argument("--interpolation", choices=("device", "scipy"), default="device",
+                   help="where the cubic-spline zoom runs: device (JAX, GPU when present; "
+                   "default) or scipy (the original's scipy.ndimage.zoom on the CPU); they "
+                   "agree to float32 rounding")
     p.add_argument("--no-residual", action="store_true",
                    help="do not add the interpolated image to the network output")
     p.add_argument("--header", choices=("consistent", "original"), default="consistent",
@@ -313,7 +321,9 @@ def _cmd_sr(args: argparse.Namespace) -> int:
     resolver = SuperResolver.load(args.model, args.prototxt)
     result = resolver.run(image, args.scale, reference, order=args.order, tile=args.tile,
                           residual=False if args.no_residual else None, header=args.header,
-                          input_name=str(source), reference_name=str(args.reference))
+                          precision=args.precision, interpolation=args.interpolation,
+                          input_name=str(source),
+                          reference_name=str(args.reference))
     io.write_image_atomic(result, args.output)
     size = "x".join(str(n) for n in result.GetSize())
     spacing = "x".join(f"{s:.4g}" for s in result.GetSpacing())

@@ -24,13 +24,13 @@ import jax
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import io, model
+from srrecnn_jax import conv, io, model
 from srrecnn_jax.checkpoint import LoadedModel, load_model
 from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.errors import SrrecnnError
-from srrecnn_jax.interpolation import parse_scale, zoom, zoomed_shape
+from srrecnn_jax.interpolation import parse_scale, zoom, zoom_device, zoomed_shape
 
-_forward = jax.jit(model.forward, static_argnames="padding")
+_forward = jax.jit(model.forward, static_argnames=("padding", "precision", "impl"))
 
 # Bytes of device memory per voxel of a tile, per channel of the widest layer:
 # input and output activations (float32) plus XLA's convolution workspace.
@@ -70,7 +70,8 @@ def auto_tile(config: ModelConfig, shape: Sequence[int], budget: int | None = No
 
 def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
                 tile: int | None = None, residual: bool | None = None,
-                bucket: int = 1, devices: Sequence[jax.Device] | None = None) -> np.ndarray:
+                bucket: int = 1, devices: Sequence[jax.Device] | None = None,
+                precision: str = "fp32") -> np.ndarray:
     """Network (plus residual) on one volume.
 
     Args:
@@ -83,18 +84,23 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
         (results unchanged), so volumes of nearby sizes share one compilation.
       devices: where tiles run, round robin (default: the default device).
         A whole volume runs on the default device.
+      precision: arithmetic of the convolutions, one of ``model.PRECISIONS``.
 
     Returns:
       ``(X, Y, Z)`` float32.
     """
     volume = np.asarray(volume, np.float32)
     residual = config.residual if residual is None else residual
+    try:
+        conv.check_precision(precision)
+    except ValueError as e:
+        raise SrrecnnError(f"--precision: {e}") from None
     if tile is None:
         tile = auto_tile(config, _round_up(volume.shape[:3], bucket))
     if tile is None:
-        y = _run_padded(params, config, volume, bucket)
+        y = _run_padded(params, config, volume, bucket, precision)
     else:
-        y = _run_tiles(params, config, volume, tile, devices)
+        y = _run_tiles(params, config, volume, tile, devices, precision)
     return y + volume[..., 0] if residual else y
 
 
@@ -103,7 +109,7 @@ def _round_up(shape: Sequence[int], multiple: int) -> list[int]:
 
 
 def _run_padded(params: model.Params, config: ModelConfig, volume: np.ndarray,
-                bucket: int) -> np.ndarray:
+                bucket: int, precision: str = "fp32") -> np.ndarray:
     """The whole volume at once, padded on the far side to a multiple of ``bucket``.
 
     ``same`` models: zeros beyond the volume, kept zero in every hidden layer
@@ -120,18 +126,19 @@ def _run_padded(params: model.Params, config: ModelConfig, volume: np.ndarray,
         if full != list(shape):
             mask = np.zeros([1] + full + [1], np.float32)
             mask[(0,) + inside] = 1.0
-        y = _forward(params, x[None], "SAME", mask)
+        y = _forward(params, x[None], "SAME", mask, precision)
     else:
         r = config.receptive_radius
         x = np.zeros([f + 2 * r for f in full] + [channels], np.float32)
         x[tuple(slice(0, s + 2 * r) for s in shape)] = np.pad(
             volume, [(r, r)] * 3 + [(0, 0)], mode="edge")
-        y = _forward(params, x[None], "VALID", None)
+        y = _forward(params, x[None], "VALID", None, precision)
     return np.asarray(y)[(0,) + inside + (0,)]
 
 
 def _run_tiles(params: model.Params, config: ModelConfig, volume: np.ndarray,
-               tile: int, devices: Sequence[jax.Device] | None = None) -> np.ndarray:
+               tile: int, devices: Sequence[jax.Device] | None = None,
+               precision: str = "fp32") -> np.ndarray:
     """Network without residual, tile by tile; ``(X, Y, Z, C)`` -> ``(X, Y, Z)``.
 
     The volume is padded by the receptive radius R as the model pads it (zeros
@@ -176,7 +183,8 @@ def _run_tiles(params: model.Params, config: ModelConfig, volume: np.ndarray,
         device = devices[n % len(devices)]
         block = jax.device_put(padded[window][None], device)
         block_mask = None if mask is None else jax.device_put(mask[window][None], device)
-        pending.append((_forward(placed[n % len(devices)], block, "VALID", block_mask), lo))
+        pending.append((_forward(placed[n % len(devices)], block, "VALID", block_mask,
+                                 precision), lo))
         if len(pending) > 2 * len(devices):
             collect(*pending.pop(0))
     for result, lo in pending:
@@ -201,9 +209,20 @@ class Prepared:
     geometry: tuple | None = None
 
 
+#: Where the cubic-spline zoom runs: ``device`` (three per-axis matrix products
+#: in JAX, on the GPU when there is one; equal to scipy to float32 rounding,
+#: and about 20x faster than scipy even on CPU) or ``scipy`` (the original's
+#: ``scipy.ndimage.zoom``, on the host).
+INTERPOLATIONS = ("device", "scipy")
+
+
 def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequence[float],
-                  reference: np.ndarray | None = None, order: int = 3) -> Prepared:
-    """Normalise by the maximum and zoom; stack the normalised reference as channel 1."""
+                  reference: np.ndarray | None = None, order: int = 3,
+                  interpolation: str = "device") -> Prepared:
+    """Normalise by the maximum and zoom; stack the normalised reference as channel 1.
+
+    ``interpolation``: one of ``INTERPOLATIONS``.
+    """
     lr = np.asarray(lr, np.float32)
     if lr.ndim != 3:
         raise SrrecnnError(f"input: array is {lr.ndim}-D, expected 3-D (x, y, z)")
@@ -211,9 +230,15 @@ def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequ
     scale = _scale(scale)
     if not 0 <= order <= 5:
         raise SrrecnnError(f"--order: spline order must be 0 to 5, got {order}")
+    if interpolation not in INTERPOLATIONS:
+        raise SrrecnnError(f"--interpolation: must be one of {', '.join(INTERPOLATIONS)}, "
+                           f"not {interpolation!r}")
     io.check_values(lr, "input")
     low, top = float(lr.min()), float(lr.max())
-    interp = zoom(lr / np.float32(top), scale, order)
+    if interpolation == "device":
+        interp = np.asarray(zoom_device(lr / np.float32(top), scale, order))
+    else:
+        interp = zoom(lr / np.float32(top), scale, order)
     channels = [interp]
     if reference is not None:
         reference = np.asarray(reference, np.float32)
@@ -234,7 +259,8 @@ def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarra
                         scale: float | str | Sequence[float],
                         reference: np.ndarray | None = None, *,
                         order: int = 3, tile: int | None = None,
-                        residual: bool | None = None) -> np.ndarray:
+                        residual: bool | None = None, precision: str = "fp32",
+                        interpolation: str = "device") -> np.ndarray:
     """The original pipeline on arrays.
 
     Args:
@@ -246,13 +272,16 @@ def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarra
       order: spline order of the zoom (0-5).
       tile: tile edge (see ``run_network``).
       residual: override ``config.residual``.
+      precision: arithmetic of the convolutions (see ``run_network``).
+      interpolation: where the zoom runs, one of ``INTERPOLATIONS``.
 
     Returns:
       ``(round(x*s), ...)`` float32: ``max(mx * (net(i) + i), mn)`` with
       ``i = zoom(lr / mx)``, ``mn, mx`` the input's minimum and maximum.
     """
-    prepared = prepare_array(config, lr, scale, reference, order)
-    return finish_array(prepared, run_network(params, config, prepared.volume, tile, residual))
+    prepared = prepare_array(config, lr, scale, reference, order, interpolation)
+    return finish_array(prepared, run_network(params, config, prepared.volume, tile, residual,
+                                              precision=precision))
 
 
 def _check_channels(config: ModelConfig, has_reference: bool) -> None:
@@ -299,7 +328,8 @@ class SuperResolver:
 
     def prepare(self, image: sitk.Image, scale: float | str | Sequence[float],
                 reference: sitk.Image | None = None, *, order: int = 3,
-                header: str = "consistent", input_name: str = "input",
+                header: str = "consistent", interpolation: str = "device",
+                input_name: str = "input",
                 reference_name: str = "reference",
                 log: Callable[[str], None] = _stderr) -> Prepared:
         """Check, normalise and zoom ``image``; put ``reference`` on the output grid."""
@@ -322,7 +352,7 @@ class SuperResolver:
                     f"physical space (linear), covering {100 * covered:.1f}% of it")
             ref = io.to_array(reference)
             io.check_values(ref, reference_name)
-        prepared = prepare_array(self.config, lr, factors, ref, order)
+        prepared = prepare_array(self.config, lr, factors, ref, order, interpolation)
         prepared.geometry = geometry
         return prepared
 
@@ -332,7 +362,8 @@ class SuperResolver:
 
     def run(self, image: sitk.Image, scale: float | str | Sequence[float],
             reference: sitk.Image | None = None, *, order: int = 3, tile: int | None = None,
-            residual: bool | None = None, header: str = "consistent",
+            residual: bool | None = None, header: str = "consistent", precision: str = "fp32",
+            interpolation: str = "device",
             input_name: str = "input", reference_name: str = "reference",
             log: Callable[[str], None] = _stderr) -> sitk.Image:
         """Super-resolve ``image`` by ``scale`` (one factor or x, y, z factors).
@@ -341,10 +372,12 @@ class SuperResolver:
         last voxel centres (what the zoom computes); ``"original"`` writes the
         original release's ``spacing / scale``. A reference that is not on the
         output grid is resampled onto it in physical space (linear), with a
-        note to ``log``. Returns a float32 image.
+        note to ``log``. ``precision``: see ``run_network``; ``interpolation``: see
+        ``prepare_array``. Returns a float32 image.
         """
         prepared = self.prepare(image, scale, reference, order=order, header=header,
-                                input_name=input_name, reference_name=reference_name, log=log)
+                                interpolation=interpolation, input_name=input_name,
+                                reference_name=reference_name, log=log)
         y = run_network(self.model.params, self.config, prepared.volume, tile, residual,
-                        devices=jax.local_devices())
+                        devices=jax.local_devices(), precision=precision)
         return self.finish(prepared, y)
