@@ -1,0 +1,90 @@
+"""One inference case: the JAX network (whole volume, or tiled through run_network) and,
+optionally, the same network in PyTorch."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from benchmarks import flops, memory, torch_ref
+from benchmarks.cases import Case
+from benchmarks.timing import jax_sync, measure, no_sync
+from benchmarks.weights import initial_params
+from srrecnn_jax import model
+from srrecnn_jax.config import recnn
+from srrecnn_jax.inference import run_network
+
+
+def input_volume(case: Case) -> np.ndarray:
+    """``(1, X, Y, Z, 1)`` float32 uniform in [0, 1) (an image normalised by its maximum)."""
+    rng = np.random.default_rng(0)
+    return rng.random((1, *case.shape, 1), dtype=np.float32)
+
+
+def run(case: Case, repeats: int, ceilings: dict[str, dict], torch_opts: dict[str, Any]
+        ) -> dict[str, Any]:
+    config = recnn(layers=case.layers, filters=case.filters)
+    per_voxel = flops.network_flops_per_voxel(config)
+    voxels = int(np.prod(case.shape))
+    record: dict[str, Any] = {
+        "model": {"layers": config.layers, "filters": case.filters,
+                  "in_channels": config.in_channels, "kernel": 3, "describe": config.describe()},
+        "output_voxels": voxels, "flop_per_output_voxel": per_voxel, "flops": per_voxel * voxels,
+    }
+    params = jax.device_put(initial_params(case.layers, case.filters))
+    x = input_volume(case)
+    before = memory.jax_peak()
+    start = time.perf_counter()
+    if case.tile:
+        volume = x[0]
+
+        def call():
+            return run_network(params, config, volume, tile=case.tile,
+                               precision=case.precision)
+        timed = measure(call, no_sync, repeats, warmup=1)
+        output = timed.first[None, ..., None]
+        record["compile_s"] = None
+        record["xla_memory"] = None
+        record["method"] = (f"srrecnn_jax.inference.run_network(tile={case.tile}"
+                            f", precision={case.precision!r}): NumPy in and out")
+    else:
+        fn = jax.jit(functools.partial(model.apply, config=config, precision=case.precision))
+        x_dev = jax.device_put(x)
+        compiled = fn.lower(params, x_dev).compile()
+        record["compile_s"] = time.perf_counter() - start
+        record["xla_memory"] = memory.xla_memory(compiled)
+        timed = measure(lambda: compiled(params, x_dev), jax_sync, repeats, warmup=1)
+        output = np.asarray(timed.first)
+        record["method"] = ("jax.jit(model.apply) on a device-resident (1, X, Y, Z, 1) input; "
+                            "output left on the device")
+    ceiling = ceilings.get(case.precision, {}).get("tflops")
+    record["jax"] = {**timed.to_dict(), **flops.rates(timed.median, voxels, record["flops"],
+                                                      ceiling),
+                     "memory": memory.with_before(memory.jax_peak(), before)}
+    timed.first = None
+    record["torch"] = _torch(case, params, config, x, output, repeats, ceiling, torch_opts)
+    torch_s = (record["torch"].get("timing") or {}).get("median_s")
+    record["reference"] = "torch"
+    record["speed_ratio"] = torch_s / timed.median if torch_s else None
+    return record
+
+
+def _torch(case: Case, params, config, x, output, repeats, ceiling, opts) -> dict[str, Any]:
+    if opts.get("skip"):
+        return {"skipped": opts["skip"]}
+    if case.tile:
+        return {"skipped": "the tiled pipeline (run_network) has no PyTorch counterpart; "
+                           "compare the whole-volume cases"}
+    try:
+        rec = torch_ref.inference(initial_params(case.layers, case.filters), config, x, output,
+                                  case.precision, opts["device"], repeats, opts["compile"])
+    except Exception as e:  # PyTorch's failure is recorded, the JAX numbers stand
+        return {"error": f"{type(e).__name__}: {e}"}
+    voxels = int(np.prod(case.shape))
+    rec.update(flops.rates(rec["timing"]["median_s"], voxels,
+                           flops.network_flops_per_voxel(config) * voxels, ceiling))
+    return rec

@@ -1,0 +1,94 @@
+"""One train-step case: the package's jitted step and, optionally, the same step in PyTorch."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from benchmarks import flops, memory, torch_ref
+from benchmarks.cases import Case
+from benchmarks.timing import jax_sync, measure
+from benchmarks.weights import initial_params
+from srrecnn_jax.training import TrainConfig, compile_step, init_state
+
+
+def batch_arrays(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, P, P, P, 1)`` data in [0, 1) and a label close to it (a residual to learn)."""
+    rng = np.random.default_rng(0)
+    shape = (case.batch, case.patch, case.patch, case.patch, 1)
+    data = rng.random(shape, dtype=np.float32)
+    label = data + np.float32(0.05) * rng.standard_normal(shape, dtype=np.float32)
+    return data, label
+
+
+def run(case: Case, repeats: int, ceilings: dict[str, dict], torch_opts: dict[str, Any]
+        ) -> dict[str, Any]:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    extra = {}
+    if case.precision != "fp32":
+        if "precision" not in fields:
+            return {"skipped": "the package's train step runs in float32 only"}
+        extra["precision"] = case.precision
+    tc = TrainConfig(layers=case.layers, filters=case.filters, batch=case.batch,
+                     patch=case.patch, **extra)
+    config = tc.model_config()
+    per_voxel = flops.network_flops_per_voxel(config)
+    voxels = case.batch * case.patch ** 3
+    record: dict[str, Any] = {
+        "model": {"layers": config.layers, "filters": case.filters,
+                  "in_channels": config.in_channels, "kernel": 3, "describe": config.describe()},
+        "output_voxels": voxels, "flop_per_output_voxel": 3 * per_voxel,
+        "flops": flops.train_flops(config, case.batch, case.patch),
+        "optimizer": f"optax Adam lr {tc.learning_rate:g} (bias x{tc.bias_lr_mult:g}), "
+                     f"loss {tc.loss}",
+        "method": "srrecnn_jax.training.compile_step (state donated), device-resident batch",
+    }
+    data, label = batch_arrays(case)
+    before = memory.jax_peak()
+    start = time.perf_counter()
+    params0 = initial_params(case.layers, case.filters)
+    state = init_state(jax.random.key(0), tc, params=params0)
+    batch = {"data": jax.device_put(data), "label": jax.device_put(label)}
+    compiled = compile_step(tc).lower(state, batch).compile()
+    record["compile_s"] = time.perf_counter() - start
+    record["xla_memory"] = memory.xla_memory(compiled)
+    holder = {"state": state}
+    del state
+
+    def call():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return metrics["loss"]
+
+    timed = measure(call, jax_sync, repeats, warmup=1)
+    first_loss = float(timed.first)
+    timed.first = None
+    ceiling = ceilings.get(case.precision, {}).get("tflops")
+    record["jax"] = {**timed.to_dict(), **flops.rates(timed.median, voxels, record["flops"],
+                                                      ceiling),
+                     "first_loss": first_loss,
+                     "memory": memory.with_before(memory.jax_peak(), before)}
+    holder.clear()  # free the training state before PyTorch runs
+    batch = None
+    record["torch"] = _torch(tc, params0, data, label, first_loss, repeats, ceiling,
+                             torch_opts, voxels, record["flops"])
+    torch_s = (record["torch"].get("timing") or {}).get("median_s")
+    record["reference"] = "torch"
+    record["speed_ratio"] = torch_s / timed.median if torch_s else None
+    return record
+
+
+def _torch(tc, params, data, label, first_loss, repeats, ceiling, opts, voxels, total_flops):
+    if opts.get("skip"):
+        return {"skipped": opts["skip"]}
+    try:
+        rec = torch_ref.train(params, tc.model_config(), data, label, first_loss,
+                              tc.learning_rate, tc.bias_lr_mult, (tc.beta1, tc.beta2),
+                              tc.epsilon, opts["device"], repeats, opts["compile"])
+    except Exception as e:  # PyTorch's failure is recorded, the JAX numbers stand
+        return {"error": f"{type(e).__name__}: {e}"}
+    rec.update(flops.rates(rec["timing"]["median_s"], voxels, total_flops, ceiling))
+    return rec

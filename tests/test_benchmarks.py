@@ -1,0 +1,90 @@
+"""The benchmark command: ``python -m benchmarks run`` (smoke sizes; timings not checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks", "run", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def has_zoom_device() -> bool:
+    from srrecnn_jax import interpolation
+
+    return hasattr(interpolation, "zoom_device")
+
+
+def test_smoke_run_of_every_suite_writes_json_and_a_table(tmp_path):
+    out = tmp_path / "bench.json"
+    result = bench("--suite", "all", "--smoke", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+
+    for key in ("command", "date_utc", "machine", "versions", "devices", "flop_convention",
+                "ceilings", "cases"):
+        assert key in data
+    assert "2*27*(C_in*F + (L-2)*F*F + F*1)" in data["flop_convention"]["inference"]
+    assert "3 x the forward FLOPs" in data["flop_convention"]["train"]
+    assert data["ceilings"]["fp32"]["tflops"] > 0
+    assert data["failed"] == []
+
+    cases = data["cases"]
+    assert {c["suite"] for c in cases} == {"inference", "train", "interp"}
+    for case in cases:
+        jax_side = case["jax"]
+        assert jax_side["voxels_per_s"] > 0, case["name"]
+        assert jax_side["tflops"] > 0, case["name"]
+        assert jax_side["fraction_of_ceiling"] > 0, case["name"]
+        assert jax_side["repeats"] >= 2, case["name"]
+        assert jax_side["min_s"] <= jax_side["median_s"] <= jax_side["max_s"]
+        assert jax_side["memory"]["bytes"] > 0
+        torch_side = case["torch"]  # timed, or null with a reason (no PyTorch in CI)
+        assert torch_side.get("skipped") or torch_side["timing"]["median_s"] > 0
+        assert case["name"] in result.stdout, "the table names every case"
+
+    (interp,) = [c for c in cases if c["suite"] == "interp"]
+    assert interp["scipy"]["voxels_per_s"] > 0
+    if has_zoom_device():
+        assert interp["max_rel_diff"] <= 1e-5
+
+    infer = [c for c in cases if c["suite"] == "inference" and not c["tile"]][0]
+    assert infer["flops"] == infer["flop_per_output_voxel"] * infer["output_voxels"]
+
+
+def test_torch_reference_agrees_with_jax(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    result = bench("--suite", "inference", "--smoke", "--precision", "fp32", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    cases = [c for c in json.loads(out.read_text())["cases"] if not c["tile"]]
+    assert cases
+    for case in cases:
+        assert case["torch"]["agreement_max_rel_diff"] < 1e-4
+        assert case["speed_ratio"] > 0
+        assert case["torch"]["memory_format"] in ("contiguous", "channels_last_3d")
+
+
+def test_unknown_suite_is_a_one_line_error():
+    result = bench("--suite", "bogus")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bogus" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_without_torch_the_torch_columns_give_a_reason(tmp_path):
+    out = tmp_path / "bench.json"
+    result = bench("--suite", "interp", "--smoke", "--no-torch", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["options"]["torch_skipped"] == "disabled with --no-torch"
+    assert [c["name"] for c in data["cases"]] == ["interp_20_x2"]
