@@ -221,8 +221,10 @@ def train_step(state: dict, batch: dict, config: TrainConfig) -> tuple[dict, dic
     model_config = config.model_config()
 
     def objective(params):
-        return loss_value(model.apply(params, batch["data"], model_config), batch["label"],
-                          config.loss)
+        # XLA's convolution, also on CPU: there its gradient ran 1.2x faster than
+        # the row products' (14.0 s against 17.0 s, 10L-64, 16 x 21^3) with less memory.
+        prediction = model.apply(params, batch["data"], model_config, impl="xla")
+        return loss_value(prediction, batch["label"], config.loss)
 
     loss, grads = jax.value_and_grad(objective)(state["params"])
     updates, opt_state = make_optimizer(config).update(grads, state["opt_state"],
