@@ -94,15 +94,24 @@ def zoom_matrix(n_in: int, n_out: int, order: int = 3) -> np.ndarray:
     return matrix
 
 
+def _contraction_cost(shape: Sequence[int], out_shape: Sequence[int],
+                      axes: Sequence[int]) -> int:
+    current, total = list(shape), 0
+    for axis in axes:
+        total += out_shape[axis] * math.prod(current)
+        current[axis] = out_shape[axis]
+    return total
+
+
 def _contraction_order(shape: Sequence[int], out_shape: Sequence[int]) -> tuple[int, ...]:
     """The axis order of the three contractions with the fewest multiply-adds."""
-    def cost(axes: tuple[int, ...]) -> int:
-        current, total = list(shape), 0
-        for axis in axes:
-            total += out_shape[axis] * math.prod(current)
-            current[axis] = out_shape[axis]
-        return total
-    return min(itertools.permutations(range(3)), key=cost)
+    return min(itertools.permutations(range(3)),
+               key=lambda axes: _contraction_cost(shape, out_shape, axes))
+
+
+def zoom_multiply_adds(shape: Sequence[int], out_shape: Sequence[int]) -> int:
+    """Multiply-adds ``zoom_device`` executes from ``shape`` to ``out_shape`` (x, y, z)."""
+    return _contraction_cost(shape, out_shape, _contraction_order(shape, out_shape))
 
 
 @functools.cache
