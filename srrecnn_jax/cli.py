@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
                    help="arithmetic of the network's convolutions: fp32 (default, exact "
                    "float32), tf32 (GPU tensor cores, 10-bit mantissa products; as fp32 on "
-                   "CPU) or bf16 (bfloat16 operands, float32 sums)")
+                   "CPU) or bf16 (bfloat16 operands, float32 sums; the first layer, which reads "
+                   "the intensities, stays fp32)")
     p.add_argument("--interpolation", choices=("device", "scipy"), default="device",
                    help="where the cubic-spline zoom runs: device (JAX, GPU when present; "
                    "default) or scipy (the original's scipy.ndimage.zoom on the CPU); they "

@@ -10,7 +10,10 @@ project's 2-core machine) is much slower than its matrix product (about
 ``(a * Y + b) * Z + c``, and an output row is the sum over offsets of input
 rows times ``kernel[a, b, c]``. The ``k`` offsets along z are adjacent rows,
 folded into one product of depth ``k * C``; the ``k^2`` others are row slices.
-Rows are processed in blocks so a block's operands stay in cache. Outputs
+A layer with one input channel folds all ``k^3`` offsets into one product;
+one with one output channel multiplies by all taps at once and sums the
+taps' columns at their offsets. Rows are processed in blocks so a block's
+operands stay in cache (and are recomputed, not stored, for gradients). Outputs
 whose window leaves the volume are computed and dropped (a few percent at
 64^3). Results equal ``xla``'s to float32 rounding (summation order differs).
 
@@ -34,8 +37,9 @@ IMPLEMENTATIONS = ("auto", "xla", "matmul")
 
 _DIMS = ("NDHWC", "DHWIO", "NDHWC")
 _BLOCK_ROWS = 8192  # output rows per block: measured best of 2048-32768 at 64^3, C = 64
-_MIN_MATMUL_CHANNELS = 8  # thinner inputs fold all taps into one product; thinner outputs
-# take the taps as columns (the first and last layers)
+# Layers with fewer input channels fold all taps into one product; with fewer
+# output channels they take the taps as columns (the network's first and last).
+_MIN_MATMUL_CHANNELS = 8
 
 
 def check_precision(precision: str) -> None:
