@@ -1,21 +1,36 @@
-"""3-D convolution for the network, in two exact formulations, at a chosen precision.
+"""3-D convolution for the network, in three exact formulations, at a chosen precision.
 
 ``xla``: ``lax.conv_general_dilated``; what GPUs run (cuDNN).
 
+``winograd`` (CPU default for 3x3x3 layers with at least 8 channels in and
+out): Winograd F(2, 3) along x and y, with the three z taps folded into the
+products' depth. Each 2 x 2 output column pair takes 16 products of
+transformed inputs ``(voxels, 3 * C_in)`` by transformed kernels
+``(3 * C_in, C_out)`` instead of 36 of the untransformed ones: 2.25x fewer
+multiply-adds. The transform entries are 0, +-1 and 1/2, so the results stay
+as close to exact as the direct convolution's (tested against float64: within
+twice XLA's own float32 error). Blocks of about ``_WINOGRAD_ROWS`` output
+voxels are processed in turn so their operands stay in cache, and are
+recomputed, not stored, for gradients. ``relu_layer_bordered`` runs a hidden
+layer between volumes that keep a zero border, so a chain of them never pads.
+On the project's 2-core machine a 64 -> 64 layer on 64^3 takes 0.23-0.31 s,
+against about 1.1 s for XLA's convolution.
+
 ``matmul``: the convolution as shifted matrix products over the flattened
-volume, for CPUs. XLA's CPU convolution (Eigen's, 55-60 GFLOP/s on the
-project's 2-core machine) is much slower than its matrix product (about
-190 GFLOP/s there), so the volume, padded, is flattened to rows of channels
-``(X * Y * Z, C)``: a kernel offset ``(a, b, c)`` is then a fixed row offset
-``(a * Y + b) * Z + c``, and an output row is the sum over offsets of input
-rows times ``kernel[a, b, c]``. The ``k`` offsets along z are adjacent rows,
-folded into one product of depth ``k * C``; the ``k^2`` others are row slices.
-A layer with one input channel folds all ``k^3`` offsets into one product;
-one with one output channel multiplies by all taps at once and sums the
-taps' columns at their offsets. Rows are processed in blocks so a block's
-operands stay in cache (and are recomputed, not stored, for gradients). Outputs
-whose window leaves the volume are computed and dropped (a few percent at
-64^3). Results equal ``xla``'s to float32 rounding (summation order differs).
+volume, for CPUs (the first and last layers, and kernels other than 3^3).
+XLA's CPU convolution (Eigen's, 55-60 GFLOP/s on the project's 2-core
+machine) is much slower than its matrix product (about 190 GFLOP/s there), so
+the volume, padded, is flattened to rows of channels ``(X * Y * Z, C)``: a
+kernel offset ``(a, b, c)`` is then a fixed row offset ``(a * Y + b) * Z + c``,
+and an output row is the sum over offsets of input rows times
+``kernel[a, b, c]``. The ``k`` offsets along z are adjacent rows, folded into
+one product of depth ``k * C``; the ``k^2`` others are row slices. A layer
+with one input channel folds all ``k^3`` offsets into one product; one with
+one output channel multiplies by all taps at once and sums the taps' columns
+at their offsets. Rows are processed in blocks so a block's operands stay in
+cache (and are recomputed, not stored, for gradients). Outputs whose window
+leaves the volume are computed and dropped (a few percent at 64^3). Results
+equal ``xla``'s to float32 rounding (summation order differs).
 
 Arrays are channels-last ``(B, X, Y, Z, C)``; kernels ``(k, k, k, C_in, C_out)``.
 """
@@ -33,13 +48,19 @@ import jax.numpy as jnp
 #: residual and output stay float32, and so does the first layer (see
 #: ``layer_precision``).
 PRECISIONS = ("fp32", "tf32", "bf16")
-IMPLEMENTATIONS = ("auto", "xla", "matmul")
+IMPLEMENTATIONS = ("auto", "xla", "matmul", "winograd")
 
 _DIMS = ("NDHWC", "DHWIO", "NDHWC")
 _BLOCK_ROWS = 8192  # output rows per block: measured best of 2048-32768 at 64^3, C = 64
 # Layers with fewer input channels fold all taps into one product; with fewer
 # output channels they take the taps as columns (the network's first and last).
 _MIN_MATMUL_CHANNELS = 8
+# Winograd F(2, 3) (Lavin & Gray, 2016): an output pair along an axis from four
+# inputs, ``AT @ ((G @ kernel_taps) * (BT @ inputs))``, BT in ``_winograd_inputs``.
+# The entries are 0, +-1 and 1/2: the transforms add only a few float32 roundings.
+_WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+_WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+_WINOGRAD_ROWS = 1024  # output voxels per block: measured best of 512-4096 at 64^3
 
 
 def check_precision(precision: str) -> None:
@@ -58,22 +79,32 @@ def layer_precision(precision: str, index: int) -> str:
     return "fp32" if precision == "bf16" and index == 0 else precision
 
 
-def _operands(x: jax.Array, kernel: jax.Array, precision: str):
+def _arithmetic(precision: str) -> tuple:
     """Operand dtype and the ``precision`` / ``preferred_element_type`` arguments."""
     if precision == "bf16":
-        return (x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16),
-                {"preferred_element_type": jnp.float32})
+        return jnp.bfloat16, {"preferred_element_type": jnp.float32}
     lax_precision = jax.lax.Precision.HIGHEST if precision == "fp32" else jax.lax.Precision.DEFAULT
-    return x.astype(jnp.float32), kernel.astype(jnp.float32), {"precision": lax_precision}
+    return jnp.float32, {"precision": lax_precision}
+
+
+def _operands(x: jax.Array, kernel: jax.Array, precision: str):
+    """Operands cast to the precision's dtype, and the product arguments."""
+    dtype, arithmetic = _arithmetic(precision)
+    return x.astype(dtype), kernel.astype(dtype), arithmetic
 
 
 def pick(impl: str) -> str:
-    """``auto`` -> ``matmul`` on CPU, ``xla`` elsewhere."""
+    """``auto`` -> ``winograd`` on CPU, ``xla`` elsewhere."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"conv must be one of {', '.join(IMPLEMENTATIONS)}, not {impl!r}")
     if impl != "auto":
         return impl
-    return "matmul" if jax.default_backend() == "cpu" else "xla"
+    return "winograd" if jax.default_backend() == "cpu" else "xla"
+
+
+def winograd_applies(kernel: jax.Array) -> bool:
+    """3x3x3 kernels between layers with enough channels; others use ``matmul``."""
+    return kernel.shape[:3] == (3, 3, 3) and min(kernel.shape[3:]) >= _MIN_MATMUL_CHANNELS
 
 
 def conv3d(x: jax.Array, kernel: jax.Array, padding: str, precision: str = "fp32",
@@ -84,23 +115,28 @@ def conv3d(x: jax.Array, kernel: jax.Array, padding: str, precision: str = "fp32
     ``PRECISIONS``; ``impl``: one of ``IMPLEMENTATIONS``.
     """
     check_precision(precision)
+    impl = pick(impl)
+    if impl == "winograd" and winograd_applies(kernel):
+        # Transforms in float32 on the unrounded operands; products at ``precision``.
+        x = _padded(x.astype(jnp.float32), kernel, padding)
+        return jax.vmap(lambda v: _volume_winograd(v, kernel.astype(jnp.float32), precision))(x)
     x, kernel, arithmetic = _operands(x, kernel, precision)
-    if pick(impl) == "xla":
+    if impl == "xla":
         return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), padding,
                                             dimension_numbers=_DIMS, **arithmetic)
-    return _conv_matmul(x, kernel, padding, arithmetic)
+    # One volume at a time: the batch axis may be split over devices.
+    x = _padded(x, kernel, padding)
+    return jax.vmap(lambda v: _volume_matmul(v, kernel, arithmetic))(x)
 
 
-def _conv_matmul(x: jax.Array, kernel: jax.Array, padding: str, arithmetic: dict) -> jax.Array:
+def _padded(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
     # Without the barrier XLA fuses the previous layer's bias and ReLU into the
     # row blocks' slices and the whole network runs slower than with XLA's
     # convolution (measured: 8.8 s against 4.9 s for 10L-64 on 64^3).
-    x = jax.lax.optimization_barrier(x)
     if padding == "SAME":
         r = kernel.shape[0] // 2
         x = jnp.pad(x, ((0, 0), (r, r), (r, r), (r, r), (0, 0)))
-    # One volume at a time: the batch axis may be split over devices.
-    return jax.vmap(lambda v: _volume_matmul(v, kernel, arithmetic))(x)
+    return jax.lax.optimization_barrier(x)
 
 
 def _volume_matmul(x: jax.Array, kernel: jax.Array, arithmetic: dict) -> jax.Array:
@@ -156,3 +192,101 @@ def _output_shifts(flat: jax.Array, kernel: jax.Array, offsets: list[int], arith
         return sum(per_tap[o:o + _BLOCK_ROWS, t] for t, o in enumerate(offsets))
 
     return block
+
+
+def relu_layer_bordered(x: jax.Array, kernel: jax.Array, bias: jax.Array,
+                        precision: str = "fp32") -> jax.Array:
+    """A hidden layer, ``relu(conv(x) + bias)``, between zero-bordered volumes.
+
+    ``x``: float32 ``(B, X + 2, Y + 2, Z + 2, C_in)``, a volume with a border of
+    zeros one voxel wide (SAME padding, already in place); ``kernel``
+    ``(3, 3, 3, C_in, C_out)`` with ``winograd_applies``. Returns
+    ``(B, X + 2, Y + 2, Z + 2, C_out)``, again with a zero border, so a chain of
+    hidden layers never copies a volume to pad it: each block of the Winograd
+    convolution adds the bias, applies the ReLU and writes into the interior.
+    """
+    kernel = kernel.astype(jnp.float32)
+    return jax.vmap(lambda v: _volume_winograd(v.astype(jnp.float32), kernel, precision,
+                                               bias=bias.astype(jnp.float32)))(x)
+
+
+def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
+                     bias: jax.Array | None = None) -> jax.Array:
+    """VALID 3x3x3 convolution of one float32 ``(X, Y, Z, C_in)`` volume, Winograd
+    F(2, 3) along x and y, the z taps folded into the products' depth.
+
+    Each 2x2 output column pair needs 16 products of transformed inputs by
+    transformed kernels instead of 36: 2.25x fewer multiply-adds. Blocks of x
+    tile pairs are processed in turn. In a block the three z neighbours of each
+    voxel are first set side by side ``(..., Z, 3 * C_in)``, so each of the 16 is
+    one product of depth ``3 * C_in`` (the transforms are linear, so they commute
+    with this).
+
+    With ``bias``, returns ``relu(conv + bias)`` inside a zero border one voxel
+    wide, ``(X, Y, Z, C_out)`` for an input ``(X, Y, Z, C_in)`` (see
+    ``relu_layer_bordered``); without, the convolution ``(X - 2, Y - 2, Z - 2, C_out)``.
+    """
+    c_in, c_out = kernel.shape[3], kernel.shape[4]
+    ox, oy, oz = (n - 2 for n in x.shape[:3])
+    # A block: tx x ty tile pairs (2 tx x 2 ty output columns), about
+    # _WINOGRAD_ROWS output voxels, so its operands stay in cache.
+    ty = max(1, min(-(-oy // 2), round(_WINOGRAD_ROWS / oz)))
+    tx = max(1, min(-(-ox // 2), round(_WINOGRAD_ROWS / (ty * oz))))
+    nx, ny = -(-ox // (2 * tx)), -(-oy // (2 * ty))
+    # Odd sizes and partial last blocks: zeros beyond the volume, outputs dropped.
+    x = jnp.pad(x, ((0, 2 * tx * nx - ox), (0, 2 * ty * ny - oy), (0, 0), (0, 0)))
+    g = jnp.asarray(_WINOGRAD_G, jnp.float32)
+    taps = jnp.einsum("pa,qb,abzio->pqzio", g, g, kernel,
+                      precision=jax.lax.Precision.HIGHEST).reshape(4, 4, 3 * c_in, c_out)
+    dtype, arithmetic = _arithmetic(precision)
+    taps = taps.astype(dtype)
+    rows = tx * ty * oz
+    border = 0 if bias is None else 1
+
+    def block(i: jax.Array, j: jax.Array) -> jax.Array:
+        part = jax.lax.dynamic_slice(x, (i * 2 * tx, j * 2 * ty, 0, 0),
+                                     (2 * tx + 2, 2 * ty + 2) + x.shape[2:])
+        part = jnp.concatenate([part[:, :, c:c + oz] for c in range(3)], axis=3)
+        sums = {}
+        for p, along_x in enumerate(_winograd_inputs(part, 0)):
+            for q, inputs in enumerate(_winograd_inputs(along_x, 1)):
+                product = jnp.dot(inputs.reshape(rows, -1).astype(dtype), taps[p, q],
+                                  **arithmetic).astype(jnp.float32)
+                for r, s in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                    weight = _WINOGRAD_AT[r][p] * _WINOGRAD_AT[s][q]
+                    if weight:
+                        term = product if weight == 1 else weight * product
+                        sums[r, s] = term if (r, s) not in sums else sums[r, s] + term
+        outputs = {key: value.reshape(tx, ty, oz, c_out) for key, value in sums.items()}
+        if bias is not None:
+            outputs = {key: jax.nn.relu(value + bias) for key, value in outputs.items()}
+        y = jnp.stack([jnp.stack([outputs[r, 0], outputs[r, 1]], axis=2) for r in (0, 1)],
+                      axis=1)  # (tx, 2, ty, 2, Z, C_out)
+        return y.reshape(2 * tx, 2 * ty, oz, c_out)
+
+    def write(k: jax.Array, out: jax.Array) -> jax.Array:
+        i, j = k // ny, k % ny
+        return jax.lax.dynamic_update_slice(
+            out, jax.checkpoint(block)(i, j), (border + i * 2 * tx, border + j * 2 * ty, border, 0))
+
+    shape = (2 * tx * nx + 2 * border, 2 * ty * ny + 2 * border, oz + 2 * border, c_out)
+    out = jax.lax.fori_loop(0, nx * ny, write, jnp.zeros(shape, jnp.float32))
+    out = out[:ox + 2 * border, :oy + 2 * border]
+    if border and 2 * tx * nx > ox:
+        out = out.at[ox + 1].set(0)
+    if border and 2 * ty * ny > oy:
+        out = out.at[:, oy + 1].set(0)
+    return out
+
+
+def _winograd_inputs(x: jax.Array, axis: int) -> list[jax.Array]:
+    """The four transformed inputs ``BT @ (d0, d1, d2, d3)`` of every tile along
+    ``axis`` (length 2n + 2, tiles 2 apart): four arrays of length n."""
+    even = jax.lax.slice_in_dim(x, 0, None, 2, axis)
+    odd = jax.lax.slice_in_dim(x, 1, None, 2, axis)
+    n = even.shape[axis] - 1
+    d0, d2 = (jax.lax.slice_in_dim(even, s, s + n, axis=axis) for s in (0, 1))
+    d1, d3 = (jax.lax.slice_in_dim(odd, s, s + n, axis=axis) for s in (0, 1))
+    # BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+    return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+

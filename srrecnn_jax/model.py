@@ -75,17 +75,35 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
       ``(B, X', Y', Z', C_out)`` float32; X' = X for SAME, X - sum(k - 1) for VALID.
     """
     names = sorted(params, key=lambda n: int(n[4:]))
+    # SAME 3x3x3 layers on CPU: the activations keep a zero border between the
+    # Winograd hidden layers instead of being padded again for each (see conv).
+    bordered = (padding == "SAME" and mask is None and conv.pick(impl) == "winograd"
+                and all(params[n]["kernel"].shape[:3] == (3, 3, 3) for n in names))
+    if bordered:
+        x = _border(x)
     for i, name in enumerate(names):
-        layer = params[name]
-        x = conv.conv3d(x, layer["kernel"], padding, conv.layer_precision(precision, i),
-                        impl) + layer["bias"].astype(jnp.float32)
-        if i < len(names) - 1:
+        kernel, bias = params[name]["kernel"], params[name]["bias"]
+        last = i == len(names) - 1
+        layer_precision = conv.layer_precision(precision, i)
+        if bordered and not last and conv.winograd_applies(kernel):
+            x = conv.relu_layer_bordered(x, kernel, bias, layer_precision)
+            continue
+        x = conv.conv3d(x, kernel, "VALID" if bordered else padding, layer_precision,
+                        impl) + bias.astype(jnp.float32)
+        if not last:
             x = jax.nn.relu(x)
             if mask is not None:
                 crop = [(m - n) // 2 for m, n in zip(mask.shape[1:4], x.shape[1:4])]
                 x = x * mask[:, crop[0]:crop[0] + x.shape[1], crop[1]:crop[1] + x.shape[2],
                              crop[2]:crop[2] + x.shape[3]]
+            if bordered:
+                x = _border(x)
     return x
+
+
+def _border(x: jax.Array) -> jax.Array:
+    """``(B, X, Y, Z, C)`` -> ``(B, X + 2, Y + 2, Z + 2, C)`` with a border of zeros."""
+    return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
 
 
 def apply(params: Params, x: jax.Array, config: ModelConfig, precision: str = "fp32",

@@ -1,4 +1,4 @@
-"""The two convolution formulations agree, at every precision, on every layer shape we use."""
+"""The convolution formulations agree, at every precision, on every layer shape we use."""
 
 import jax
 import jax.numpy as jnp
@@ -24,14 +24,65 @@ def _relative(a, b) -> float:
     (3, 16, 1, "SAME", (2, 10, 9, 8)),     # last layer: one channel out
     (9, 1, 64, "VALID", (1, 12, 12, 12)),  # SRCNN3D's first layer
 ])
-def test_matmul_formulation_equals_xla_convolution(kernel, c_in, c_out, padding, shape):
+@pytest.mark.parametrize("impl", ["matmul", "winograd"])
+def test_cpu_formulations_equal_xla_convolution(kernel, c_in, c_out, padding, shape, impl):
     rng = np.random.default_rng(kernel)
     x = jnp.asarray(np.maximum(rng.normal(size=shape + (c_in,)), 0), jnp.float32)
     w = jnp.asarray(rng.normal(0, 0.1, (kernel,) * 3 + (c_in, c_out)), jnp.float32)
     reference = conv.conv3d(x, w, padding, impl="xla")
-    result = conv.conv3d(x, w, padding, impl="matmul")
+    result = conv.conv3d(x, w, padding, impl=impl)
     assert result.shape == reference.shape
     assert _relative(result, reference) < 2e-6  # float32 rounding, other summation order
+
+
+def _same_conv_float64(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """SAME 3x3x3 correlation in float64 NumPy: the sum over taps of shifted inputs times taps."""
+    b, nx, ny, nz, _ = x.shape
+    padded = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((b, nx, ny, nz, w.shape[4]))
+    for i, j, k in np.ndindex(3, 3, 3):
+        out += padded[:, i:i + nx, j:j + ny, k:k + nz] @ w[i, j, k].astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16, 16), (2, 9, 7, 5), (1, 3, 4, 2)])
+def test_winograd_is_as_accurate_as_the_direct_convolution(shape):
+    # Against a float64 reference, Winograd F(2, 3) stays within twice the error of
+    # XLA's direct float32 convolution: its transforms (0, +-1, 1/2) add a few roundings.
+    # Odd and tiny shapes take the padded partial tiles.
+    rng = np.random.default_rng(5)
+    x = np.maximum(rng.normal(size=shape + (16,)), 0).astype(np.float32)
+    w = rng.normal(0, 0.1, (3, 3, 3, 16, 16)).astype(np.float32)
+    exact = _same_conv_float64(x, w)
+    direct = _relative(conv.conv3d(x, w, "SAME", impl="xla"), exact)
+    winograd = _relative(conv.conv3d(x, w, "SAME", impl="winograd"), exact)
+    assert winograd < 2 * direct + 1e-7
+
+
+def test_winograd_blocks_cover_a_volume_larger_than_one_block():
+    # 40 x 30 x 12 output voxels: blocks of about _WINOGRAD_ROWS voxels, the last
+    # ones partial in x and y.
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.random((1, 40, 30, 12, 8)), jnp.float32)
+    w = jnp.asarray(rng.normal(0, 0.1, (3, 3, 3, 8, 8)), jnp.float32)
+    assert 40 * 30 * 12 > 4 * conv._WINOGRAD_ROWS
+    assert _relative(conv.conv3d(x, w, "SAME", impl="winograd"),
+                     conv.conv3d(x, w, "SAME", impl="xla")) < 2e-6
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8, 8), (2, 7, 6, 5)])
+def test_bordered_layer_is_a_padded_relu_convolution_with_a_zero_border(shape):
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.random(shape + (8,)), jnp.float32)
+    w = jnp.asarray(rng.normal(0, 0.1, (3, 3, 3, 8, 16)), jnp.float32)
+    b = jnp.asarray(rng.normal(0, 0.1, 16), jnp.float32)
+    bordered = conv.relu_layer_bordered(jnp.pad(x, ((0, 0),) + ((1, 1),) * 3 + ((0, 0),)), w, b)
+    expected = jax.nn.relu(conv.conv3d(x, w, "SAME", impl="xla") + b)
+    assert bordered.shape == (shape[0], shape[1] + 2, shape[2] + 2, shape[3] + 2, 16)
+    assert _relative(bordered[:, 1:-1, 1:-1, 1:-1], expected) < 2e-6
+    interior = np.zeros(bordered.shape, bool)
+    interior[:, 1:-1, 1:-1, 1:-1] = True
+    assert not np.asarray(bordered)[~interior].any()
 
 
 def test_matmul_formulation_spans_several_row_blocks():
@@ -43,12 +94,26 @@ def test_matmul_formulation_spans_several_row_blocks():
                      conv.conv3d(x, w, "SAME", impl="xla")) < 2e-6
 
 
-def test_whole_network_is_unchanged_by_the_formulation():
+@pytest.mark.parametrize("impl", ["matmul", "winograd"])
+def test_whole_network_is_unchanged_by_the_formulation(impl):
+    # winograd: the hidden layers keep their zero border between them (relu_layer_bordered).
     cfg = recnn(layers=4, filters=16)
     params = model.init(jax.random.key(0), cfg)
     x = jnp.asarray(np.random.default_rng(2).random((1, 12, 13, 14, 1)), jnp.float32)
-    assert _relative(model.apply(params, x, cfg, impl="matmul"),
+    assert _relative(model.apply(params, x, cfg, impl=impl),
                      model.apply(params, x, cfg, impl="xla")) < 2e-6
+
+
+def test_winograd_network_gradient_equals_xla_gradient():
+    cfg = recnn(layers=3, filters=8)
+    params = model.init(jax.random.key(1), cfg)
+    x = jnp.asarray(np.random.default_rng(8).random((2, 7, 8, 9, 1)), jnp.float32)
+
+    def grads(impl):
+        return jax.grad(lambda p: jnp.sum(model.apply(p, x, cfg, impl=impl) ** 2))(params)
+
+    for a, b in zip(jax.tree.leaves(grads("winograd")), jax.tree.leaves(grads("xla"))):
+        assert _relative(a, b) < 1e-5  # sums over every voxel: float32 order differences
 
 
 def test_bf16_is_close_to_fp32():
@@ -57,15 +122,15 @@ def test_bf16_is_close_to_fp32():
     x = jnp.asarray(rng.random((1, 10, 10, 10, 16)), jnp.float32)
     w = jnp.asarray(rng.normal(0, 0.1, (3, 3, 3, 16, 16)), jnp.float32)
     exact = conv.conv3d(x, w, "SAME", "fp32", impl="xla")
-    for impl in ("xla", "matmul"):
+    for impl in ("xla", "matmul", "winograd"):
         approx = conv.conv3d(x, w, "SAME", "bf16", impl=impl)
         assert approx.dtype == jnp.float32
         assert 1e-5 < _relative(approx, exact) < 1e-2
 
 
-def test_auto_uses_matmul_on_cpu():
+def test_auto_uses_winograd_on_cpu():
     assert jax.default_backend() == "cpu"
-    assert conv.pick("auto") == "matmul"
+    assert conv.pick("auto") == "winograd"
     assert conv.pick("xla") == "xla"
 
 
@@ -77,7 +142,7 @@ def test_unknown_precision_or_formulation_is_refused(bad):
         conv.conv3d(x, w, "SAME", **bad)
 
 
-def test_srcnn3d_layers_run_through_both_formulations():
+def test_srcnn3d_layers_run_through_the_cpu_formulation():
     cfg = srcnn3d()
     params = model.init(jax.random.key(0), cfg)
     x = jnp.asarray(np.random.default_rng(4).random((1, 14, 14, 14, 1)), jnp.float32)
