@@ -12,7 +12,7 @@ import numpy as np
 
 from benchmarks import flops, memory, torch_ref
 from benchmarks.cases import Case
-from benchmarks.timing import jax_sync, measure, no_sync
+from benchmarks.timing import jax_sync, measure, no_sync, paired, ratio
 from benchmarks.weights import initial_params
 from srrecnn_jax import model
 from srrecnn_jax.config import recnn
@@ -39,6 +39,7 @@ def run(case: Case, repeats: int, ceilings: dict[str, dict], torch_opts: dict[st
     x = input_volume(case)
     before = memory.jax_peak()
     start = time.perf_counter()
+    rival = None
     if case.tile:
         volume = x[0]
 
@@ -58,22 +59,24 @@ def run(case: Case, repeats: int, ceilings: dict[str, dict], torch_opts: dict[st
         record["compile_s"] = time.perf_counter() - start
         record["xla_memory"] = memory.xla_memory(compiled)
         timed = measure(lambda: compiled(params, x_dev), jax_sync, repeats, warmup=1)
+        rival = (lambda: compiled(params, x_dev), jax_sync)
         output = np.asarray(timed.first)
         record["method"] = ("jax.jit(model.apply) on a device-resident (1, X, Y, Z, 1) input; "
                             "output left on the device")
     ceiling = ceilings.get(case.precision, {}).get("tflops")
-    record["jax"] = {**timed.to_dict(), **flops.rates(timed.median, voxels, record["flops"],
-                                                      ceiling),
-                     "memory": memory.with_before(memory.jax_peak(), before)}
+    jax_memory = memory.with_before(memory.jax_peak(), before)
     timed.first = None
-    record["torch"] = _torch(case, params, config, x, output, repeats, ceiling, torch_opts)
-    torch_s = (record["torch"].get("timing") or {}).get("median_s")
+    record["torch"] = _torch(case, params, config, x, output, repeats, ceiling, torch_opts,
+                             rival)
+    record["jax"] = paired(timed, record["torch"], voxels, record["flops"], ceiling)
+    record["jax"]["memory"] = jax_memory
     record["reference"] = "torch"
-    record["speed_ratio"] = torch_s / timed.median if torch_s else None
+    record["speed_ratio"] = ratio(record)
     return record
 
 
-def _torch(case: Case, params, config, x, output, repeats, ceiling, opts) -> dict[str, Any]:
+def _torch(case: Case, params, config, x, output, repeats, ceiling, opts, rival
+           ) -> dict[str, Any]:
     if opts.get("skip"):
         return {"skipped": opts["skip"]}
     if case.tile:
@@ -81,7 +84,8 @@ def _torch(case: Case, params, config, x, output, repeats, ceiling, opts) -> dic
                            "compare the whole-volume cases"}
     try:
         rec = torch_ref.inference(initial_params(case.layers, case.filters), config, x, output,
-                                  case.precision, opts["device"], repeats, opts["compile"])
+                                  case.precision, opts["device"], repeats, opts["compile"],
+                                  rival)
     except Exception as e:  # PyTorch's failure is recorded, the JAX numbers stand
         return {"error": f"{type(e).__name__}: {e}"}
     voxels = int(np.prod(case.shape))

@@ -11,7 +11,7 @@ import numpy as np
 
 from benchmarks import flops, memory, torch_ref
 from benchmarks.cases import Case
-from benchmarks.timing import jax_sync, measure
+from benchmarks.timing import jax_sync, measure, paired, ratio
 from benchmarks.weights import initial_params
 from srrecnn_jax.training import TrainConfig, compile_step, init_state
 
@@ -67,27 +67,25 @@ def run(case: Case, repeats: int, ceilings: dict[str, dict], torch_opts: dict[st
     first_loss = float(timed.first)
     timed.first = None
     ceiling = ceilings.get(case.precision, {}).get("tflops")
-    record["jax"] = {**timed.to_dict(), **flops.rates(timed.median, voxels, record["flops"],
-                                                      ceiling),
-                     "first_loss": first_loss,
-                     "memory": memory.with_before(memory.jax_peak(), before)}
-    holder.clear()  # free the training state before PyTorch runs
-    batch = None
+    jax_memory = memory.with_before(memory.jax_peak(), before)
     record["torch"] = _torch(tc, params0, data, label, first_loss, repeats, ceiling,
-                             torch_opts, voxels, record["flops"])
-    torch_s = (record["torch"].get("timing") or {}).get("median_s")
+                             torch_opts, voxels, record["flops"], (call, jax_sync))
+    holder.clear()
+    record["jax"] = paired(timed, record["torch"], voxels, record["flops"], ceiling)
+    record["jax"].update(first_loss=first_loss, memory=jax_memory)
     record["reference"] = "torch"
-    record["speed_ratio"] = torch_s / timed.median if torch_s else None
+    record["speed_ratio"] = ratio(record)
     return record
 
 
-def _torch(tc, params, data, label, first_loss, repeats, ceiling, opts, voxels, total_flops):
+def _torch(tc, params, data, label, first_loss, repeats, ceiling, opts, voxels, total_flops,
+           rival):
     if opts.get("skip"):
         return {"skipped": opts["skip"]}
     try:
         rec = torch_ref.train(params, tc.model_config(), data, label, first_loss,
                               tc.learning_rate, tc.bias_lr_mult, (tc.beta1, tc.beta2),
-                              tc.epsilon, opts["device"], repeats, opts["compile"])
+                              tc.epsilon, opts["device"], repeats, opts["compile"], rival)
     except Exception as e:  # PyTorch's failure is recorded, the JAX numbers stand
         return {"error": f"{type(e).__name__}: {e}"}
     rec.update(flops.rates(rec["timing"]["median_s"], voxels, total_flops, ceiling))

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.memory import torch_peak, torch_reset
-from benchmarks.timing import measure
+from benchmarks.timing import measure, measure_alternating
 
 FP32_TOLERANCE = 1e-4
 BF16_NOTE = ("module and input in bfloat16 (cuDNN/oneDNN accumulate in float32), residual "
@@ -118,11 +118,13 @@ def _formats(torch) -> dict[str, Any]:
 
 
 def _probe_and_measure(torch, device: str, build: Callable[[Any], Callable[[], Any]],
-                       repeats: int) -> tuple[Any, str, dict[str, float]]:
+                       repeats: int, rival=None) -> tuple[Any, str, dict[str, float]]:
     """Try each memory format (warm-up + one timed run); time the faster one fully.
 
     ``build(fmt)`` returns an independent callable (its own module copy), so the
-    faster one is timed as it was probed, already warm."""
+    faster one is timed as it was probed, already warm. ``rival``: the JAX side's
+    warm ``(call, sync)``; then the two are timed in turns and the rival's
+    ``Measured`` is stored as ``timed.rival``."""
     sync = _sync(torch, device)
     probes, best = {}, None
     for label, fmt in _formats(torch).items():
@@ -135,7 +137,11 @@ def _probe_and_measure(torch, device: str, build: Callable[[Any], Callable[[], A
             del call
     label, call = best
     torch_reset(torch, device)
-    timed = measure(call, sync, repeats, warmup=0)
+    if rival is None:
+        timed = measure(call, sync, repeats, warmup=0)
+    else:
+        both = measure_alternating({"torch": (call, sync), "rival": rival}, repeats)
+        timed, timed.rival = both["torch"], both["rival"]
     timed.warmup, timed.warmup_seconds = 2, [probes[label]]  # the probe warmed it: 1 + 1 timed
     return timed, label, probes
 
@@ -154,8 +160,10 @@ def _common(torch, device: str, precision: str, compiled: bool) -> dict[str, Any
 
 
 def inference(params: dict, config, x: np.ndarray, reference: np.ndarray, precision: str,
-              device: str, repeats: int, compile_net: bool = False) -> dict[str, Any]:
-    """Agreement with the JAX output ``reference``, then the timing of the faster format."""
+              device: str, repeats: int, compile_net: bool = False, rival=None
+              ) -> dict[str, Any]:
+    """Agreement with the JAX output ``reference``, then the timing of the faster format
+    (in turns with ``rival``, the JAX side's ``(call, sync)``, when given)."""
     import torch
 
     set_precision(torch, precision)
@@ -173,16 +181,19 @@ def inference(params: dict, config, x: np.ndarray, reference: np.ndarray, precis
         record["agreement_max_rel_diff"] = diff
         record["agreement_ok"] = diff < FP32_TOLERANCE if precision == "fp32" else None
 
-        timed, label, probes = _probe_and_measure(torch, device, build, repeats)
+        timed, label, probes = _probe_and_measure(torch, device, build, repeats, rival)
     record.update({"memory_format": label, "format_probe_s": probes, "timing": timed.to_dict(),
                    "memory": torch_peak(torch, device)})
+    if rival is not None:
+        record["rival_timing"] = timed.rival.to_dict()
     return record
 
 
 def train(params: dict, config, data: np.ndarray, label: np.ndarray, jax_first_loss: float,
           learning_rate: float, bias_lr_mult: float, betas: tuple[float, float], eps: float,
-          device: str, repeats: int, compile_net: bool = False) -> dict[str, Any]:
-    """Adam steps on one batch; the first step's loss is compared with JAX's."""
+          device: str, repeats: int, compile_net: bool = False, rival=None) -> dict[str, Any]:
+    """Adam steps on one batch; the first step's loss is compared with JAX's. ``rival``:
+    as for ``inference``."""
     import torch
 
     set_precision(torch, "fp32")
@@ -211,7 +222,9 @@ def train(params: dict, config, data: np.ndarray, label: np.ndarray, jax_first_l
             return loss
         return step
 
-    timed, fmt, probes = _probe_and_measure(torch, device, build, repeats)
+    timed, fmt, probes = _probe_and_measure(torch, device, build, repeats, rival)
+    if rival is not None:
+        record["rival_timing"] = timed.rival.to_dict()
     record.update({
         "memory_format": fmt, "format_probe_s": probes, "timing": timed.to_dict(),
         "first_loss": first["loss"], "jax_first_loss": jax_first_loss,

@@ -71,6 +71,22 @@ def test_torch_reference_agrees_with_jax(tmp_path):
         assert case["torch"]["agreement_max_rel_diff"] < 1e-4
         assert case["speed_ratio"] > 0
         assert case["torch"]["memory_format"] in ("contiguous", "channels_last_3d")
+        # The ratio comes from runs taken in turns with PyTorch, as many as PyTorch's.
+        assert case["jax"]["timed"] == "in turns with PyTorch"
+        assert len(case["jax"]["seconds"]) == len(case["torch"]["timing"]["seconds"])
+        assert case["speed_ratio"] == pytest.approx(
+            case["torch"]["timing"]["median_s"] / case["jax"]["median_s"])
+        assert case["jax"]["alone"]["median_s"] > 0
+
+
+def test_alternating_measurement_takes_the_calls_in_turns():
+    from benchmarks.timing import measure_alternating
+
+    log = []
+    calls = {name: (lambda name=name: log.append(name), lambda out: out) for name in "ab"}
+    timed = measure_alternating(calls, repeats=3)
+    assert log == ["a", "b", "a", "b", "a", "b"]
+    assert [len(timed[n].seconds) for n in "ab"] == [3, 3]
 
 
 def test_unknown_suite_is_a_one_line_error():
