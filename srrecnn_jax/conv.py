@@ -230,9 +230,8 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
     ox, oy, oz = (n - 2 for n in x.shape[:3])
     # A block: tx x ty tile pairs (2 tx x 2 ty output columns), about
     # _WINOGRAD_ROWS output voxels, so its operands stay in cache.
-    ty = max(1, min(-(-oy // 2), round(_WINOGRAD_ROWS / oz)))
-    tx = max(1, min(-(-ox // 2), round(_WINOGRAD_ROWS / (ty * oz))))
-    nx, ny = -(-ox // (2 * tx)), -(-oy // (2 * ty))
+    ty, ny = _split(-(-oy // 2), _WINOGRAD_ROWS / oz)
+    tx, nx = _split(-(-ox // 2), _WINOGRAD_ROWS / (ty * oz))
     # Odd sizes and partial last blocks: zeros beyond the volume, outputs dropped.
     x = jnp.pad(x, ((0, 2 * tx * nx - ox), (0, 2 * ty * ny - oy), (0, 0), (0, 0)))
     g = jnp.asarray(_WINOGRAD_G, jnp.float32)
@@ -277,6 +276,13 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
     if border and 2 * ty * ny > oy:
         out = out.at[:, oy + 1].set(0)
     return out
+
+
+def _split(tiles: int, target: float) -> tuple[int, int]:
+    """``tiles`` in ``n`` blocks of ``size`` (about ``target``, at least 1), the last one
+    as full as the others can make it: 48 tiles at 11 -> 5 blocks of 10, not of 11."""
+    n = -(-tiles // max(1, min(tiles, round(target))))
+    return -(-tiles // n), n
 
 
 def _winograd_inputs(x: jax.Array, axis: int) -> list[jax.Array]:

@@ -69,7 +69,8 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
         the volume ends (see ``inference``).
       precision: one of ``PRECISIONS`` (see ``conv``).
       impl: convolution formulation, one of ``conv.IMPLEMENTATIONS``; ``auto``
-        picks shifted matrix products on CPU and XLA's convolution elsewhere.
+        picks Winograd (hidden layers) and shifted matrix products (first and
+        last) on CPU, XLA's convolution elsewhere.
 
     Returns:
       ``(B, X', Y', Z', C_out)`` float32; X' = X for SAME, X - sum(k - 1) for VALID.
