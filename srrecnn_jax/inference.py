@@ -34,7 +34,17 @@ _forward = jax.jit(model.forward, static_argnames=("padding", "precision", "impl
 
 # Bytes of device memory per voxel of a tile, per channel of the widest layer:
 # input and output activations (float32) plus XLA's convolution workspace.
-_BYTES_PER_VOXEL_CHANNEL = 4 * 4
+# float32 activations XLA keeps alive at once, per voxel and channel: about 2
+# with XLA's convolution (GPUs); on CPU, with the Winograd and row-product
+# formulations, its buffer assignment measured 10.7-11.3 (10L-64, 96 x 112 x 96;
+# a whole 196 x 232 x 188 volume peaked at 22 GiB).
+_LIVE_ACTIVATIONS = {"cpu": 12}
+_LIVE_ACTIVATIONS_DEFAULT = 4
+
+
+def bytes_per_voxel_channel() -> int:
+    """Bytes of device memory per voxel and channel of the widest layer (see auto_tile)."""
+    return 4 * _LIVE_ACTIVATIONS.get(jax.default_backend(), _LIVE_ACTIVATIONS_DEFAULT)
 _MIN_TILE = 16
 
 
@@ -57,7 +67,7 @@ def memory_budget() -> int:
 def auto_tile(config: ModelConfig, shape: Sequence[int], budget: int | None = None) -> int | None:
     """Tile edge to use for a volume of ``shape``, or None when it fits whole."""
     budget = memory_budget() if budget is None else budget
-    per_voxel = _BYTES_PER_VOXEL_CHANNEL * max(max(config.filters), config.in_channels)
+    per_voxel = bytes_per_voxel_channel() * max(max(config.filters), config.in_channels)
     r = config.receptive_radius
     whole = math.prod(s + 2 * r for s in shape) * per_voxel
     if whole <= budget:

@@ -102,7 +102,8 @@ def test_volume_too_big_for_memory_is_tiled(monkeypatch):
     whole = inference.run_network(params, SAME, volume)
     used = []
     original = inference._run_tiles
-    monkeypatch.setattr(inference, "memory_budget", lambda: 64 * 10**3)  # 4^3 + halo
+    budget = 4 * 10**3 * inference.bytes_per_voxel_channel()  # 4^3 + halo
+    monkeypatch.setattr(inference, "memory_budget", lambda: budget)
     monkeypatch.setattr(inference, "_MIN_TILE", 1)
     monkeypatch.setattr(inference, "_run_tiles",
                         lambda *a: used.append(a[3]) or original(*a))
@@ -119,7 +120,7 @@ def test_auto_tile_fits_the_budget():
     cfg = configs.recnn()
     budget = 2 << 30
     edge = inference.auto_tile(cfg, (400, 400, 400), budget=budget)
-    per_voxel = inference._BYTES_PER_VOXEL_CHANNEL * 64
+    per_voxel = inference.bytes_per_voxel_channel() * 64
     assert edge is not None and (edge + 2 * cfg.receptive_radius) ** 3 * per_voxel <= budget
 
 
