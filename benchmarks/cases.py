@@ -95,10 +95,16 @@ def gpu_cases(precisions: Sequence[str]) -> list[Case]:
     return cases
 
 
+def _default_precisions(precisions: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """``(precisions, extra)``: fp32 everywhere and bf16 once, unless ``precisions`` are given."""
+    if precisions is None:
+        return ["fp32"], ["bf16"]
+    return list(precisions), []
+
+
 def cpu_cases(precisions: Sequence[str] | None) -> list[Case]:
     """fp32 everywhere and one bf16 inference case, unless ``precisions`` are given."""
-    extra = ["bf16"] if precisions is None else []
-    precisions = ["fp32"] if precisions is None else list(precisions)
+    precisions, extra = _default_precisions(precisions)
     cases = [inference(10, 64, (64,) * 3, p) for p in precisions + extra]
     cases += [inference(20, 64, (64,) * 3, p) for p in precisions]
     cases += [inference(10, 64, (96,) * 3, p) for p in precisions]
@@ -108,8 +114,7 @@ def cpu_cases(precisions: Sequence[str] | None) -> list[Case]:
 
 
 def smoke_cases(precisions: Sequence[str] | None) -> list[Case]:
-    extra = ["bf16"] if precisions is None else []
-    precisions = ["fp32"] if precisions is None else list(precisions)
+    precisions, extra = _default_precisions(precisions)
     cases = [inference(3, 8, (16,) * 3, p) for p in precisions + extra]
     cases += [inference(3, 8, (16,) * 3, "fp32", tile=8, note=TILED_NOTE)]
     cases += [train(3, 8, 2, 9)]

@@ -216,11 +216,12 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
     F(2, 3) along x and y, the z taps folded into the products' depth.
 
     Each 2x2 output column pair needs 16 products of transformed inputs by
-    transformed kernels instead of 36: 2.25x fewer multiply-adds. Blocks of x
-    tile pairs are processed in turn. In a block the three z neighbours of each
-    voxel are first set side by side ``(..., Z, 3 * C_in)``, so each of the 16 is
-    one product of depth ``3 * C_in`` (the transforms are linear, so they commute
-    with this).
+    transformed kernels instead of 36: 2.25x fewer multiply-adds. Blocks of
+    x and y tile pairs (about ``_WINOGRAD_ROWS`` output voxels) are processed in
+    turn, each written into the output in place. In a block the three z
+    neighbours of each voxel are first set side by side ``(..., Z, 3 * C_in)``,
+    so each of the 16 is one product of depth ``3 * C_in`` (the transforms are
+    linear, so they commute with this).
 
     With ``bias``, returns ``relu(conv + bias)`` inside a zero border one voxel
     wide, ``(X, Y, Z, C_out)`` for an input ``(X, Y, Z, C_in)`` (see

@@ -32,20 +32,19 @@ from srrecnn_jax.interpolation import parse_scale, zoom, zoom_device, zoomed_sha
 
 _forward = jax.jit(model.forward, static_argnames=("padding", "precision", "impl"))
 
-# Bytes of device memory per voxel of a tile, per channel of the widest layer:
-# input and output activations (float32) plus XLA's convolution workspace.
-# float32 activations XLA keeps alive at once, per voxel and channel: about 2
-# with XLA's convolution (GPUs); on CPU, with the Winograd and row-product
+# Float32 activations XLA keeps alive at once in a tile (inputs, outputs,
+# workspace), counted per voxel and channel of the widest layer: about 2 with
+# XLA's convolution (GPUs), 4 assumed; on CPU, with the Winograd and row-product
 # formulations, its buffer assignment measured 10.7-11.3 (10L-64, 96 x 112 x 96;
 # a whole 196 x 232 x 188 volume peaked at 22 GiB).
 _LIVE_ACTIVATIONS = {"cpu": 12}
 _LIVE_ACTIVATIONS_DEFAULT = 4
+_MIN_TILE = 16
 
 
 def bytes_per_voxel_channel() -> int:
     """Bytes of device memory per voxel and channel of the widest layer (see auto_tile)."""
     return 4 * _LIVE_ACTIVATIONS.get(jax.default_backend(), _LIVE_ACTIVATIONS_DEFAULT)
-_MIN_TILE = 16
 
 
 def memory_budget() -> int:
