@@ -45,7 +45,8 @@ import SimpleITK as sitk
 from srrecnn_jax import cli, io
 from srrecnn_jax.batch import Options
 from srrecnn_jax.degradation import degrade
-from srrecnn_jax.inference import SuperResolver, run_network
+from srrecnn_jax.inference import SuperResolver
+from srrecnn_jax.tiling import run_network
 
 DEFAULT_MODEL = (Path(__file__).resolve().parents[2] / "shared" / "caffe"
                  / "SRReCNN3D_10Layers_IsoScalex2.caffemodel")

@@ -16,7 +16,7 @@ from benchmarks.timing import jax_sync, measure, no_sync, paired, ratio
 from benchmarks.weights import initial_params
 from srrecnn_jax import model
 from srrecnn_jax.config import recnn
-from srrecnn_jax.inference import run_network
+from srrecnn_jax.tiling import run_network
 
 
 def input_volume(case: Case) -> np.ndarray:
@@ -50,7 +50,7 @@ def run(case: Case, repeats: int, ceilings: dict[str, dict], torch_opts: dict[st
         output = timed.first[None, ..., None]
         record["compile_s"] = None
         record["xla_memory"] = None
-        record["method"] = (f"srrecnn_jax.inference.run_network(tile={case.tile}"
+        record["method"] = (f"srrecnn_jax.tiling.run_network(tile={case.tile}"
                             f", precision={case.precision!r}): NumPy in and out")
     else:
         fn = jax.jit(functools.partial(model.apply, config=config, precision=case.precision))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -13,7 +12,8 @@ from benchmarks import flops, memory, torch_ref
 from benchmarks.cases import Case
 from benchmarks.timing import jax_sync, measure, paired, ratio
 from benchmarks.weights import initial_params
-from srrecnn_jax.training import TrainConfig, compile_step, init_state
+from srrecnn_jax.train.config import config_from
+from srrecnn_jax.train.step import compile_step, init_state
 
 
 def batch_arrays(case: Case) -> tuple[np.ndarray, np.ndarray]:
@@ -27,15 +27,11 @@ def batch_arrays(case: Case) -> tuple[np.ndarray, np.ndarray]:
 
 def run(case: Case, repeats: int, ceilings: dict[str, dict], torch_opts: dict[str, Any]
         ) -> dict[str, Any]:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    extra = {}
     if case.precision != "fp32":
-        if "precision" not in fields:
-            return {"skipped": "the package's train step runs in float32 only"}
-        extra["precision"] = case.precision
-    tc = TrainConfig(layers=case.layers, filters=case.filters, batch=case.batch,
-                     patch=case.patch, **extra)
-    config = tc.model_config()
+        return {"skipped": "the package's train step runs in float32 only"}
+    tc = config_from({"layers": case.layers, "filters": case.filters, "batch": case.batch,
+                      "patch": case.patch})
+    config, opt = tc.model, tc.optimizer
     per_voxel = flops.network_flops_per_voxel(config)
     voxels = case.batch * case.patch ** 3
     record: dict[str, Any] = {
@@ -43,9 +39,9 @@ def run(case: Case, repeats: int, ceilings: dict[str, dict], torch_opts: dict[st
                   "in_channels": config.in_channels, "kernel": 3, "describe": config.describe()},
         "output_voxels": voxels, "flop_per_output_voxel": 3 * per_voxel,
         "flops": flops.train_flops(config, case.batch, case.patch),
-        "optimizer": f"optax Adam lr {tc.learning_rate:g} (bias x{tc.bias_lr_mult:g}), "
+        "optimizer": f"optax Adam lr {opt.learning_rate:g} (bias x{opt.bias_lr_mult:g}), "
                      f"loss {tc.loss}",
-        "method": "srrecnn_jax.training.compile_step (state donated), device-resident batch",
+        "method": "srrecnn_jax.train.step.compile_step (state donated), device-resident batch",
     }
     data, label = batch_arrays(case)
     before = memory.jax_peak()
@@ -82,10 +78,11 @@ def _torch(tc, params, data, label, first_loss, repeats, ceiling, opts, voxels, 
            rival):
     if opts.get("skip"):
         return {"skipped": opts["skip"]}
+    opt = tc.optimizer
     try:
-        rec = torch_ref.train(params, tc.model_config(), data, label, first_loss,
-                              tc.learning_rate, tc.bias_lr_mult, (tc.beta1, tc.beta2),
-                              tc.epsilon, opts["device"], repeats, opts["compile"], rival)
+        rec = torch_ref.train(params, tc.model, data, label, first_loss,
+                              opt.learning_rate, opt.bias_lr_mult, (opt.beta1, opt.beta2),
+                              opt.epsilon, opts["device"], repeats, opts["compile"], rival)
     except Exception as e:  # PyTorch's failure is recorded, the JAX numbers stand
         return {"error": f"{type(e).__name__}: {e}"}
     rec.update(flops.rates(rec["timing"]["median_s"], voxels, total_flops, ceiling))

@@ -6,8 +6,9 @@ import dataclasses
 import fnmatch
 from collections.abc import Sequence
 
+from srrecnn_jax.config import PRECISIONS
+
 SUITES = ("inference", "train", "interp")
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 CPU_SIZE_NOTE = (
     "CPU sizes are smaller than the GPU list's: a 2-core CPU runs 10L-64 at about 2-6e4 output "

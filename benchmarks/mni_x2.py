@@ -29,9 +29,10 @@ import SimpleITK as sitk
 
 from srrecnn_jax import io
 from srrecnn_jax.degradation import degrade
-from srrecnn_jax.inference import SuperResolver, run_network
+from srrecnn_jax.inference import SuperResolver
 from srrecnn_jax.interpolation import zoom
 from srrecnn_jax.metrics import psnr
+from srrecnn_jax.tiling import run_network
 
 DEFAULT_MODEL = (Path(__file__).resolve().parents[2] / "shared" / "caffe"
                  / "SRReCNN3D_10Layers_IsoScalex2.caffemodel")

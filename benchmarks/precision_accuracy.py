@@ -37,8 +37,9 @@ import SimpleITK as sitk
 from srrecnn_jax import conv, io, model
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.degradation import degrade
-from srrecnn_jax.inference import finish_array, prepare_array, run_network
+from srrecnn_jax.inference import finish_array, prepare_array
 from srrecnn_jax.metrics import psnr
+from srrecnn_jax.tiling import run_network
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL = ROOT.parent / "shared" / "caffe" / "SRReCNN3D_10Layers_IsoScalex2.caffemodel"

@@ -27,14 +27,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from srrecnn_jax import io
+from srrecnn_jax import io, parallel
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import SuperResolver, run_network
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-LIST_SUFFIXES = (".txt", ".lst")
 _DONE = object()
 
 
@@ -64,23 +61,6 @@ class Options:
     prefetch: int = 2
 
 
-def split_name(path: Path) -> tuple[str, str]:
-    """``a.nii.gz`` -> (``a``, ``.nii.gz``); a DICOM folder -> (its name, ``.nii.gz``)."""
-    for suffix in IMAGE_SUFFIXES:
-        if path.name.endswith(suffix) and len(path.name) > len(suffix):
-            return path.name[:-len(suffix)], suffix
-    if path.is_dir():
-        return path.name, ".nii.gz"
-    return path.stem, path.suffix or ".nii.gz"
-
-
-def is_dicom_series(folder: Path) -> bool:
-    """A folder holding DICOM files that GDCM groups into a series."""
-    if not folder.is_dir() or not any(p.suffix.lower() == ".dcm" for p in folder.iterdir()):
-        return False
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-
-
 def collect_inputs(sources: Sequence[Path], glob: str = "*.nii*",
                    exclude: Callable[[Path], bool] = lambda p: False) -> list[tuple[Path, Path]]:
     """Expand paths, folders (recursive ``glob``), list files and DICOM folders.
@@ -92,14 +72,13 @@ def collect_inputs(sources: Sequence[Path], glob: str = "*.nii*",
     """
     found: list[tuple[Path, Path]] = []
     for source in sources:
-        if source.is_file() and source.name.endswith(LIST_SUFFIXES):
-            lines = [ln.strip() for ln in source.read_text(encoding="utf-8").splitlines()]
-            found += [(Path(ln), Path(ln).parent) for ln in lines if ln and not ln.startswith("#")]
-        elif source.is_dir() and is_dicom_series(source):
+        if source.is_file() and io.is_list_file(source):
+            found += [(p, p.parent) for p in io.read_list_file(source)]
+        elif source.is_dir() and io.is_dicom_series(source):
             found.append((source, source.parent))
         elif source.is_dir():
             files = [p for p in source.rglob(glob) if p.is_file()]
-            folders = [p for p in source.rglob("*") if p.is_dir() and is_dicom_series(p)]
+            folders = [p for p in source.rglob("*") if p.is_dir() and io.is_dicom_series(p)]
             found += [(p, source) for p in sorted(files + folders)
                       if not exclude(p) and not any(part.startswith(".tmp-")
                                                     for part in p.relative_to(source).parts)]
@@ -125,10 +104,10 @@ def plan_jobs(inputs: Iterable[tuple[Path, Path]], out_dir: Path, suffix: str = 
     """
     if reference_pattern is not None and (":" not in reference_pattern
                                           or not reference_pattern.split(":", 1)[0]):
-        raise SrrecnnError(f"--reference-pattern: {reference_pattern!r} is not OLD:NEW")
+        raise SrrecnnError(f"{reference_pattern!r} is not OLD:NEW", "reference_pattern")
     jobs, seen = [], {}
     for path, root in inputs:
-        stem, ext = split_name(path)
+        stem, ext = io.split_name(path)
         try:
             folder = path.parent.relative_to(root)
         except ValueError:
@@ -137,7 +116,7 @@ def plan_jobs(inputs: Iterable[tuple[Path, Path]], out_dir: Path, suffix: str = 
             try:
                 name = template.format(dir=folder, stem=stem, ext=ext, suffix=suffix)
             except (KeyError, IndexError, ValueError) as e:
-                raise SrrecnnError(f"--output-template: {template!r} is not valid ({e})") \
+                raise SrrecnnError(f"{template!r} is not valid ({e})", "output_template") \
                     from None
             output = out_dir / name
         else:
@@ -146,7 +125,7 @@ def plan_jobs(inputs: Iterable[tuple[Path, Path]], out_dir: Path, suffix: str = 
         if reference_pattern:
             old, new = reference_pattern.split(":", 1)
             if old not in path.name:
-                raise SrrecnnError(f"--reference-pattern: {old!r} is not in {path}")
+                raise SrrecnnError(f"{old!r} is not in {path}", "reference_pattern")
             reference = path.with_name(path.name.replace(old, new, 1))
         if output in seen:
             raise SrrecnnError(f"{path}: its output {output} is also the output of {seen[output]}")
@@ -155,46 +134,22 @@ def plan_jobs(inputs: Iterable[tuple[Path, Path]], out_dir: Path, suffix: str = 
     return jobs
 
 
+def plan(sources: Sequence[Path], out_dir: Path, glob: str = "*.nii*", suffix: str = "_SR",
+         template: str | None = None, reference_pattern: str | None = None,
+         process: int = 0, count: int = 1) -> list[Job]:
+    """This process's jobs: inputs found in ``sources`` (outputs inside ``out_dir`` are never
+    inputs), named by ``plan_jobs``, shared out by ``shard``."""
+    inside_out = out_dir.resolve()
+    inputs = collect_inputs(sources, glob, exclude=lambda p: inside_out in p.resolve().parents)
+    if not inputs:
+        raise SrrecnnError(f"{' '.join(map(str, sources))}: no input images found "
+                           f"(file pattern {glob!r})")
+    return shard(plan_jobs(inputs, out_dir, suffix, template, reference_pattern), process, count)
+
+
 def shard(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
     """The jobs of process ``index`` of ``count``: every count-th, in sorted order."""
     return sorted(jobs, key=lambda j: str(j.input))[index::count]
-
-
-def read_input(path: Path, role: str) -> sitk.Image:
-    """An image file, or the DICOM series in a folder."""
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        ids = reader.GetGDCMSeriesIDs(str(path))
-        if not ids:
-            raise SrrecnnError(f"{path}: folder holds no DICOM series")
-        if len(ids) > 1:
-            raise SrrecnnError(f"{path}: folder holds {len(ids)} DICOM series; give one per "
-                               "folder")
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), ids[0]))
-        try:
-            image = reader.Execute()
-        except RuntimeError:
-            raise SrrecnnError(f"{path}: unreadable DICOM series") from None
-        io.check_image(image, str(path))
-        return image
-    return io.read_image(path, role)
-
-
-def header_warnings(image: sitk.Image, name: str,
-                    trained_spacing: float | None = None) -> list[str]:
-    """Warnings about a header that is suspect, or far from what the model saw."""
-    warnings = []
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-3):
-        warnings.append(f"{name}: direction cosines are not orthonormal; the header may be "
-                        "inconsistent")
-    spacing = np.array(image.GetSpacing())
-    if spacing.max() > 4 * spacing.min():
-        warnings.append(f"{name}: very anisotropic voxels {tuple(spacing.round(3))} mm")
-    if trained_spacing and np.any(np.abs(np.log(spacing / trained_spacing)) > np.log(2)):
-        warnings.append(f"{name}: spacing {tuple(spacing.round(3))} mm is far from the "
-                        f"{trained_spacing:g} mm the model was trained on")
-    return warnings
 
 
 @dataclasses.dataclass
@@ -311,7 +266,7 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
             todo.append(job)
     scales = resolver.model.trained_scales
     if scales and not all(s in scales for s in options.scale):
-        warn(f"--scale: {options.scale} differs from the scale(s) {scales} the model was "
+        warn(f"scale {options.scale} differs from the scale(s) {scales} the model was "
              "trained for")
 
     jobs_q: queue.Queue = queue.Queue()
@@ -343,9 +298,10 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
             started = time.perf_counter()
             notes: list[str] = []
             try:
-                image = read_input(job.input, "input image")
-                notes += header_warnings(image, str(job.input), resolver.model.trained_spacing)
-                reference = (read_input(job.reference, "reference image")
+                image = io.read_input(job.input, "input image")
+                notes += io.header_warnings(image, str(job.input),
+                                            resolver.model.trained_spacing)
+                reference = (io.read_input(job.reference, "reference image")
                              if job.reference else None)
                 prepared = resolver.prepare(image, options.scale, reference, order=options.order,
                                             header=options.header,
@@ -441,7 +397,43 @@ def merge_manifests(parts: Sequence[Path], target: Path) -> list[dict]:
             lines = part.read_text(encoding="utf-8").splitlines()
             rows += [json.loads(line) for line in lines if line.strip()]
     rows.sort(key=lambda r: r["input"])
-    tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, target)
+    io.write_text_atomic(target, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
+
+
+#: The manifest's name in the output folder unless another is given.
+MANIFEST = "srrecnn_manifest.jsonl"
+
+
+def manifest_part(path: Path, process: int, count: int) -> Path:
+    """Where process ``process`` of ``count`` writes its manifest rows (``path`` alone)."""
+    return path if count == 1 else path.with_name(
+        f"{path.stem}.part-{process:05d}-of-{count:05d}.jsonl")
+
+
+def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
+        prototxt: Path | None = None, manifest_path: Path | None = None,
+        process: int = 0, count: int = 1, stop: threading.Event | None = None,
+        progress: Callable[[Record, int], None] | None = None,
+        warn: Callable[[str], None] | None = None) -> tuple[Summary, Path]:
+    """Load the model and run this process's ``jobs`` (see ``run_batch``).
+
+    With ``count`` processes, each writes its manifest part, waits for the others,
+    and process 0 merges the parts into ``manifest_path`` (default
+    ``out_dir/MANIFEST``). Returns the summary and this process's manifest file.
+    """
+    resolver = SuperResolver.load(model, prototxt)
+    manifest_path = manifest_path or out_dir / MANIFEST
+    part = manifest_part(manifest_path, process, count)
+    manifest = Manifest(part, process)
+    try:
+        summary = run_batch(resolver, jobs, options, manifest, out_dir, stop,
+                            progress=progress, warn=warn)
+    finally:
+        manifest.close()
+    if count > 1:
+        parallel.barrier("srrecnn-batch-done")
+        if process == 0:
+            merge_manifests(sorted(part.parent.glob(  # this run's parts only
+                f"{manifest_path.stem}.part-*-of-{count:05d}.jsonl")), manifest_path)
+    return summary, part

@@ -1,30 +1,42 @@
-"""Model checkpoints: an orbax parameter tree plus a human-readable ``config.json``.
+"""Model folders: an orbax parameter tree plus a human-readable ``config.json``.
 
 Layout of a model folder::
 
     MODEL/config.json   {"format": ..., "model": ModelConfig, "trained_scales": ..., "origin": ...}
     MODEL/params/       orbax StandardCheckpointer tree {"conv1": {"kernel", "bias"}, ...}
 
-``load_model`` also takes a ``.caffemodel`` file and converts it on the fly.
+``load_model`` also takes a ``.caffemodel`` file (converted on the fly) and a
+training run folder (``srrecnn_jax.train``): its ``model/`` folder when the run
+has finished, else its latest checkpoint, or one ``checkpoints/<step>`` folder.
+A run's checkpoint is read knowing only the ``ModelConfig`` saved beside it
+(``RUN_META``), so this module needs nothing of the training code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from srrecnn_jax import model
+from srrecnn_jax import io, model
 from srrecnn_jax.config import ModelConfig
-from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.errors import OutputExistsError, SrrecnnError
 
 FORMAT = "srrecnn-jax/1"
+
+# The layout of a training run folder (written by srrecnn_jax.train.loop):
+#   RUN/train_config.json             the run's settings
+#   RUN/checkpoints/<step>/state/     orbax tree {"params", "opt_state", "step"}
+#   RUN/checkpoints/<step>/meta/      orbax JSON {"train_config", "model": ModelConfig}
+#   RUN/model/                        the final model folder
+RUN_CONFIG = "train_config.json"
+RUN_CHECKPOINTS = "checkpoints"
+RUN_STATE, RUN_META = "state", "meta"
+RUN_MODEL = "model"
 
 
 @dataclasses.dataclass
@@ -65,18 +77,25 @@ def _local_checkpointer(ocp):
         primary_host=me, active_processes={me}))
 
 
+def check_finite(params: dict, name: str) -> None:
+    """Refuse parameters with a NaN or infinite entry, naming the first such layer."""
+    for layer, leaves in sorted(params.items()):
+        for leaf, value in sorted(leaves.items()):
+            if not np.all(np.isfinite(np.asarray(value))):
+                raise SrrecnnError(f"{name}: parameter {layer}.{leaf} is not finite "
+                                   "(NaN or infinity)")
+
+
 def save_model(directory: str | Path, loaded: LoadedModel, force: bool = False) -> Path:
     """Write a model folder atomically (temporary folder, then rename)."""
     directory = Path(directory).absolute()
     check_params(loaded.params, loaded.config, str(directory))
+    check_finite(loaded.params, str(directory))
     if directory.exists() and not force:
-        raise SrrecnnError(f"{directory}: already exists (use --force to replace it)")
-    if not directory.parent.is_dir():
-        raise SrrecnnError(f"{directory}: parent folder does not exist")
+        raise OutputExistsError(f"{directory}: already exists")
     import orbax.checkpoint as ocp  # slow import, only where needed
 
-    tmp = directory.with_name(f".tmp-{secrets.token_hex(4)}-{directory.name}")
-    try:
+    with io.atomic_output(directory) as tmp:
         tmp.mkdir()
         checkpointer = _local_checkpointer(ocp)
         params = jax.tree_util.tree_map(np.asarray, loaded.params)
@@ -86,12 +105,6 @@ def save_model(directory: str | Path, loaded: LoadedModel, force: bool = False) 
                 "trained_scales": loaded.trained_scales,
                 "trained_spacing": loaded.trained_spacing, "origin": loaded.origin}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return directory
 
 
@@ -113,41 +126,129 @@ def _load_folder(directory: Path) -> LoadedModel:
               for layer, leaves in model.param_shapes(config).items()}
     try:
         params = _local_checkpointer(ocp).restore((directory / "params").absolute(), target)
-    except Exception as e:  # orbax raises many types for a damaged folder
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SrrecnnError(f"{directory}: cannot restore parameters ({first})") from None
+    except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged folder
+        raise SrrecnnError(f"{directory}: cannot restore parameters ({_first_line(e)})") \
+            from None
     check_params(params, config, str(directory))
+    check_finite(params, str(directory))
     return LoadedModel(params=params, config=config, trained_scales=meta.get("trained_scales"),
                        trained_spacing=meta.get("trained_spacing"),
                        origin=meta.get("origin", {}))
 
 
-def _load_training_checkpoint(run_dir: Path, step: int | None) -> LoadedModel:
-    """The parameters of a training run's checkpoint (``step``, or the latest)."""
-    from srrecnn_jax.trainer import restore_state
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps of a run's finished checkpoints, in increasing order (reads nothing else,
+    creates nothing)."""
+    folder = run_dir / RUN_CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir()
+                  if p.name.isdigit() and (p / RUN_STATE).is_dir() and (p / RUN_META).is_dir())
 
-    state, config = restore_state(run_dir, step)
-    params = jax.tree_util.tree_map(np.asarray, jax.device_get(state["params"]))
-    origin = {"kind": "srrecnn-jax training checkpoint", "run": str(run_dir),
-              "step": int(state["step"])}
-    return LoadedModel(params=params, config=config.model_config(), origin=origin)
+
+def _load_training_checkpoint(step_dir: Path) -> LoadedModel:
+    """The parameters of one checkpoint of a training run, as NumPy arrays.
+
+    The architecture comes from the checkpoint's JSON ``meta`` item; only the
+    ``params`` subtree of the saved state is read (the optimizer state, whose
+    structure depends on the solver, is skipped).
+    """
+    import orbax.checkpoint as ocp
+
+    try:
+        meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+            (step_dir / RUN_META).absolute())
+        config = ModelConfig.from_dict(meta["model"])
+    except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged folder
+        raise SrrecnnError(f"{step_dir}: unreadable checkpoint metadata ({_first_line(e)})") \
+            from None
+    target = {"params": {layer: {leaf: jax.ShapeDtypeStruct(shape, np.float32)
+                                 for leaf, shape in leaves.items()}
+                         for layer, leaves in model.param_shapes(config).items()}}
+    restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                          target)
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            (step_dir / RUN_STATE).absolute(),
+            args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                        partial_restore=True))
+    except Exception as e:  # noqa: BLE001
+        raise SrrecnnError(f"{step_dir}: cannot restore parameters ({_first_line(e)})") \
+            from None
+    params = restored["params"]
+    check_params(params, config, str(step_dir))
+    check_finite(params, str(step_dir))
+    origin = {"kind": "srrecnn-jax training checkpoint", "run": str(step_dir.parent.parent),
+              "step": int(step_dir.name)}
+    return LoadedModel(params=params, config=config, origin=origin)
+
+
+def _load_run(run_dir: Path) -> LoadedModel:
+    """A training run: its final model when it has one, else its latest checkpoint."""
+    if (run_dir / RUN_MODEL / "config.json").is_file():
+        return _load_folder(run_dir / RUN_MODEL)
+    steps = checkpoint_steps(run_dir)
+    if not steps:
+        raise SrrecnnError(f"{run_dir}: training run has no checkpoint and no model yet")
+    return _load_training_checkpoint(run_dir / RUN_CHECKPOINTS / str(steps[-1]))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_model(path: str | Path, prototxt: str | Path | None = None) -> LoadedModel:
-    """A model folder written by ``save_model``, a training run folder (its latest
-    checkpoint) or one of its ``checkpoints/<step>`` folders, or a ``.caffemodel``."""
+    """A model folder written by ``save_model``, a training run folder (its final model, or
+    its latest checkpoint) or one of its ``checkpoints/<step>`` folders, or a
+    ``.caffemodel``. Reading creates and changes nothing."""
     path = Path(path)
     if path.is_dir():
         if prototxt is not None:
-            raise SrrecnnError(f"{prototxt}: --prototxt only applies to a .caffemodel")
-        if (path / "train_config.json").is_file():  # a training run: its latest checkpoint
-            return _load_training_checkpoint(path, None)
-        if (path / "state").is_dir() and (path.parent.parent / "train_config.json").is_file():
-            return _load_training_checkpoint(path.parent.parent, int(path.name))
+            raise SrrecnnError(f"{prototxt}: a deploy prototxt only applies to a .caffemodel",
+                               "prototxt")
+        if (path / RUN_CONFIG).is_file():
+            return _load_run(path)
+        if (path / RUN_STATE).is_dir() and (path.parent.parent / RUN_CONFIG).is_file():
+            return _load_training_checkpoint(path)
         return _load_folder(path)
     from srrecnn_jax.caffe import load_caffemodel
 
     caffe = load_caffemodel(path, prototxt)
+    check_finite(caffe.params, str(path))
     origin = {"kind": "caffe", **caffe.source, "net_name": caffe.net_name}
     return LoadedModel(params=caffe.params, config=caffe.config,
                        trained_scales=caffe.trained_scales, origin=origin)
+
+
+def convert(caffemodel: Path, output: Path, prototxt: Path | None = None,
+            force: bool = False) -> LoadedModel:
+    """Convert a ``.caffemodel`` (checked against ``prototxt`` if given) to a model folder."""
+    if output.exists() and not force:
+        raise OutputExistsError(f"{output}: already exists")
+    if caffemodel.is_dir():
+        raise SrrecnnError(f"{caffemodel}: is a folder, expected a .caffemodel file")
+    loaded = load_model(caffemodel, prototxt)
+    save_model(output, loaded, force=force)
+    return loaded
+
+
+def export_caffe(path: Path, output: Path, force: bool = False) -> LoadedModel:
+    """Write a model (any form ``load_model`` reads) as a binary Caffe ``.caffemodel``."""
+    from srrecnn_jax.caffe import caffemodel_bytes
+
+    io.check_output_file(output, force, [path], image=False)
+    loaded = load_model(path)
+    name = "SRCNN3D" if loaded.config.padding == "edge_valid" else "VDSR3D"
+    io.write_bytes_atomic(output, caffemodel_bytes(loaded.params, loaded.config, name))
+    return loaded
+
+
+def describe_model(path: Path, prototxt: Path | None = None) -> dict:
+    """Architecture, parameter count, receptive field, trained scales and origin of a model."""
+    loaded = load_model(path, prototxt)
+    config = loaded.config
+    return {"model": str(path), "architecture": config.describe(), "config": config.to_dict(),
+            "parameters": model.param_count(loaded.params),
+            "receptive_field": config.receptive_field,
+            "trained_scales": loaded.trained_scales, "origin": loaded.origin}

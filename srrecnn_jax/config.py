@@ -7,6 +7,16 @@ from typing import Any, Literal
 
 Padding = Literal["same", "edge_valid"]
 
+#: Arithmetic of the convolutions (see ``conv``): ``fp32`` float32 products and sums;
+#: ``tf32`` XLA's default float32 precision (TF32 tensor-core products on recent NVIDIA
+#: GPUs, the same as fp32 on CPU); ``bf16`` bfloat16 operands with float32 sums, the
+#: first layer kept float32.
+PRECISIONS = ("fp32", "tf32", "bf16")
+#: Where the cubic-spline zoom runs: ``device`` (three per-axis matrix products in JAX,
+#: on the GPU when there is one; equal to scipy to float32 rounding) or ``scipy`` (the
+#: original's ``scipy.ndimage.zoom``, on the host).
+INTERPOLATIONS = ("device", "scipy")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:

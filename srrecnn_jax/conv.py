@@ -40,14 +40,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-#: Arithmetic of the convolutions. ``fp32``: float32 products and sums
-#: (``Precision.HIGHEST``). ``tf32``: float32 arrays at XLA's default
-#: precision, which on GPUs with tensor cores rounds the products' inputs to
-#: TF32 (10-bit mantissa); the same as fp32 on CPU. ``bf16``: activations and
-#: kernels rounded to bfloat16, products accumulated in float32; biases,
-#: residual and output stay float32, and so does the first layer (see
-#: ``layer_precision``).
-PRECISIONS = ("fp32", "tf32", "bf16")
+from srrecnn_jax.config import PRECISIONS
+
+# Arithmetic of the convolutions (``config.PRECISIONS``). ``fp32``: float32 products
+# and sums (``Precision.HIGHEST``). ``tf32``: float32 arrays at XLA's default
+# precision, which on GPUs with tensor cores rounds the products' inputs to
+# TF32 (10-bit mantissa); the same as fp32 on CPU. ``bf16``: activations and
+# kernels rounded to bfloat16, products accumulated in float32; biases,
+# residual and output stay float32, and so does the first layer (see
+# ``layer_precision``).
 IMPLEMENTATIONS = ("auto", "xla", "matmul", "winograd")
 
 _DIMS = ("NDHWC", "DHWIO", "NDHWC")
@@ -112,7 +113,7 @@ def conv3d(x: jax.Array, kernel: jax.Array, padding: str, precision: str = "fp32
     """``(B, X, Y, Z, C_in)`` * ``(k, k, k, C_in, C_out)`` -> float32 ``(B, X', Y', Z', C_out)``.
 
     ``padding``: ``"SAME"`` (zeros, odd k) or ``"VALID"``; ``precision``: one of
-    ``PRECISIONS``; ``impl``: one of ``IMPLEMENTATIONS``.
+    ``config.PRECISIONS``; ``impl``: one of ``IMPLEMENTATIONS``.
     """
     check_precision(precision)
     impl = pick(impl)

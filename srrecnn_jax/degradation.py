@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import scipy.ndimage
@@ -49,7 +50,7 @@ def degrade_image(hr: sitk.Image, scale: Sequence[float], sigma: float = 1.0,
     io.check_values(array, "HR image")
     lr, cropped = degrade(array, scale, sigma, order)
     if min(lr.shape) < 2:
-        raise SrrecnnError(f"--scale: {tuple(scale)} leaves {lr.shape} LR voxels")
+        raise SrrecnnError(f"{tuple(scale)} leaves {lr.shape} LR voxels", "scale")
     spacing = hr.GetSpacing()
     geometry = (hr.GetOrigin(), hr.GetDirection())
     lr_spacing = [s * (a - 1) / (b - 1) for s, a, b in zip(spacing, cropped.shape, lr.shape)]
@@ -57,3 +58,21 @@ def degrade_image(hr: sitk.Image, scale: Sequence[float], sigma: float = 1.0,
     return {"lr": io.to_image(lr, lr_spacing, *geometry),
             "interpolated": io.to_image(interpolated, spacing, *geometry),
             "hr": io.to_image(cropped, spacing, *geometry)}
+
+
+def degrade_files(hr_path: Path, lr_path: Path, scale: Sequence[float], sigma: float = 1.0,
+                  order: int = 3, interpolated: Path | None = None,
+                  cropped_hr: Path | None = None, force: bool = False) -> dict[str, sitk.Image]:
+    """``degrade_image`` from a file to files: the LR image, and optionally the
+    interpolated and cropped HR images. Every output is checked before any work."""
+    outputs = {"lr": lr_path, "interpolated": interpolated, "hr": cropped_hr}
+    for output in outputs.values():
+        if output is not None:
+            io.check_output_file(output, force, [hr_path])
+    if sigma < 0:
+        raise SrrecnnError(f"must be >= 0, got {sigma}", "sigma")
+    images = degrade_image(io.read_image(hr_path, "HR image"), scale, sigma, order)
+    for name, output in outputs.items():
+        if output is not None:
+            io.write_image_atomic(images[name], output)
+    return images

@@ -9,12 +9,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from srrecnn_jax import io
-from srrecnn_jax.curves import save_figure
 from srrecnn_jax.degradation import degrade_image
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.evaluation import score, spline_baseline
 from srrecnn_jax.inference import SuperResolver
-from srrecnn_jax.interpolation import zoom
-from srrecnn_jax.metrics import psnr, ssim
+from srrecnn_jax.plots import draw_montage
 
 MNI_T1 = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 CROP_SHAVE = 6  # HR voxels left out at each face of a crop when scoring
@@ -44,7 +43,7 @@ def run_demo(out_dir: Path, model: Path | None = None, crop: int | None = None,
     """
     model = model or SHIPPED
     if not model.exists():
-        raise SrrecnnError(f"{model}: no shipped checkpoint here; give --model")
+        raise SrrecnnError(f"no shipped checkpoint at {model}; give a model", "model")
     resolver = SuperResolver.load(model)
     hr = mni_t1()
     if crop:
@@ -55,20 +54,16 @@ def run_demo(out_dir: Path, model: Path | None = None, crop: int | None = None,
     sr = resolver.run(images["lr"], 2, tile=tile)
     truth = io.to_array(images["hr"], np.float64)
     lr = io.to_array(images["lr"])
-    spline = zoom(lr, [a / b for a, b in zip(truth.shape, lr.shape)])
     estimate = io.to_array(sr, np.float64)
     # A crop cuts through the head: the zoom's zero padding rings at its faces, so
     # score the interior only. The whole volume has background at its faces.
-    region = np.zeros(truth.shape, bool)
-    region[(slice(CROP_SHAVE, -CROP_SHAVE),) * 3 if crop else ...] = True
-    head = region & (truth > 0)
-    span = float(truth.max() - truth.min())
-    scores = {"psnr_spline": psnr(spline, truth, mask=region),
-              "psnr_sr": psnr(estimate, truth, mask=region),
-              "psnr_spline_head": psnr(spline, truth, mask=head),
-              "psnr_sr_head": psnr(estimate, truth, mask=head),
-              "ssim_spline": ssim(spline, truth, span, region),
-              "ssim_sr": ssim(estimate, truth, span, region)}
+    shave = CROP_SHAVE if crop else 0
+    whole = score(estimate, truth, lr, shave=shave)
+    head = score(estimate, truth, lr, mask=truth > 0, shave=shave, with_ssim=False)
+    scores = {"psnr_spline": whole["spline"]["psnr"], "psnr_sr": whole["sr"]["psnr"],
+              "psnr_spline_head": head["spline"]["psnr"], "psnr_sr_head": head["sr"]["psnr"],
+              "ssim_spline": whole["spline"]["ssim"], "ssim_sr": whole["sr"]["ssim"]}
+    spline = spline_baseline(lr, truth.shape)
     out_dir.mkdir(parents=True, exist_ok=True)
     geometry = (images["hr"].GetSpacing(), images["hr"].GetOrigin(), images["hr"].GetDirection())
     for name, image in {"lr": images["lr"], "hr": images["hr"], "sr": sr,
@@ -77,31 +72,3 @@ def run_demo(out_dir: Path, model: Path | None = None, crop: int | None = None,
     draw_montage(spline, estimate, truth, out_dir / "montage.png", scores)
     return scores
 
-
-def draw_montage(spline: np.ndarray, sr: np.ndarray, hr: np.ndarray, png: Path,
-                 scores: dict[str, float]) -> None:
-    """Three central planes (rows) of spline, SR, HR and |SR - HR| (columns)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    centre = [n // 2 for n in hr.shape]
-    planes = {"sagittal": lambda a: a[centre[0]].T, "coronal": lambda a: a[:, centre[1]].T,
-              "axial": lambda a: a[:, :, centre[2]].T}
-    columns = [(f"spline ({scores['psnr_spline']:.2f} dB)", spline),
-               (f"SR ({scores['psnr_sr']:.2f} dB)", sr), ("HR", hr),
-               ("|SR - HR| (x4)", 4 * np.abs(sr - hr))]
-    top = float(hr.max())
-    figure, axes = plt.subplots(3, 4, figsize=(12, 9))
-    for row, (plane, cut) in enumerate(planes.items()):
-        for col, (title, volume) in enumerate(columns):
-            ax = axes[row][col]
-            ax.imshow(cut(volume), cmap="gray", vmin=0, vmax=top, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(title)
-            if col == 0:
-                ax.set_ylabel(plane)
-    save_figure(figure, png, dpi=80)

@@ -1,16 +1,89 @@
-"""``srrecnn eval``: score a result against the truth, optionally with the spline baseline."""
+"""Scoring super-resolution against the truth: one ``score`` for ``srrecnn eval``, training
+validation, the demo and the checkpoints' evaluation scripts.
+
+PSNR uses the HR maximum as peak; SSIM a 3-D Gaussian window (sigma 1.5) with
+the HR range as data range (``metrics``). The cubic-spline baseline is the LR
+volume zoomed onto the HR grid (factors ``hr.shape / lr.shape``). Arrays are
+(x, y, z).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import io
+from srrecnn_jax import io, model
+from srrecnn_jax.config import ModelConfig
+from srrecnn_jax.degradation import degrade
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.inference import super_resolve_array
 from srrecnn_jax.interpolation import zoom
 from srrecnn_jax.metrics import psnr, ssim
+
+
+def spline_baseline(lr: np.ndarray, shape: Sequence[int], order: int = 3) -> np.ndarray:
+    """The LR volume zoomed by cubic spline onto an HR grid of ``shape`` (float64)."""
+    low = np.asarray(lr, np.float64)
+    return zoom(low, [a / b for a, b in zip(shape, low.shape)], order)
+
+
+def score(sr: np.ndarray, hr: np.ndarray, lr: np.ndarray | None = None,
+          mask: np.ndarray | None = None, shave: int = 0, with_ssim: bool = True) -> dict:
+    """PSNR and SSIM of ``sr`` (and of ``lr``'s spline zoom) against ``hr``.
+
+    Args:
+      sr: the estimate, on HR's grid.
+      hr: the truth.
+      lr: the low-resolution input; when given, its cubic-spline zoom onto HR's
+        grid is scored too, as ``"spline"``.
+      mask: voxels to score (non-zero); default all.
+      shave: also leave out this many voxels at every face.
+      with_ssim: compute SSIM (the slower of the two).
+
+    Returns:
+      ``{"voxels": n, "peak": hr.max(), "sr": {"psnr", "ssim"}, "spline": {...}}``.
+    """
+    truth = np.asarray(hr, np.float64)
+    if shave < 0:
+        raise SrrecnnError(f"must be >= 0, got {shave}", "shave")
+    region = np.ones(truth.shape, bool) if mask is None else np.asarray(mask) != 0
+    if shave:
+        inner = np.zeros_like(region)
+        inner[shave:-shave, shave:-shave, shave:-shave] = True
+        region &= inner
+    if not region.any():
+        raise SrrecnnError("no voxel left to evaluate (mask and shave)", "mask")
+    estimates = {"sr": np.asarray(sr, np.float64)}
+    if lr is not None:
+        estimates["spline"] = spline_baseline(lr, truth.shape)
+    peak, span = float(truth.max()), float(truth.max() - truth.min())
+    scores: dict = {"voxels": int(region.sum()), "peak": peak}
+    for name, estimate in estimates.items():
+        scores[name] = {"psnr": psnr(estimate, truth, peak, region)}
+        if with_ssim:
+            scores[name]["ssim"] = ssim(estimate, truth, span, region)
+    return scores
+
+
+def validate(params: model.Params, config: ModelConfig, scale: float,
+             volumes: Sequence[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Mean scores of the model and of cubic spline on held-out HR volumes.
+
+    Each (x, y, z) HR volume is degraded by the observation model at ``scale``
+    (``degradation.degrade``) and restored both ways. Returns
+    ``{"sr": {"psnr", "ssim"}, "spline": {"psnr", "ssim"}}``.
+    """
+    rows = []
+    for hr in volumes:
+        lr, truth = degrade(hr, (scale,) * 3)
+        factors = [a / b for a, b in zip(truth.shape, lr.shape)]
+        rows.append(score(super_resolve_array(params, config, lr, factors), truth, lr))
+    return {name: {metric: float(np.mean([r[name][metric] for r in rows]))
+                   for metric in ("psnr", "ssim")}
+            for name in ("sr", "spline")}
 
 
 def _matching_truth(sr: sitk.Image, hr: sitk.Image, name: str) -> np.ndarray:
@@ -29,32 +102,17 @@ def _matching_truth(sr: sitk.Image, hr: sitk.Image, name: str) -> np.ndarray:
 
 def evaluate_files(sr_path: Path, hr_path: Path, mask: Path | None = None, shave: int = 0,
                    lr: Path | None = None) -> dict:
-    """PSNR (peak = HR max) and SSIM of ``sr_path`` (and of LR's spline zoom) against HR."""
+    """``score`` of image files: ``sr_path`` (and LR's spline zoom) against ``hr_path``."""
     if shave < 0:
-        raise SrrecnnError(f"--shave: must be >= 0, got {shave}")
+        raise SrrecnnError(f"must be >= 0, got {shave}", "shave")
     sr_image = io.read_image(sr_path, "estimate")
     truth = _matching_truth(sr_image, io.read_image(hr_path, "HR image"), str(hr_path))
-    estimates = {"sr": io.to_array(sr_image, np.float64)}
-    if lr is not None:
-        low = io.to_array(io.read_image(lr, "LR image"), np.float64)
-        factors = [a / b for a, b in zip(truth.shape, low.shape)]
-        estimates["spline"] = zoom(low, factors)
-    region = np.ones(truth.shape, bool)
+    low = io.to_array(io.read_image(lr, "LR image"), np.float64) if lr is not None else None
+    region = None
     if mask is not None:
         mask_image = io.read_image(mask, "mask")
         if mask_image.GetSize() != sr_image.GetSize():
             raise SrrecnnError(f"{mask}: size {mask_image.GetSize()} is not the estimate's "
                                f"{sr_image.GetSize()}")
-        region &= io.to_array(mask_image) != 0
-    if shave:
-        inner = np.zeros_like(region)
-        inner[shave:-shave, shave:-shave, shave:-shave] = True
-        region &= inner
-    if not region.any():
-        raise SrrecnnError("--mask/--shave: no voxel left to evaluate")
-    peak, span = float(truth.max()), float(truth.max() - truth.min())
-    scores: dict = {"voxels": int(region.sum()), "peak": peak}
-    for name, estimate in estimates.items():
-        scores[name] = {"psnr": psnr(estimate, truth, peak, region),
-                        "ssim": ssim(estimate, truth, span, region)}
-    return scores
+        region = io.to_array(mask_image) != 0
+    return score(io.to_array(sr_image, np.float64), truth, low, region, shave)

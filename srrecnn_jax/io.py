@@ -8,18 +8,81 @@ that transpose.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.errors import OutputExistsError, SrrecnnError
+
+#: Image file name endings SimpleITK reads and writes here, longest first so that
+#: ``.nii.gz`` wins over ``.nii``. SimpleITK picks its writer by the (case-sensitive)
+#: ending, so these are matched in lower case exactly.
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr")
+#: Text files listing paths, one per line (``#`` starts a comment line).
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+def is_image_name(path: str | Path) -> bool:
+    return Path(path).name.endswith(IMAGE_SUFFIXES)
+
+
+def is_list_file(path: str | Path) -> bool:
+    return Path(path).name.endswith(LIST_SUFFIXES)
+
+
+def split_name(path: Path) -> tuple[str, str]:
+    """``a.nii.gz`` -> (``a``, ``.nii.gz``); a DICOM folder -> (its name, ``.nii.gz``)."""
+    for suffix in IMAGE_SUFFIXES:
+        if path.name.endswith(suffix) and len(path.name) > len(suffix):
+            return path.name[:-len(suffix)], suffix
+    if path.is_dir():
+        return path.name, ".nii.gz"
+    return path.stem, path.suffix or ".nii.gz"
+
+
+def read_list_file(path: Path) -> list[Path]:
+    """The paths listed in a text file, one per line; blank lines and ``#`` lines skipped.
+
+    Relative paths are relative to the list file's folder (as Caffe's
+    ``train.txt`` is read), not to the working directory.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SrrecnnError(f"{path}: no such list file") from None
+    except UnicodeDecodeError:
+        raise SrrecnnError(f"{path}: list file is not UTF-8 text") from None
+    except OSError as e:
+        raise SrrecnnError(f"{path}: cannot read list file ({e.strerror})") from None
+    lines = [ln.strip() for ln in text.splitlines()]
+    return [Path(ln) if Path(ln).is_absolute() else path.parent / ln
+            for ln in lines if ln and not ln.startswith("#")]
+
+
+def check_output_file(output: Path, force: bool, inputs: Sequence[Path] = (),
+                      image: bool = True) -> None:
+    """Refuse, before any work, an output we could not or should not write.
+
+    An image output needs a known (lower-case) suffix; no output may be one of
+    ``inputs``; an existing one needs ``force``; its folder must exist.
+    """
+    if image and not is_image_name(output):  # SimpleITK is case-sensitive
+        raise SrrecnnError(f"{output}: unknown image format; use one of "
+                           f"{', '.join(IMAGE_SUFFIXES)} (lower case)")
+    if any(output.resolve() == Path(p).resolve() for p in inputs):
+        raise SrrecnnError(f"{output}: output would replace an input")
+    if output.exists() and not force:
+        raise OutputExistsError(f"{output}: already exists")
+    if not output.parent.is_dir():
+        raise SrrecnnError(f"{output}: folder {output.parent} does not exist")
 
 
 def read_image(path: str | Path, role: str = "image") -> sitk.Image:
@@ -170,39 +233,142 @@ def resample_onto(image: sitk.Image, size: Sequence[int], spacing: Sequence[floa
     return resampler.Execute(image), covered
 
 
-def write_image_atomic(image: sitk.Image, path: str | Path,
-                       staging_root: Path | None = None) -> None:
-    """Write ``path`` so that it never exists half-written.
+@contextlib.contextmanager
+def atomic_output(path: str | Path, staging_root: Path | None = None,
+                  verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s content to; move it into place on success.
 
-    The image is written under its own name in a temporary folder (beside
-    ``path``, or in ``staging_root`` on the same file system), then moved into
-    place: data files first (``.raw``, ``.img`` of two-file formats), the
-    named file last.
+    The temporary path has ``path``'s own name, in a fresh hidden folder beside
+    ``path`` (or in ``staging_root``, on the same file system), so writers that
+    pick a format by the name (SimpleITK, matplotlib) and two-file formats
+    (``.hdr``/``.img``, ``.mhd``/``.raw``) work unchanged. When the block ends
+    without an error, ``verify`` (if given) checks the staged file, then every
+    file written there is renamed into place, the named one last; a folder
+    replaces an existing folder. On any error nothing is left behind, and an
+    ``OSError`` (a full disk, a read-only folder) becomes a ``SrrecnnError``
+    naming ``path``.
     """
     path = Path(path)
     if not path.parent.is_dir():
-        raise SrrecnnError(f"{path}: output folder {path.parent} does not exist")
+        raise SrrecnnError(f"{path}: folder {path.parent} does not exist")
     try:
         staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=staging_root or path.parent))
     except OSError as e:
         raise SrrecnnError(f"{path}: cannot write in {path.parent} ({e.strerror})") from None
     try:
-        sitk.WriteImage(image, str(staging / path.name))
+        staged = staging / path.name
+        yield staged
+        if verify is not None:
+            verify(staged)
         for written in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
-            os.replace(written, path.parent / written.name)
-    except (RuntimeError, OSError):
-        raise SrrecnnError(f"{path}: cannot write image (unknown extension or "
-                           "unwritable location)") from None
+            target = path.parent / written.name
+            if written.is_dir() and target.is_dir():
+                os.replace(target, staging / f".old-{written.name}")  # removed below
+            os.replace(written, target)
+    except OSError as e:
+        raise SrrecnnError(f"{path}: cannot write ({e.strerror or e})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small text file under a temporary name, then rename."""
+def write_image_atomic(image: sitk.Image, path: str | Path,
+                       staging_root: Path | None = None) -> None:
+    """Write an image so that ``path`` never exists half-written (see ``atomic_output``).
+
+    SimpleITK's writers do not report a full disk: a NIfTI file is read back
+    (decompressed) and its length checked against its header before the rename.
+    """
     path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+    def verify(staged: Path) -> None:
+        if staged.name.endswith((".nii", ".nii.gz")):
+            try:
+                _check_nifti_complete(staged, "written image")
+            except SrrecnnError:
+                raise SrrecnnError(f"{path}: cannot write image: it came out truncated "
+                                   "(is the disk full?)") from None
+
+    with atomic_output(path, staging_root, verify) as staged:
+        try:
+            sitk.WriteImage(image, str(staged))
+        except RuntimeError:
+            raise SrrecnnError(f"{path}: cannot write image (unknown extension or "
+                               "unwritable location)") from None
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file (UTF-8) under a temporary name, then rename."""
+    with atomic_output(path) as staged:
+        staged.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write a binary file under a temporary name, then rename."""
+    with atomic_output(path) as staged:
+        staged.write_bytes(data)
+
+
+def read_input(path: Path, role: str = "input image") -> sitk.Image:
+    """An image file, or the DICOM series in a folder (read with GDCM's series order)."""
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        ids = reader.GetGDCMSeriesIDs(str(path))
+        if not ids:
+            raise SrrecnnError(f"{path}: folder holds no DICOM series")
+        if len(ids) > 1:
+            raise SrrecnnError(f"{path}: folder holds {len(ids)} DICOM series; give one per "
+                               "folder")
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), ids[0]))
+        try:
+            image = reader.Execute()
+        except RuntimeError:
+            raise SrrecnnError(f"{path}: unreadable DICOM series") from None
+        check_image(image, str(path))
+        return image
+    return read_image(path, role)
+
+
+def is_dicom_series(folder: Path) -> bool:
+    """A folder holding DICOM files that GDCM groups into a series."""
+    if not folder.is_dir() or not any(p.suffix.lower() == ".dcm" for p in folder.iterdir()):
+        return False
+    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def image_size(path: Path, role: str = "image") -> tuple[int, ...]:
+    """The (x, y, z) size of a 3-D image file, from its header alone."""
+    if not path.is_file():
+        raise SrrecnnError(f"{path}: no such {role} file")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise SrrecnnError(f"{path}: unreadable or corrupt {role}") from None
+    if reader.GetDimension() != 3:
+        raise SrrecnnError(f"{path}: image is {reader.GetDimension()}-D, expected 3-D")
+    return tuple(reader.GetSize())
+
+
+def read_volume(path: Path, role: str = "image") -> np.ndarray:
+    """An image file's voxels as a checked (finite, positive maximum) (x, y, z) float32 array."""
+    array = to_array(read_image(path, role))
+    check_values(array, str(path))
+    return array
+
+
+def header_warnings(image: sitk.Image, name: str,
+                    trained_spacing: float | None = None) -> list[str]:
+    """Warnings about a header that is suspect, or far from what the model saw."""
+    warnings = []
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-3):
+        warnings.append(f"{name}: direction cosines are not orthonormal; the header may be "
+                        "inconsistent")
+    spacing = np.array(image.GetSpacing())
+    if spacing.max() > 4 * spacing.min():
+        warnings.append(f"{name}: very anisotropic voxels {tuple(spacing.round(3))} mm")
+    if trained_spacing and np.any(np.abs(np.log(spacing / trained_spacing)) > np.log(2)):
+        warnings.append(f"{name}: spacing {tuple(spacing.round(3))} mm is far from the "
+                        f"{trained_spacing:g} mm the model was trained on")
+    return warnings

@@ -13,14 +13,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from srrecnn_jax import conv
 from srrecnn_jax.config import ModelConfig
 
 Params = dict[str, dict[str, Any]]
-
-
-PRECISIONS = conv.PRECISIONS
 
 
 def layer_names(config: ModelConfig) -> list[str]:
@@ -67,7 +65,7 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
         zero-padded volume, run with VALID convolutions and the volume's mask,
         then sees exactly the per-layer zero padding of the whole volume where
         the volume ends (see ``inference``).
-      precision: one of ``PRECISIONS`` (see ``conv``).
+      precision: one of ``config.PRECISIONS`` (see ``conv``).
       impl: convolution formulation, one of ``conv.IMPLEMENTATIONS``; ``auto``
         picks Winograd (hidden layers) and shifted matrix products (first and
         last) on CPU, XLA's convolution elsewhere.
@@ -102,6 +100,20 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
     return x
 
 
+def pad_input(x, config: ModelConfig):
+    """``(..., X, Y, Z, C)`` padded by the receptive radius R along X, Y, Z, as the model
+    pads its input: zeros for ``same`` models, edge replication for ``edge_valid``.
+
+    VALID convolutions of the result give the model's ``X x Y x Z`` output (for
+    ``same`` models with the volume mask of ``forward``). NumPy in, NumPy out;
+    JAX in, JAX out.
+    """
+    r = config.receptive_radius
+    widths = [(0, 0)] * (x.ndim - 4) + [(r, r)] * 3 + [(0, 0)]
+    mode = "edge" if config.padding == "edge_valid" else "constant"
+    return (np.pad if isinstance(x, np.ndarray) else jnp.pad)(x, widths, mode=mode)
+
+
 def _border(x: jax.Array) -> jax.Array:
     """``(B, X, Y, Z, C)`` -> ``(B, X + 2, Y + 2, Z + 2, C)`` with a border of zeros."""
     return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
@@ -117,9 +129,7 @@ def apply(params: Params, x: jax.Array, config: ModelConfig, precision: str = "f
     image) is added to the output, in float32. ``precision``, ``impl``: see ``forward``.
     """
     if config.padding == "edge_valid":
-        r = config.receptive_radius
-        y = forward(params, jnp.pad(x, ((0, 0), (r, r), (r, r), (r, r), (0, 0)), mode="edge"),
-                    "VALID", precision=precision, impl=impl)
+        y = forward(params, pad_input(x, config), "VALID", precision=precision, impl=impl)
     else:
         y = forward(params, x, "SAME", precision=precision, impl=impl)
     if config.residual:

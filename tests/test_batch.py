@@ -229,8 +229,8 @@ def test_plan_output_template(tmp_path):
 
 
 def test_plan_bad_template_raises(tmp_path):
-    """A template with an unknown field is refused, naming --output-template."""
-    with pytest.raises(SrrecnnError, match="--output-template"):
+    """A template with an unknown field is refused, naming the output_template parameter."""
+    with pytest.raises(SrrecnnError, match="output_template"):
         plan_jobs([(tmp_path / "a.nii", tmp_path)], tmp_path / "out", template="{name}.nii")
 
 
@@ -246,7 +246,7 @@ def test_plan_reference_pattern(tmp_path):
 @pytest.mark.parametrize("pattern", ["T1w", ":T2w", ""])
 def test_plan_bad_reference_pattern_raises(pattern, tmp_path):
     """A pattern that is not OLD:NEW with a non-empty OLD is refused."""
-    with pytest.raises(SrrecnnError, match="--reference-pattern"):
+    with pytest.raises(SrrecnnError, match="reference_pattern"):
         plan_jobs([(tmp_path / "a_T1w.nii", tmp_path)], tmp_path / "out",
                   reference_pattern=pattern)
 

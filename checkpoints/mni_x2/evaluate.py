@@ -17,7 +17,7 @@ from pathlib import Path
 
 from srrecnn_jax import io
 from srrecnn_jax.checkpoint import load_model
-from srrecnn_jax.trainer import validate
+from srrecnn_jax.evaluation import validate
 
 HERE = Path(__file__).resolve().parent
 ORIGINAL = HERE.parents[2] / "shared" / "caffe" / "SRReCNN3D_10Layers_IsoScalex2.caffemodel"
@@ -35,9 +35,8 @@ if __name__ == "__main__":
     for name, path in models.items():
         loaded = load_model(path)
         scores = validate(loaded.params, loaded.config, 2.0, slab)
-        rows["cubic spline"] = {"psnr": scores["val_spline_psnr"],
-                                "ssim": scores["val_spline_ssim"]}
-        rows[name] = {"psnr": scores["val_psnr"], "ssim": scores["val_ssim"]}
+        rows["cubic spline"] = scores["spline"]
+        rows[name] = scores["sr"]
     for name, s in rows.items():
         print(f"| {name} | {s['psnr']:.2f} dB | {s['ssim']:.4f} |")
     if args.json:

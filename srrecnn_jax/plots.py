@@ -1,10 +1,13 @@
-"""Training curves (loss; validation PSNR of the model and of spline) drawn to a PNG."""
+"""Figures: training curves (loss; held-out PSNR) and the demo's montage, written as PNG."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+import numpy as np
+
+from srrecnn_jax import io
 
 
 def draw_curves(metrics_file: Path, png: Path) -> None:
@@ -34,15 +37,42 @@ def draw_curves(metrics_file: Path, png: Path) -> None:
     save_figure(figure, png, dpi=100)
 
 
+def draw_montage(spline: np.ndarray, sr: np.ndarray, hr: np.ndarray, png: Path,
+                 scores: dict[str, float]) -> None:
+    """Three central planes (rows) of spline, SR, HR and |SR - HR| (columns); (x, y, z) arrays."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centre = [n // 2 for n in hr.shape]
+    planes = {"sagittal": lambda a: a[centre[0]].T, "coronal": lambda a: a[:, centre[1]].T,
+              "axial": lambda a: a[:, :, centre[2]].T}
+    columns = [(f"spline ({scores['psnr_spline']:.2f} dB)", spline),
+               (f"SR ({scores['psnr_sr']:.2f} dB)", sr), ("HR", hr),
+               ("|SR - HR| (x4)", 4 * np.abs(sr - hr))]
+    top = float(hr.max())
+    figure, axes = plt.subplots(3, 4, figsize=(12, 9))
+    for row, (plane, cut) in enumerate(planes.items()):
+        for col, (title, volume) in enumerate(columns):
+            ax = axes[row][col]
+            ax.imshow(cut(volume), cmap="gray", vmin=0, vmax=top, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title)
+            if col == 0:
+                ax.set_ylabel(plane)
+    save_figure(figure, png, dpi=80)
+
+
 def save_figure(figure, png: Path, dpi: int) -> None:
     """Write a matplotlib figure as PNG under a temporary name, rename, close it."""
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
-    tmp = png.with_name(f".tmp-{os.getpid()}-{png.name}")
     try:
-        figure.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, png)
+        with io.atomic_output(png) as staged:
+            figure.savefig(staged, dpi=dpi, format="png")
     finally:
         plt.close(figure)
-        tmp.unlink(missing_ok=True)

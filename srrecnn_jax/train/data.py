@@ -19,7 +19,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from srrecnn_jax import io
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.train.patches import PatchConfig, Source, pairs
 
 
 def expand_sources(paths: Sequence[Path]) -> list[Path]:
@@ -28,12 +30,7 @@ def expand_sources(paths: Sequence[Path]) -> list[Path]:
     for path in paths:
         if not path.is_file():
             raise SrrecnnError(f"{path}: no such training data file")
-        if path.suffix in (".txt", ".lst"):
-            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-            files += [(path.parent / ln) if not Path(ln).is_absolute() else Path(ln)
-                      for ln in lines if ln and not ln.startswith("#")]
-        else:
-            files.append(path)
+        files += io.read_list_file(path) if io.is_list_file(path) else [path]
     return files
 
 
@@ -154,8 +151,6 @@ class RandomPatches:
     def __init__(self, volumes: Sequence[np.ndarray], scales: Sequence[float], patch: int,
                  sigma: float = 1.0, order: int = 3, seed: int = 0,
                  others: Sequence[np.ndarray] | None = None):
-        from srrecnn_jax.patches import PatchConfig, Source, pairs
-
         config = PatchConfig(patch=patch, border=(0, 0, 0), sigma=sigma, order=order,
                              scales=tuple((float(s),) * 3 for s in scales))
         self.pairs = []

@@ -1,0 +1,128 @@
+"""What the ``srrecnn`` commands share: the parser, argument types, the options that stand
+for library parameters, ``--distributed``, and running until done or stopped.
+
+Nothing here imports JAX, so ``srrecnn --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+from srrecnn_jax.errors import OutputExistsError, SrrecnnError
+
+#: The option of each library parameter that errors name (``SrrecnnError.parameter``).
+#: A parameter missing here is shown by its own name.
+OPTIONS = {
+    "scale": "-s/--scale", "tile": "--tile", "order": "--order", "precision": "--precision",
+    "interpolation": "--interpolation", "reference": "--reference", "header": "--header",
+    "prototxt": "--prototxt", "model": "-m/--model", "init": "--init", "sigma": "--sigma",
+    "shave": "--shave", "mask": "--mask", "mode": "--mode", "others": "-i/--other",
+    "outputs": "-o/--output", "overrides": "--set", "output_template": "--output-template",
+    "reference_pattern": "--reference-pattern",
+}
+
+
+def error_line(error: SrrecnnError) -> str:
+    """The one line shown for a library error: its parameter as the option that sets it."""
+    text = error.message
+    if error.parameter:
+        text = f"{OPTIONS.get(error.parameter, error.parameter)}: {text}"
+    if isinstance(error, OutputExistsError):
+        text += " (use --force to replace it)"
+    return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def scale(text: str) -> tuple[float, float, float]:
+    from srrecnn_jax.interpolation import parse_scale
+
+    try:
+        return parse_scale(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def border(text: str) -> tuple[int, int, int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not x,y,z integers") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or 3 non-negative integers")
+    return (values[0], values[1], values[2])
+
+
+def order(text: str) -> int:
+    value = positive_int(text) if text != "0" else 0
+    if value > 5:
+        raise argparse.ArgumentTypeError(f"spline order must be 0 to 5, got {value}")
+    return value
+
+
+def add_distributed(group, share: str) -> None:
+    """--distributed and its explicit coordinator options (sr batch mode, train)."""
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run with jax.distributed (Slurm, Open MPI "
+                       "and similar detected, or --coordinator/--num-processes/--process-id);"
+                       f" each process {share}")
+    group.add_argument("--coordinator", help="HOST:PORT of process 0 (with --distributed)")
+    group.add_argument("--num-processes", type=positive_int, help="with --distributed")
+    group.add_argument("--process-id", type=int, help="with --distributed")
+
+
+def join_processes(args: argparse.Namespace) -> tuple[int, int]:
+    """``(process, count)``: joins the multi-process run with ``--distributed``, else (0, 1)."""
+    if args.distributed:
+        from srrecnn_jax import parallel
+
+        return parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    if args.coordinator or args.num_processes or args.process_id is not None:
+        raise SrrecnnError("--coordinator/--num-processes/--process-id: need --distributed")
+    return 0, 1
+
+
+@contextlib.contextmanager
+def stoppable(total: int, unit: str, quiet: bool,
+              notice: str | None = None) -> Iterator[tuple[threading.Event, object]]:
+    """A stop event that Ctrl-C and SIGTERM set (printing ``notice`` once), and a progress
+    bar on stderr; both handlers are restored and the bar closed on the way out."""
+    from tqdm import tqdm
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        if notice and not stop.is_set():
+            print(notice, file=sys.stderr)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    bar = tqdm(total=total, unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True)
+    try:
+        yield stop, bar
+    finally:
+        bar.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)

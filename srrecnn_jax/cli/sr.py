@@ -1,0 +1,163 @@
+"""``srrecnn sr``: one image with ``-o``, or batch mode with ``--out-dir``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from srrecnn_jax.cli import common
+from srrecnn_jax.config import INTERPOLATIONS, PRECISIONS
+from srrecnn_jax.errors import SrrecnnError
+
+
+def add_to(commands) -> None:
+    p = commands.add_parser("sr", help="super-resolve 3-D images",
+                            description="Super-resolve 3-D images as the original release "
+                            "did: normalise by the maximum, cubic-spline zoom, network, "
+                            "residual, de-normalise, clamp at the input minimum. One input "
+                            "with -o, or any number of files, folders, DICOM series folders "
+                            "and .txt lists of paths with --out-dir (batch mode: pipelined, "
+                            "resumable, a manifest, one bad file does not stop the rest).")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                   help="image file (NIfTI, NRRD, MetaImage), DICOM series folder, folder "
+                   "(searched recursively with --glob) or .txt file listing paths (relative "
+                   "to the list file)")
+    p.add_argument("-o", "--output", type=Path, help="output image for a single input (float32)")
+    p.add_argument("--out-dir", type=Path,
+                   help="batch mode: write outputs here, mirroring each input's place below "
+                   "the folder it was found in")
+    p.add_argument("-m", "--model", type=Path, required=True,
+                   help="model folder (from `srrecnn convert`), training run folder or a "
+                   ".caffemodel file")
+    p.add_argument("-s", "--scale", type=common.scale, required=True,
+                   help="zoom factor: one number or x,y,z (e.g. 2 or 2,2,2.5)")
+    p.add_argument("-r", "--reference", type=Path,
+                   help="high-resolution image of another modality, for multimodal models; "
+                   "resampled onto the output grid if it is not on it already")
+    p.add_argument("--reference-pattern", metavar="OLD:NEW",
+                   help="batch mode: each input's reference is the file named with OLD "
+                   "replaced by NEW (e.g. T1w:T2w)")
+    p.add_argument("--prototxt", type=Path, help="deploy .prototxt to check a .caffemodel against")
+    p.add_argument("--tile", type=common.positive_int,
+                   help="run the network in tiles of N^3 output voxels (exact: equals the "
+                   "whole-volume result); default: whole volume unless it would not fit memory")
+    p.add_argument("--order", type=common.order, default=3,
+                   help="spline order of the zoom (default 3)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="arithmetic of the network's convolutions: fp32 (default, exact "
+                   "float32), tf32 (GPU tensor cores, 10-bit mantissa products; as fp32 on "
+                   "CPU) or bf16 (bfloat16 operands, float32 sums; the first layer, which reads "
+                   "the intensities, stays fp32)")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, default="device",
+                   help="where the cubic-spline zoom runs: device (JAX, GPU when present; "
+                   "default) or scipy (the original's scipy.ndimage.zoom on the CPU); they "
+                   "agree to float32 rounding")
+    p.add_argument("--no-residual", action="store_true",
+                   help="do not add the interpolated image to the network output")
+    p.add_argument("--header", choices=("consistent", "original"), default="consistent",
+                   help="output geometry: 'consistent' keeps the first and last voxel centres "
+                   "where the zoom puts them (default); 'original' writes spacing/scale as the "
+                   "original release did")
+    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                   help="replace existing outputs (batch mode skips complete ones otherwise)")
+    batch = p.add_argument_group("batch mode (--out-dir)")
+    batch.add_argument("--glob", default="*.nii*",
+                       help="file pattern when searching folders (default '*.nii*')")
+    batch.add_argument("--suffix", default="_SR",
+                       help="added to each output's name before the extension (default _SR)")
+    batch.add_argument("--output-template",
+                       help="output path below --out-dir, with {dir} {stem} {ext} {suffix}, "
+                       "e.g. '{dir}/{stem}_x2{ext}'")
+    batch.add_argument("--manifest", type=Path,
+                       help="JSONL record of the run (default OUT_DIR/srrecnn_manifest.jsonl)")
+    batch.add_argument("--workers", type=common.positive_int, default=2,
+                       help="threads reading and interpolating ahead of the device (default 2)")
+    batch.add_argument("--bucket", type=common.positive_int, default=8,
+                       help="pad volumes to a multiple of N voxels so nearby sizes share one "
+                       "compilation; results unchanged (default 8)")
+    batch.add_argument("--dry-run", action="store_true", help="list the work and stop")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar or warnings")
+    batch.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    common.add_distributed(batch, "takes its share of the files")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out_dir is not None:
+        if args.output is not None:
+            raise SrrecnnError("-o/--output: give either -o (one input) or --out-dir, not both")
+        if args.reference is not None:
+            raise SrrecnnError("--reference: in batch mode pair inputs with "
+                               "--reference-pattern OLD:NEW")
+        return run_batch(args)
+    if args.output is None:
+        raise SrrecnnError("-o/--output: give an output file, or --out-dir for batch mode")
+    from srrecnn_jax import io
+    from srrecnn_jax.inference import super_resolve_file
+
+    if len(args.inputs) > 1 or io.is_list_file(args.inputs[0]):
+        raise SrrecnnError("-o/--output: takes a single input; use --out-dir for several")
+
+    start = time.perf_counter()
+    result = super_resolve_file(
+        args.inputs[0], args.output, args.model, args.scale, args.reference,
+        prototxt=args.prototxt, order=args.order, tile=args.tile,
+        residual=False if args.no_residual else None, header=args.header,
+        precision=args.precision, interpolation=args.interpolation, force=args.force)
+    size = "x".join(str(n) for n in result.GetSize())
+    spacing = "x".join(f"{s:.4g}" for s in result.GetSpacing())
+    print(f"{args.output}: {size} voxels of {spacing} mm "
+          f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """Batch mode; exit status 0, 1 if any job failed, 130 if interrupted."""
+    process, count = common.join_processes(args)
+    from srrecnn_jax import batch
+
+    jobs = batch.plan(args.inputs, args.out_dir, args.glob, args.suffix, args.output_template,
+                      args.reference_pattern, process, count)
+    if args.dry_run:
+        for job in jobs:
+            ref = f"  [reference {job.reference}]" if job.reference else ""
+            print(f"{job.input} -> {job.output}{ref}")
+        return 0
+    options = batch.Options(scale=args.scale, order=args.order, tile=args.tile,
+                            residual=False if args.no_residual else None, header=args.header,
+                            precision=args.precision, interpolation=args.interpolation,
+                            bucket=args.bucket, overwrite=args.force, readers=args.workers)
+    start, done_voxels = time.perf_counter(), [0]
+    with common.stoppable(len(jobs), "vol", args.quiet, "srrecnn: stopping after the volumes "
+                          "in flight are written") as (stop, bar):
+        def progress(record: batch.Record, voxels: int) -> None:
+            if record.status == "error":
+                bar.write(f"srrecnn: error: {record.error}", file=sys.stderr)
+            done_voxels[0] += voxels
+            bar.set_postfix_str(f"{done_voxels[0] / (time.perf_counter() - start):.3g} "
+                                "voxels/s")
+            bar.update(1)
+
+        def warn(message: str) -> None:
+            if not args.quiet:
+                bar.write(f"srrecnn: warning: {message}", file=sys.stderr)
+
+        summary, part = batch.run(jobs, args.model, options, args.out_dir, args.prototxt,
+                                  args.manifest, process, count, stop, progress, warn)
+    rate = summary.voxels / summary.seconds if summary.seconds else 0.0
+    if not args.quiet:
+        print(f"srrecnn: {summary.ok} written, {summary.skipped} skipped (complete), "
+              f"{summary.errors} failed in {summary.seconds:.1f} s; {rate:.3g} voxels/s; "
+              f"device busy {summary.utilisation:.0%}; manifest {part}", file=sys.stderr)
+    if args.json:
+        facts = dataclasses.asdict(summary) | {"utilisation": summary.utilisation,
+                                               "voxels_per_s": rate, "manifest": str(part),
+                                               "process": process, "processes": count}
+        print(json.dumps(facts))
+    if summary.interrupted:
+        return 130
+    return 1 if summary.errors else 0

@@ -1,0 +1,161 @@
+"""``srrecnn convert``, ``info``, ``export-caffe``, ``degrade``, ``eval`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from srrecnn_jax.cli import common
+
+
+def add_to(commands) -> None:
+    p = commands.add_parser("convert", help="convert a Caffe .caffemodel to a model folder",
+                            description="Convert original Caffe weights (no Caffe needed) to "
+                            "an orbax checkpoint folder with a readable config.json.")
+    p.add_argument("caffemodel", type=Path, help="binary .caffemodel file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model folder to write")
+    p.add_argument("--prototxt", type=Path, help="deploy .prototxt to check the weights against")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.set_defaults(run=run_convert)
+
+    p = commands.add_parser("degrade", help="simulate a low-resolution scan (observation model)",
+                            description="The original training data's observation model: "
+                            "Gaussian blur (sigma in voxels), crop each axis to a multiple of "
+                            "the scale, cubic-spline downsampling. Headers stay physically "
+                            "consistent: the LR (and interpolated) images lie where the cropped "
+                            "HR image does.")
+    p.add_argument("hr", type=Path, help="high-resolution image")
+    p.add_argument("-o", "--output", type=Path, required=True, help="low-resolution image")
+    p.add_argument("-s", "--scale", type=common.scale, required=True,
+                   help="downsampling factor: one number or x,y,z")
+    p.add_argument("--sigma", type=float, default=1.0,
+                   help="Gaussian blur sigma in HR voxels (default 1, as the original)")
+    p.add_argument("--order", type=common.order, default=3, help="spline order (default 3)")
+    p.add_argument("--interpolated", type=Path,
+                   help="also write the LR image zoomed back onto the cropped HR grid")
+    p.add_argument("--cropped-hr", type=Path,
+                   help="also write the HR image cropped to a multiple of the scale")
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.set_defaults(run=run_degrade)
+
+    p = commands.add_parser("eval", help="PSNR and SSIM of a result against the truth",
+                            description="PSNR (peak = HR maximum) and 3-D SSIM (Gaussian "
+                            "window, sigma 1.5) of SR against HR, optionally in a mask and "
+                            "away from the borders, and of the cubic-spline baseline.")
+    p.add_argument("sr", type=Path, help="super-resolved (or any estimated) image")
+    p.add_argument("hr", type=Path, help="ground-truth image on the same grid (a larger HR "
+                   "image is cropped to SR's extent when they share the first voxel)")
+    p.add_argument("--mask", type=Path, help="image whose non-zero voxels are evaluated")
+    p.add_argument("--shave", type=int, default=0, help="ignore N voxels at each border")
+    p.add_argument("--lr", type=Path, help="low-resolution input: also score its cubic-spline "
+                   "zoom onto the SR grid (the baseline)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run_eval)
+
+    p = commands.add_parser("export-caffe", help="write a model as a Caffe .caffemodel",
+                            description="Write a model folder (or caffemodel) as a binary "
+                            "Caffe .caffemodel with conv1..convN and ReLU layers; "
+                            "`srrecnn convert` reads it back to identical parameters.")
+    p.add_argument("model", type=Path, help="model folder, training run folder or .caffemodel")
+    p.add_argument("-o", "--output", type=Path, required=True, help=".caffemodel to write")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(run=run_export_caffe)
+
+    p = commands.add_parser("demo", help="super-resolve the installed MNI T1 degraded x2",
+                            description="Degrade nilearn's 1 mm MNI T1 by 2 (observation "
+                            "model), super-resolve it with the project's shipped checkpoint "
+                            "(or --model), print spline vs SR PSNR, and write the volumes and a "
+                            "montage.png (three planes: spline, SR, HR, error).")
+    p.add_argument("--out", type=Path, default=Path("srrecnn_demo"),
+                   help="output folder (default ./srrecnn_demo)")
+    p.add_argument("-m", "--model", type=Path, help="model instead of the shipped checkpoint")
+    p.add_argument("--crop", type=common.positive_int,
+                   help="only a centred crop of N^3 HR voxels")
+    p.add_argument("--tile", type=common.positive_int, help="tile edge (see sr --tile)")
+    p.set_defaults(run=run_demo)
+
+    p = commands.add_parser("info", help="describe a model",
+                            description="Print a model's architecture, parameter count, "
+                            "receptive field and origin.")
+    p.add_argument("model", type=Path, help="model folder, training run folder or .caffemodel")
+    p.add_argument("--prototxt", type=Path, help="deploy .prototxt to check a .caffemodel against")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run_info)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from srrecnn_jax.checkpoint import convert
+
+    loaded = convert(args.caffemodel, args.output, args.prototxt, args.force)
+    print(f"{args.output}: {loaded.config.describe()}", file=sys.stderr)
+    return 0
+
+
+def run_degrade(args: argparse.Namespace) -> int:
+    from srrecnn_jax.degradation import degrade_files
+
+    images = degrade_files(args.hr, args.output, args.scale, args.sigma, args.order,
+                           args.interpolated, args.cropped_hr, args.force)
+    size = "x".join(str(n) for n in images["lr"].GetSize())
+    print(f"{args.output}: {size} voxels", file=sys.stderr)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from srrecnn_jax.evaluation import evaluate_files
+
+    scores = evaluate_files(args.sr, args.hr, mask=args.mask, shave=args.shave, lr=args.lr)
+    if args.json:
+        print(json.dumps(scores, indent=2))
+        return 0
+    for name in ("sr", "spline"):
+        if name in scores:
+            print(f"{name:7s} PSNR {scores[name]['psnr']:.3f} dB  SSIM {scores[name]['ssim']:.5f}")
+    print(f"voxels  {scores['voxels']}")
+    return 0
+
+
+def run_export_caffe(args: argparse.Namespace) -> int:
+    from srrecnn_jax.checkpoint import export_caffe
+
+    loaded = export_caffe(args.model, args.output, args.force)
+    print(f"{args.output}: {loaded.config.describe()}", file=sys.stderr)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from srrecnn_jax.demo import run_demo
+
+    start = time.perf_counter()
+    scores = run_demo(args.out, args.model, args.crop, args.tile)
+    print(f"cubic spline  PSNR {scores['psnr_spline']:.2f} dB "
+          f"(head {scores['psnr_spline_head']:.2f})  SSIM {scores['ssim_spline']:.4f}\n"
+          f"SRReCNN3D     PSNR {scores['psnr_sr']:.2f} dB "
+          f"(head {scores['psnr_sr_head']:.2f})  SSIM {scores['ssim_sr']:.4f}\n"
+          f"wrote {args.out}/{{lr,spline,sr,hr}}.nii.gz and {args.out}/montage.png "
+          f"({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from srrecnn_jax.checkpoint import describe_model
+
+    facts = describe_model(args.model, args.prototxt)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    origin = facts["origin"]
+    where = (f"{origin.get('kind', '?')} {origin.get('file', '')} "
+             f"(sha256 {origin.get('sha256', '?')})" if origin else "unknown")
+    scales = facts["trained_scales"]
+    r = facts["receptive_field"]
+    print(f"model:           {facts['model']}\n"
+          f"architecture:    {facts['architecture']}\n"
+          f"parameters:      {facts['parameters']:,}\n"
+          f"receptive field: {r}x{r}x{r} voxels\n"
+          f"trained scales:  {', '.join(f'{s:g}' for s in scales) if scales else 'unknown'}\n"
+          f"origin:          {where}")
+    return 0

@@ -1,0 +1,47 @@
+"""Multi-device and multi-process runs: ``jax.distributed``, meshes, shardings (no engine of
+our own)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> tuple[int, int]:
+    """Join a multi-process JAX job; return ``(process_index, process_count)``.
+
+    With no arguments, JAX detects the cluster (Slurm, Open MPI, ...). On CPU
+    the collectives go through gloo, so CPU-only processes can join too.
+    """
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+    return jax.process_index(), jax.process_count()
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches ``name``."""
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def data_mesh() -> jax.sharding.Mesh:
+    """A one-axis ``data`` mesh of every device of every process."""
+    devices = jax.devices()
+    return jax.make_mesh((len(devices),), ("data",), devices=devices)
+
+
+def mesh_shardings(mesh: jax.sharding.Mesh) -> tuple[jax.sharding.Sharding,
+                                                     jax.sharding.Sharding]:
+    """``(replicated, split)``: whole arrays on every device, and arrays whose leading
+    (batch) axis is split over the mesh's ``data`` axis."""
+    return (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+
+
+def local_copy(tree):
+    """A replicated (possibly multi-process) pytree as NumPy, from this process's copy."""
+    return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)), tree)

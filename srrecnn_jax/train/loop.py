@@ -1,0 +1,231 @@
+"""The training loop: data-parallel steps, orbax checkpoints, resume, metrics log.
+
+A run folder holds (names in ``checkpoint``, which reads runs without this code)::
+
+    RUN/train_config.json     the TrainConfig (a rerun with another config is refused)
+    RUN/checkpoints/<step>/   orbax: "state" (params, optimizer state, step) + "meta" (JSON)
+    RUN/metrics.jsonl         one line per logged step
+    RUN/curves.png            loss and held-out PSNR curves
+    RUN/model/                the final model folder, for `srrecnn sr`
+
+Resume order: read train_config.json, build the abstract state from it
+(``jax.eval_shape``), restore the latest checkpoint into it, continue from its
+step. Batches are a function of the step (``data.PatchSet.batch``), so a
+resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from srrecnn_jax import io, parallel
+from srrecnn_jax.checkpoint import (
+    RUN_CHECKPOINTS,
+    RUN_CONFIG,
+    RUN_META,
+    RUN_MODEL,
+    RUN_STATE,
+    LoadedModel,
+    checkpoint_steps,
+    load_model,
+    save_model,
+)
+from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.evaluation import validate
+from srrecnn_jax.plots import draw_curves
+from srrecnn_jax.train.config import TrainConfig, read_run_config, resolve
+from srrecnn_jax.train.data import PatchSet, RandomPatches, prefetch
+from srrecnn_jax.train.step import compile_step, init_state
+
+
+def _manager(run_dir: Path, keep: int):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager((run_dir / RUN_CHECKPOINTS).absolute(), options=options,
+                                 item_names=(RUN_STATE, RUN_META))
+
+
+def _abstract_state(config: TrainConfig, sharding) -> dict:
+    shapes = jax.eval_shape(lambda key: init_state(key, config), jax.random.PRNGKey(0))
+    return jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def restore_state(run_dir: Path, step: int | None = None,
+                  sharding=None) -> tuple[dict, TrainConfig]:
+    """The state of a run's checkpoint (latest by default) and the run's config."""
+    import orbax.checkpoint as ocp
+
+    config = read_run_config(run_dir)
+    steps = checkpoint_steps(run_dir)
+    step = (steps[-1] if steps else None) if step is None else step
+    if step is None:
+        raise SrrecnnError(f"{run_dir}: no checkpoint yet")
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restored = _manager(run_dir, config.keep).restore(step, args=ocp.args.Composite(**{
+        RUN_STATE: ocp.args.StandardRestore(_abstract_state(config, sharding))}))
+    return restored[RUN_STATE], config
+
+
+def _validation_metrics(params, config: TrainConfig,
+                        volumes: Sequence[np.ndarray]) -> dict[str, float]:
+    scores = validate(params, config.model, config.validation_scale, volumes)
+    return {f"val{'' if name == 'sr' else '_' + name}_{metric}": value
+            for name, metrics in scores.items() for metric, value in metrics.items()}
+
+
+def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
+          init: LoadedModel | None = None, stop: threading.Event | None = None,
+          on_log: Callable[[dict], None] | None = None,
+          validation: Sequence[np.ndarray] = ()) -> dict:
+    """Train (or resume) a run to ``config.schedule.max_iter`` steps, or until ``stop`` is set.
+
+    Args:
+      config: the run's settings.
+      data: training patches (channels must match ``config.model.in_channels``).
+      run_dir: the run folder (created; resumed if it holds checkpoints).
+      init: parameters to fine-tune from (ignored when resuming).
+      stop: when set, the loop saves a checkpoint at the current step and returns.
+      on_log: receives each logged metrics dict.
+      validation: held-out (x, y, z) HR volumes, scored every
+        ``config.validate_every`` steps and at the end (see ``validate``).
+
+    Returns:
+      The last logged metrics.
+    """
+    import orbax.checkpoint as ocp
+
+    stop = stop or threading.Event()
+    model_config, max_iter = config.model, config.schedule.max_iter
+    if data.channels != model_config.in_channels:
+        raise SrrecnnError(f"training data has {data.channels} channel(s) but the model takes "
+                           f"{model_config.in_channels} (set in_channels)")
+    mesh = parallel.data_mesh()
+    if config.batch % mesh.size:
+        raise SrrecnnError(f"batch {config.batch} does not split over {mesh.size} devices")
+    process, processes = jax.process_index(), jax.process_count()
+    replicated, split = parallel.mesh_shardings(mesh)
+
+    if init is not None and init.config != model_config:
+        raise SrrecnnError(f"model {init.config.describe()} does not match the "
+                           f"configured {model_config.describe()}", "init")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / RUN_CONFIG
+    started = bool(checkpoint_steps(run_dir)) or (run_dir / RUN_MODEL).exists()
+    if config_file.exists() and started and read_run_config(run_dir) != config:
+        raise SrrecnnError(f"{run_dir}: holds a run with other settings; use a new folder "
+                           "or the same settings to resume")
+    if process == 0 and not (config_file.exists() and started):
+        io.write_text_atomic(config_file, json.dumps(config.to_dict(), indent=2) + "\n")
+
+    manager = _manager(run_dir, config.keep)
+    start = manager.latest_step() or 0
+    if start:
+        state, _ = restore_state(run_dir, start, replicated)
+    else:
+        params = None if init is None else init.params
+        state = jax.device_put(init_state(jax.random.PRNGKey(config.seed), config, params),
+                               replicated)
+    step_fn = compile_step(config, mesh)
+
+    def check_finite(step: int, metrics: dict) -> dict[str, float]:
+        values = {k: float(v) for k, v in parallel.local_copy(metrics).items()}
+        if not values.pop("finite"):
+            good = [s for s in checkpoint_steps(run_dir) if s < step]
+            kept = f"; the last good checkpoint is step {good[-1]}" if good else ""
+            raise SrrecnnError(f"step {step}: loss or gradient is not finite "
+                               f"(loss {values['loss']}): check the data for NaN or "
+                               f"infinite values, or lower the learning rate{kept}")
+        return values
+
+    def save(step: int) -> None:
+        meta = {"train_config": config.to_dict(), "model": model_config.to_dict()}
+        manager.save(step, args=ocp.args.Composite(**{
+            RUN_STATE: ocp.args.StandardSave(state), RUN_META: ocp.args.JsonSave(meta)}),
+            force=True)
+
+    stats: dict = {}
+    last: dict = {}
+    tick, tick_step = time.perf_counter(), start
+    step = start
+    log_file = run_dir / "metrics.jsonl"
+    batches = prefetch(data, start, max_iter, config.batch, process, processes, stats=stats)
+    for local in batches:
+        batch = jax.tree_util.tree_map(
+            lambda a: jax.make_array_from_process_local_data(split, a), local)
+        state, metrics = step_fn(state, batch)
+        step += 1
+        done = step == max_iter or stop.is_set()
+        values = None
+        if step % config.log_every == 0 or done:
+            values = check_finite(step, metrics)
+            seconds = time.perf_counter() - tick
+            last = {"step": step, **values,
+                    "steps_per_s": (step - tick_step) / max(seconds, 1e-9),
+                    "data_wait_fraction": stats.get("wait_seconds", 0.0) / max(seconds, 1e-9)}
+            stats["wait_seconds"], tick, tick_step = 0.0, time.perf_counter(), step
+            if validation and (step % config.validate_every == 0 or done):
+                last |= _validation_metrics(parallel.local_copy(state["params"]), config,
+                                            validation)
+            if process == 0:
+                with open(log_file, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(last) + "\n")
+                if "val_psnr" in last or done:
+                    draw_curves(log_file, run_dir / "curves.png")
+            if on_log:
+                on_log(last)
+        if step % config.checkpoint_every == 0 or done or stop.is_set():
+            if values is None:  # never save parameters that are not finite
+                check_finite(step, metrics)
+            save(step)  # stop may have been set by on_log or a signal since `done`
+        if stop.is_set():
+            break
+    batches.close()
+    manager.wait_until_finished()
+    if step == max_iter and process == 0:
+        params = parallel.local_copy(state["params"])
+        save_model(run_dir / RUN_MODEL, LoadedModel(params, model_config,
+                                                  origin={"kind": "srrecnn-jax training",
+                                                          "run": str(run_dir.resolve()),
+                                                          "steps": step}), force=True)
+    return last
+
+
+def open_data(paths: Sequence[Path], config: TrainConfig) -> PatchSet | RandomPatches:
+    """HDF5 patch sets (or list files naming them), else HR images to cut random patches
+    from on the fly (``config.patch``, ``config.patch_scales``, ``config.seed``)."""
+    if all(p.name.endswith((".h5", ".hdf5")) or io.is_list_file(p) for p in paths):
+        return PatchSet(paths)
+    volumes = [io.read_volume(path, "training image") for path in paths]
+    return RandomPatches(volumes, config.patch_scales, config.patch, seed=config.seed)
+
+
+def train_files(data: Sequence[Path], run_dir: Path, *, config_file: Path | None = None,
+                caffe_solver: Path | None = None, overrides: Sequence[str] = (),
+                init: Path | None = None, validation: Sequence[Path] = (),
+                stop: threading.Event | None = None,
+                on_start: Callable[[TrainConfig], None] | None = None,
+                on_log: Callable[[dict], None] | None = None) -> tuple[dict, TrainConfig]:
+    """``train`` from files: resolve the settings (``config.resolve``), load the init model,
+    the held-out images and the data, and train. ``on_start`` receives the settings
+    before the first step. Returns the last logged metrics and the settings."""
+    init_model = load_model(init) if init else None
+    config = resolve(run_dir, config_file, caffe_solver, overrides,
+                     init_model.config if init_model else None)
+    held_out = [io.read_volume(path, "validation image") for path in validation]
+    patches = open_data(data, config)
+    try:
+        if on_start:
+            on_start(config)
+        last = train(config, patches, run_dir, init_model, stop, on_log, held_out)
+    finally:
+        patches.close()
+    return last, config
