@@ -44,8 +44,10 @@ class ModelConfig:
             raise ValueError("kernels and filters need one entry per layer")
         if any(k < 1 or k % 2 == 0 for k in self.kernels):
             raise ValueError(f"kernel sizes must be odd and positive: {self.kernels}")
-        if any(f < 1 for f in self.filters) or self.in_channels < 1:
-            raise ValueError("channel counts must be positive")
+        if any(f < 1 for f in self.filters):
+            raise ValueError(f"filters must be positive: {self.filters}")
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be positive, got {self.in_channels}")
         if self.padding not in ("same", "edge_valid"):
             raise ValueError(f"unknown padding scheme {self.padding!r}")
 

@@ -111,7 +111,17 @@ def pad_input(x, config: ModelConfig):
     r = config.receptive_radius
     widths = [(0, 0)] * (x.ndim - 4) + [(r, r)] * 3 + [(0, 0)]
     mode = "edge" if config.padding == "edge_valid" else "constant"
-    return (np.pad if isinstance(x, np.ndarray) else jnp.pad)(x, widths, mode=mode)
+    if isinstance(x, np.ndarray):
+        return np.pad(x, widths, mode=mode)
+    if mode == "constant":
+        return jnp.pad(x, widths)
+    # jnp.pad's edge mode slices every axis, the batch axis too, which a batch split
+    # over devices (training) does not allow; repeat the edge planes axis by axis.
+    for axis in range(x.ndim - 4, x.ndim - 1):
+        first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+        last = jax.lax.slice_in_dim(x, x.shape[axis] - 1, x.shape[axis], axis=axis)
+        x = jnp.concatenate([jnp.repeat(first, r, axis), x, jnp.repeat(last, r, axis)], axis)
+    return x
 
 
 def _border(x: jax.Array) -> jax.Array:

@@ -174,6 +174,19 @@ def test_collect_list_file(tmp_path):
     assert collect_inputs([listing]) == [(b, b.parent), (a, a.parent)]
 
 
+def test_collect_list_file_relative_paths_are_relative_to_the_list(tmp_path, monkeypatch):
+    """Relative lines of a list file name files beside the list, wherever the run starts
+    (as ``srrecnn train`` reads its train.txt)."""
+    a = touch(tmp_path / "study" / "sub" / "a.nii.gz")
+    listing = tmp_path / "study" / "scans.txt"
+    listing.write_text("sub/a.nii.gz\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ((found, root),) = collect_inputs([listing])
+    assert found.resolve() == a.resolve() and root.resolve() == a.parent.resolve()
+
+
 def test_collect_single_file(tmp_path):
     """A single file is one input, rooted at its own folder (whatever the glob)."""
     path = touch(tmp_path / "scan.mha")

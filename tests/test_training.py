@@ -593,3 +593,57 @@ def test_zero_checkpoint_interval_is_one_error_line(patches_h5, tmp_path, capsys
     run = tmp_path / "run"
     assert train_cli(patches_h5, run, *small_settings(max_iter=2, checkpoint_every=0)) == 1
     assert "checkpoint_every" in one_error_line(capsys)
+
+
+def test_non_finite_step_between_log_steps_saves_no_checkpoint(patches_h5, tmp_path, capsys):
+    """NaN patches in the batch of update 4, checkpoints every 2 updates, logs every 5: the
+    run stops at step 4 with one error line naming the step and the last good checkpoint
+    (2); no checkpoint of step 4 exists and the run folder still loads as finite."""
+    data, label = hdf5_rows(patches_h5)
+    data[3 * BATCH:4 * BATCH] = np.nan  # rows of update 4 (updates count from 1)
+    poisoned = tmp_path / "poisoned.h5"
+    with h5py.File(poisoned, "w") as f:
+        f["data"] = np.ascontiguousarray(data.transpose(0, 4, 1, 2, 3))
+        f["label"] = np.ascontiguousarray(label.transpose(0, 4, 1, 2, 3))
+    run = tmp_path / "run"
+    assert train_cli(poisoned, run, *small_settings(max_iter=6, checkpoint_every=2,
+                                                    log_every=5)) == 1
+    line = one_error_line(capsys)
+    assert "step 4" in line and "not finite" in line and "step 2" in line
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir()
+                  if p.name.isdigit()) == [2]
+    params = load_model(run).params
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def test_init_from_an_srcnn3d_model_fine_tunes_that_architecture(patches_h5, tmp_path):
+    """``--init`` an SRCNN3D (9-1-5, edge padding, no residual) with no architecture set:
+    the run trains that architecture (one step) and its model has the same config."""
+    from srrecnn_jax.config import ModelConfig
+
+    cfg = ModelConfig(kernels=(9, 1, 5), filters=(8, 4, 1), residual=False,
+                      padding="edge_valid")
+    rng = np.random.default_rng(7)
+    params = {layer: {leaf: (0.05 * rng.standard_normal(shape)).astype(np.float32)
+                      for leaf, shape in leaves.items()}
+              for layer, leaves in model.param_shapes(cfg).items()}
+    init = save_model(tmp_path / "srcnn", LoadedModel(params, cfg))
+    run = tmp_path / "run"
+    assert train_cli(patches_h5, run, "--init", str(init), "--set", f"batch={BATCH}",
+                     "--set", "max_iter=1", "--set", "log_every=1") == 0
+    trained = load_model(run / "model")
+    assert trained.config == cfg
+    assert not np.array_equal(trained.params["conv1"]["kernel"], params["conv1"]["kernel"])
+
+
+@pytest.mark.parametrize("setting, named", [("layers=1.5", "layers"), ("filters=0", "filters"),
+                                            ("steps=[a]", "steps"),
+                                            ("learning_rate=-1", "learning_rate"),
+                                            ("residual=\"false\"", "residual")])
+def test_bad_setting_is_one_error_line_and_writes_nothing(setting, named, patches_h5,
+                                                          tmp_path, capsys):
+    """A setting of the wrong type or range: exit 1, one line naming it, no run folder."""
+    run = tmp_path / "run"
+    assert train_cli(patches_h5, run, "--set", setting) == 1
+    assert named in one_error_line(capsys)
+    assert not run.exists()

@@ -139,6 +139,7 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
     def check_finite(step: int, metrics: dict) -> dict[str, float]:
         values = {k: float(v) for k, v in parallel.local_copy(metrics).items()}
         if not values.pop("finite"):
+            manager.wait_until_finished()  # the good checkpoints in flight are kept
             good = [s for s in checkpoint_steps(run_dir) if s < step]
             kept = f"; the last good checkpoint is step {good[-1]}" if good else ""
             raise SrrecnnError(f"step {step}: loss or gradient is not finite "

@@ -1,0 +1,150 @@
+"""The package's shape: imports follow the pipeline one way, and the library names no flag.
+
+Read from the source with ``ast`` (lazy, function-level imports included), so the
+rules hold whatever a test happens to import.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "srrecnn_jax"
+
+# Layers, top to bottom: a module may import modules of lower layers only, and of its
+# own layer only inside one subpackage (cli/ among itself, train/ among itself). The
+# package's __init__ is the public facade (it imports lazily from below) and is left out.
+LAYERS = [
+    ["cli.*"],
+    ["train.*", "batch", "demo"],
+    ["evaluation"],
+    ["inference"],
+    ["tiling", "checkpoint"],
+    ["model", "degradation", "plots"],
+    ["conv", "caffe", "io", "interpolation", "metrics", "parallel"],
+    ["config"],
+    ["errors"],
+]
+
+SUBPACKAGES = ("cli", "train")
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def layer_of(name: str) -> int:
+    for index, names in enumerate(LAYERS):
+        for pattern in names:
+            if name == pattern or (pattern.endswith(".*")
+                                   and (name + ".").startswith(pattern[:-1])):
+                return index
+    raise AssertionError(f"srrecnn_jax.{name} is in no layer of LAYERS: add it")
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Package-internal modules ``name`` imports (relative to ``srrecnn_jax``)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        for target in targets:
+            if not target.startswith("srrecnn_jax."):
+                continue
+            target = target[len("srrecnn_jax."):]
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                out.add(target)
+    return out
+
+
+def test_every_import_goes_down_the_layers():
+    """No module imports one of a higher layer, nor one of its own layer across
+    subpackages: the imports have an order (no loop) that follows the pipeline."""
+    found = modules()
+    known = set(found) - {""}
+    upward = []
+    for name, path in sorted(found.items()):
+        if name == "":
+            continue
+        for target in sorted(imports(name, path, known)):
+            a, b = layer_of(name), layer_of(target)
+            package = name.split(".")[0]
+            same_package = package in SUBPACKAGES and target.split(".")[0] == package
+            if a > b or (a == b and not same_package):
+                upward.append(f"{name} -> {target}")
+    assert upward == []
+
+
+def test_layers_cover_every_module():
+    """Each module of the package has its place in LAYERS (a new module must be placed)."""
+    for name in modules():
+        if name:
+            layer_of(name)
+
+
+FLAG = re.compile(r"(?<![\w-])--?[a-z][\w-]*")
+
+
+def raised_messages(tree: ast.AST) -> list[tuple[int, str]]:
+    """The literal text of every exception raised, and of every ``warn(...)`` call."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            calls = [node.exc]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id == "warn"):
+            calls = [node]
+        else:
+            continue
+        for call in calls:
+            for part in ast.walk(call):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    out.append((part.lineno, part.value))
+    return out
+
+
+def test_library_errors_name_no_command_line_flag():
+    """Outside cli/, no raised message (nor batch warning) contains an option like
+    ``--tile`` or ``-o``: the library names parameters and files, the CLI maps them."""
+    found = []
+    for name, path in sorted(modules().items()):
+        if name == "cli" or name.startswith("cli."):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for line, text in raised_messages(tree):
+            if FLAG.search(text):
+                found.append(f"{path.name}:{line}: {text!r}")
+    assert found == []
+
+
+def test_flag_scan_finds_a_flag_in_a_raise():
+    """The scan above is not vacuous: it sees an option in a raise's f-string."""
+    tree = ast.parse('def f(t):\n    raise ValueError(f"--tile: bad {t}")\n')
+    assert [FLAG.search(text) is not None for _, text in raised_messages(tree)] == [True]
+
+
+def test_every_parameter_the_library_names_has_an_option():
+    """Each ``parameter`` a library error names is in the CLI's table of options."""
+    from srrecnn_jax.cli.common import OPTIONS
+
+    named = set()
+    for name, path in modules().items():
+        if name.startswith("cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id == "SrrecnnError" and len(node.args) == 2
+                    and isinstance(node.args[1], ast.Constant)):
+                named.add(node.args[1].value)
+    assert named and named <= set(OPTIONS), sorted(named - set(OPTIONS))
