@@ -29,9 +29,8 @@ import SimpleITK as sitk
 
 from srrecnn_jax import io
 from srrecnn_jax.degradation import degrade
+from srrecnn_jax.evaluation import score
 from srrecnn_jax.inference import SuperResolver
-from srrecnn_jax.interpolation import zoom
-from srrecnn_jax.metrics import psnr
 from srrecnn_jax.tiling import run_network
 
 DEFAULT_MODEL = (Path(__file__).resolve().parents[2] / "shared" / "caffe"
@@ -66,17 +65,17 @@ def main() -> None:
     lr_image = io.to_image(lr, [2.0] * 3, hr_image.GetOrigin(), hr_image.GetDirection())
     resolver = SuperResolver.load(args.model)
 
-    spline = zoom(lr, (2, 2, 2))
     start = time.perf_counter()
     sr = io.to_array(resolver.run(lr_image, 2, tile=args.tile))
     seconds = time.perf_counter() - start
-    head = hr > 0
+    whole = score(sr, hr, lr, with_ssim=False)
+    head = score(sr, hr, lr, mask=hr > 0, with_ssim=False)
     results = {
         "model": str(args.model.name),
         "hr_shape": list(hr.shape), "lr_shape": list(lr.shape),
-        "psnr_spline_db": psnr(spline, hr), "psnr_model_db": psnr(sr, hr),
-        "psnr_spline_head_db": psnr(spline, hr, mask=head),
-        "psnr_model_head_db": psnr(sr, hr, mask=head),
+        "psnr_spline_db": whole["spline"]["psnr"], "psnr_model_db": whole["sr"]["psnr"],
+        "psnr_spline_head_db": head["spline"]["psnr"],
+        "psnr_model_head_db": head["sr"]["psnr"],
         "pipeline_seconds": seconds, "pipeline_voxels_per_s": sr.size / seconds,
         "network_voxels_per_s": network_speed(resolver, args.speed_edge),
         "speed_edge": args.speed_edge,

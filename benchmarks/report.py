@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from srrecnn_jax import io
 
 COLUMNS = ("case", "sizes", "model", "prec", "median s [min-max]", "voxels/s", "TFLOP/s",
            "ceil", "peak mem", "ref", "ref s", "speed", "agree")
@@ -82,16 +82,6 @@ def _finite(value: Any) -> Any:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` atomically (``srrecnn_jax.io.write_text_atomic``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_finite(data), f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    io.write_text_atomic(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
