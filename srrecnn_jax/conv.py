@@ -9,7 +9,7 @@ transformed inputs ``(voxels, 3 * C_in)`` by transformed kernels
 ``(3 * C_in, C_out)`` instead of 36 of the untransformed ones: 2.25x fewer
 multiply-adds. The transform entries are 0, +-1 and 1/2, so the results stay
 as close to exact as the direct convolution's (tested against float64: within
-twice XLA's own float32 error). Blocks of about ``_WINOGRAD_ROWS`` output
+twice XLA's own float32 error). Blocks of about ``WINOGRAD_BLOCK_VOXELS`` output
 voxels are processed in turn so their operands stay in cache, and are
 recomputed, not stored, for gradients. ``relu_layer_bordered`` runs a hidden
 layer between volumes that keep a zero border, so a chain of them never pads.
@@ -61,7 +61,9 @@ _MIN_MATMUL_CHANNELS = 8
 # The entries are 0, +-1 and 1/2: the transforms add only a few float32 roundings.
 _WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 _WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
-_WINOGRAD_ROWS = 1024  # output voxels per block: measured best of 512-4096 at 64^3
+#: Output voxels per Winograd block (x and y tile pairs by z): measured best of 512-4096
+#: at 64^3, the operands of one block stay in cache.
+WINOGRAD_BLOCK_VOXELS = 1024
 
 
 def check_precision(precision: str) -> None:
@@ -218,7 +220,7 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
 
     Each 2x2 output column pair needs 16 products of transformed inputs by
     transformed kernels instead of 36: 2.25x fewer multiply-adds. Blocks of
-    x and y tile pairs (about ``_WINOGRAD_ROWS`` output voxels) are processed in
+    x and y tile pairs (about ``WINOGRAD_BLOCK_VOXELS`` output voxels) are processed in
     turn, each written into the output in place. In a block the three z
     neighbours of each voxel are first set side by side ``(..., Z, 3 * C_in)``,
     so each of the 16 is one product of depth ``3 * C_in`` (the transforms are
@@ -231,9 +233,9 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
     c_in, c_out = kernel.shape[3], kernel.shape[4]
     ox, oy, oz = (n - 2 for n in x.shape[:3])
     # A block: tx x ty tile pairs (2 tx x 2 ty output columns), about
-    # _WINOGRAD_ROWS output voxels, so its operands stay in cache.
-    ty, ny = _split(-(-oy // 2), _WINOGRAD_ROWS / oz)
-    tx, nx = _split(-(-ox // 2), _WINOGRAD_ROWS / (ty * oz))
+    # WINOGRAD_BLOCK_VOXELS output voxels, so its operands stay in cache.
+    ty, ny = _split(-(-oy // 2), WINOGRAD_BLOCK_VOXELS / oz)
+    tx, nx = _split(-(-ox // 2), WINOGRAD_BLOCK_VOXELS / (ty * oz))
     # Odd sizes and partial last blocks: zeros beyond the volume, outputs dropped.
     x = jnp.pad(x, ((0, 2 * tx * nx - ox), (0, 2 * ty * ny - oy), (0, 0), (0, 0)))
     g = jnp.asarray(_WINOGRAD_G, jnp.float32)

@@ -22,7 +22,27 @@ from srrecnn_jax import conv, model
 from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.errors import SrrecnnError
 
-_forward = jax.jit(model.forward, static_argnames=("padding", "precision", "impl"))
+_traced: list[tuple[int, ...]] = []
+
+
+def _network(params: model.Params, x: jax.Array, padding: str, mask: jax.Array | None,
+             precision: str) -> jax.Array:
+    _traced.append(tuple(x.shape))  # Python side effect: runs once per trace, not per call
+    return model.forward(params, x, padding, mask, precision)
+
+
+_forward = jax.jit(_network, static_argnames=("padding", "precision"))
+
+
+def compiled_shapes() -> list[tuple[int, ...]]:
+    """Network input shapes ``(1, X, Y, Z, C)`` traced for compilation in this process, in order.
+
+    Each entry is one compilation of the network (for one parameter and mask
+    layout). It shows how a volume ran: whole (its bucketed shape) or in tiles
+    (tile plus halo), and that volumes of one bucket share one compilation.
+    ``jax.clear_caches()`` forgets the compilations but not this record.
+    """
+    return list(_traced)
 
 # Float32 activations XLA keeps alive at once in a tile (inputs, outputs,
 # workspace), counted per voxel and channel of the widest layer: about 2 with
@@ -31,7 +51,8 @@ _forward = jax.jit(model.forward, static_argnames=("padding", "precision", "impl
 # a whole 196 x 232 x 188 volume peaked at 22 GiB).
 _LIVE_ACTIVATIONS = {"cpu": 12}
 _LIVE_ACTIVATIONS_DEFAULT = 4
-_MIN_TILE = 16
+#: Smallest tile edge auto_tile picks: smaller tiles cost more in halo than they save.
+MIN_TILE = 16
 
 
 def bytes_per_voxel_channel() -> int:
@@ -66,7 +87,7 @@ def auto_tile(config: ModelConfig, shape: Sequence[int], budget: int | None = No
     side = round((budget / per_voxel) ** (1 / 3))
     while side ** 3 * per_voxel > budget:  # guard the float cube root
         side -= 1
-    return max(side - 2 * r, _MIN_TILE)
+    return max(side - 2 * r, MIN_TILE)
 
 
 def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
@@ -124,7 +145,7 @@ def _run_padded(params: model.Params, config: ModelConfig, volume: np.ndarray,
         x = np.zeros(full + [channels], np.float32)  # (X', Y', Z', C)
         x[inside] = volume
         mask = None
-        if full != list(shape):
+        if bucket > 1:  # always masked, so that a volume filling its bucket shares the trace
             mask = np.zeros([1] + full + [1], np.float32)
             mask[(0,) + inside] = 1.0
         y = _forward(params, x[None], "SAME", mask, precision)

@@ -8,7 +8,7 @@ import pytest
 
 from srrecnn_jax import config as configs
 from srrecnn_jax import model
-from srrecnn_jax.caffe import _convolutions, load_caffemodel
+from srrecnn_jax.caffe import load_caffemodel
 from srrecnn_jax.checkpoint import LoadedModel, save_model
 from srrecnn_jax.cli import main
 from srrecnn_jax.config import ModelConfig
@@ -31,6 +31,65 @@ def test_export_then_convert_gives_identical_params(cfg, tmp_path):
         np.testing.assert_array_equal(back.params[name]["bias"], layer["bias"])
 
 
+def varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A protocol-buffer varint at ``pos``: (value, next position)."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def wire_fields(data: bytes) -> list[tuple[int, int | bytes]]:
+    """Fields ``(number, value)`` of one message, read independently of the package:
+    varints (wire type 0) as ints, length-delimited ones (2) as bytes."""
+    fields, pos = [], 0
+    while pos < len(data):
+        key, pos = varint(data, pos)
+        if key & 7 == 0:
+            value, pos = varint(data, pos)
+        elif key & 7 == 2:
+            length, pos = varint(data, pos)
+            value, pos = data[pos:pos + length], pos + length
+        else:
+            raise AssertionError(f"unexpected wire type {key & 7}")
+        fields.append((key >> 3, value))
+    return fields
+
+
+def packed_varints(data: bytes) -> list[int]:
+    values, pos = [], 0
+    while pos < len(data):
+        value, pos = varint(data, pos)
+        values.append(value)
+    return values
+
+
+def caffe_layers(data: bytes) -> tuple[str, list[dict]]:
+    """caffe.proto: NetParameter name 1, layer 100; LayerParameter name 1, type 2,
+    blobs 7 (BlobProto: data 5 packed float, shape 7 -> BlobShape dim 1 packed),
+    convolution_param 106 (num_output 1, pad 3, kernel_size 4, stride 6)."""
+    net = wire_fields(data)
+    layers = []
+    for number, raw in net:
+        if number != 100:
+            continue
+        layer = {"blobs": [], "conv": {}}
+        for field, value in wire_fields(raw):
+            if field in (1, 2):
+                layer["name" if field == 1 else "type"] = value.decode()
+            elif field == 7:
+                blob = dict(wire_fields(value))
+                dims = packed_varints(dict(wire_fields(blob[7]))[1])
+                layer["blobs"].append(np.frombuffer(blob[5], "<f4").reshape(dims))
+            elif field == 106:
+                layer["conv"] = dict(wire_fields(value))
+        layers.append(layer)
+    return dict(net)[1].decode(), layers
+
+
 def test_exported_layers_are_caffe_style(tmp_path):
     """Weights stored (out, in, kx, ky, kz) with convolution_param pads, as Caffe expects."""
     cfg = configs.tiny()
@@ -38,11 +97,15 @@ def test_exported_layers_are_caffe_style(tmp_path):
     save_model(tmp_path / "m", LoadedModel(params, cfg))
     out = tmp_path / "m.caffemodel"
     main(["export-caffe", str(tmp_path / "m"), "-o", str(out)])
-    name, convs = _convolutions(out.read_bytes())
-    assert name == "VDSR3D" and [c.name for c in convs] == ["conv1", "conv2", "conv3"]
-    assert convs[1].weight.shape == (4, 4, 3, 3, 3) and convs[1].pad == [1]
-    np.testing.assert_array_equal(convs[0].weight[:, :, 2, 1, 0],
+    name, layers = caffe_layers(out.read_bytes())
+    convs = [layer for layer in layers if layer["type"] == "Convolution"]
+    assert name == "VDSR3D" and [c["name"] for c in convs] == ["conv1", "conv2", "conv3"]
+    assert [layer["type"] for layer in layers] == ["Convolution", "ReLU"] * 2 + ["Convolution"]
+    weight, bias = convs[1]["blobs"]
+    assert weight.shape == (4, 4, 3, 3, 3) and convs[1]["conv"] == {1: 4, 3: 1, 4: 3, 6: 1}
+    np.testing.assert_array_equal(convs[0]["blobs"][0][:, :, 2, 1, 0],
                                   params["conv1"]["kernel"][2, 1, 0].T)
+    np.testing.assert_array_equal(bias, params["conv2"]["bias"])
 
 
 def test_export_round_trips_the_published_weights(caffe_dir, tmp_path):
@@ -56,6 +119,7 @@ def test_export_round_trips_the_published_weights(caffe_dir, tmp_path):
     for name in original.params:
         np.testing.assert_array_equal(back.params[name]["kernel"],
                                       original.params[name]["kernel"])
+        np.testing.assert_array_equal(back.params[name]["bias"], original.params[name]["bias"])
 
 
 def test_export_refuses_to_overwrite(tmp_path, capsys):

@@ -6,6 +6,8 @@ volume borders change the result. Tolerance: 1e-5 of the output's range.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -86,29 +88,43 @@ def test_border_needs_per_layer_zero_padding():
     assert np.abs(once - whole).max() > 100 * TOLERANCE * (whole.max() - whole.min())
 
 
+def new_compilations(run) -> list[tuple[int, ...]]:
+    """The network input shapes compiled while ``run()`` runs, from an empty cache."""
+    jax.clear_caches()
+    before = len(tiling.compiled_shapes())
+    run()
+    return tiling.compiled_shapes()[before:]
+
+
 def test_tiles_compile_once():
-    """All tiles of a run share one shape: a single new compilation."""
+    """All tiles of a run share one shape (tile plus halo): a single compilation."""
     params = random_params(SAME, seed=3)
     volume = lr_volume((11, 10, 9))[..., None] / 200
-    before = tiling._forward._cache_size()
-    tiling.run_network(params, SAME, volume, tile=4)  # 3 x 3 x 3 tiles
-    assert tiling._forward._cache_size() == before + 1
+    r = SAME.receptive_radius
+    shapes = new_compilations(lambda: tiling.run_network(params, SAME, volume, tile=4))
+    assert shapes == [(1, 4 + 2 * r, 4 + 2 * r, 4 + 2 * r, 1)]  # 3 x 3 x 3 tiles
 
 
 def test_volume_too_big_for_memory_is_tiled(monkeypatch):
-    """With no --tile, a volume over the memory budget goes through exact tiles."""
+    """With no tile given, a volume over the memory budget goes through exact tiles."""
     params = random_params(SAME)
-    volume = lr_volume((10, 9, 8))[..., None] / 200
+    volume = lr_volume((20, 18, 17))[..., None] / 200
     whole = tiling.run_network(params, SAME, volume)
-    used = []
-    original = tiling._run_tiles
-    budget = 4 * 10**3 * tiling.bytes_per_voxel_channel()  # 4^3 + halo
+    r = SAME.receptive_radius
+    edge = tiling.MIN_TILE + 2 * r
+    budget = edge ** 3 * tiling.bytes_per_voxel_channel() * max(SAME.filters)
     monkeypatch.setattr(tiling, "memory_budget", lambda: budget)
-    monkeypatch.setattr(tiling, "_MIN_TILE", 1)
-    monkeypatch.setattr(tiling, "_run_tiles",
-                        lambda *a: used.append(a[3]) or original(*a))
-    assert_close(tiling.run_network(params, SAME, volume), whole)
-    assert used == [4]
+    shapes = new_compilations(lambda: assert_close(tiling.run_network(params, SAME, volume),
+                                                   whole))
+    assert shapes == [(1, edge, edge, edge, 1)]
+
+
+def test_memory_budget_on_cpu_is_half_the_available_host_memory(monkeypatch):
+    if jax.local_devices()[0].memory_stats():
+        pytest.skip("the device reports its own memory: the accelerator rule applies")
+    pages = {"SC_AVPHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    assert tiling.memory_budget() == 1000 * 4096 // 2
 
 
 def test_auto_tile_is_none_when_the_volume_fits():
@@ -134,16 +150,20 @@ def test_padding_to_a_bucket_leaves_the_result_unchanged(cfg):
 
 
 def test_volumes_in_one_bucket_share_one_compilation():
+    """Whatever ran before, and whether or not a volume fills its bucket exactly."""
     params = random_params(SAME, seed=4)
-    before = tiling._forward._cache_size()
-    for shape in [(9, 8, 7), (12, 11, 10), (16, 16, 16)]:
-        tiling.run_network(params, SAME, lr_volume(shape)[..., None] / 200, bucket=16)
-    assert tiling._forward._cache_size() == before + 1
+
+    def run():
+        for shape in [(9, 8, 7), (12, 11, 10), (16, 16, 16)]:
+            tiling.run_network(params, SAME, lr_volume(shape)[..., None] / 200, bucket=16)
+
+    assert new_compilations(run) == [(1, 16, 16, 16, 1)]
 
 
 def test_tiles_spread_over_devices_give_the_whole_result():
     """Tiles dispatched round robin to every local device (2 forced CPU devices here)."""
-    assert len(jax.local_devices()) >= 2
+    if len(jax.local_devices()) < 2:
+        pytest.skip("needs two local devices (tests/conftest.py forces two CPU devices)")
     params = random_params(SAME)
     volume = lr_volume((11, 9, 8))[..., None] / 200
     whole = tiling.run_network(params, SAME, volume)
