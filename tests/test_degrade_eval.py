@@ -58,10 +58,43 @@ def test_degrade_refuses_a_negative_sigma(hr_path, tmp_path, capsys):
     assert not (tmp_path / "lr.nii.gz").exists()
 
 
-def test_psnr_of_a_known_error():
-    """Truth 0..100, estimate off by 1 everywhere: MSE 1, PSNR = 20 log10(100) = 40 dB."""
-    truth = np.linspace(0, 100, 1000).reshape(10, 10, 10)
+def test_psnr_peak_is_the_truth_maximum_not_its_range():
+    """Truth 20..100, estimate off by 1 everywhere: MSE 1, PSNR = 20 log10(100) = 40 dB
+    (a peak of the range, 80, would give 38.06 dB)."""
+    truth = np.linspace(20, 100, 1000).reshape(10, 10, 10)
     assert psnr(truth + 1, truth) == pytest.approx(40.0, abs=1e-9)
+    assert psnr(truth + 1, truth, peak=80) == pytest.approx(20 * np.log10(80), abs=1e-9)
+
+
+def test_psnr_mask_takes_the_error_over_its_voxels_only():
+    """Error 1 inside the mask, 10 outside: the masked PSNR sees only the 1."""
+    truth = np.full((4, 4, 4), 100.0)
+    mask = np.zeros(truth.shape, bool)
+    mask[:2] = True
+    estimate = truth + np.where(mask, 1.0, 10.0)
+    assert psnr(estimate, truth, mask=mask) == pytest.approx(40.0, abs=1e-9)
+
+
+def test_ssim_of_two_constant_volumes_is_the_luminance_term():
+    """No variance: SSIM = (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01 L)^2."""
+    a, b, span = 0.5, 1.0, 1.0
+    c1 = (0.01 * span) ** 2
+    expected = (2 * a * b + c1) / (a * a + b * b + c1)
+    assert ssim(np.full((12, 12, 12), a), np.full((12, 12, 12), b), data_range=span) \
+        == pytest.approx(expected, rel=1e-12)
+
+
+def test_ssim_window_reaches_five_voxels():
+    """A sigma 1.5 Gaussian truncated at 3.5 sigma: one changed voxel lowers the SSIM
+    map within 5 voxels (Chebyshev distance) of it and leaves it 1 beyond."""
+    truth = scipy.ndimage.gaussian_filter(np.random.default_rng(0).random((24, 24, 24)), 2)
+    estimate = truth.copy()
+    estimate[12, 12, 12] += 0.5
+    grid = np.indices(truth.shape)
+    distance = np.abs(grid - 12).max(axis=0)
+    assert ssim(estimate, truth, mask=distance > 5) == pytest.approx(1.0, abs=1e-12)
+    for ring in range(6):
+        assert ssim(estimate, truth, mask=distance == ring) < 1 - 1e-6
 
 
 def test_ssim_is_one_for_identical_volumes_and_falls_with_noise():

@@ -77,16 +77,6 @@ def test_edge_valid_sees_replicated_borders():
     np.testing.assert_allclose(y, y.flat[0], rtol=1e-5)
 
 
-def test_apply_compiles_once_per_shape():
-    cfg = configs.tiny()
-    params = model.init(jax.random.PRNGKey(0), cfg)
-    traces = []
-    fn = jax.jit(lambda p, x: traces.append(1) or model.apply(p, x, cfg))
-    for _ in range(3):
-        fn(params, jnp.ones((1, 6, 6, 6, 1)))
-    assert len(traces) == 1
-
-
 @pytest.mark.parametrize("kwargs", [dict(kernels=(3, 2), filters=(4, 1)),
                                     dict(kernels=(3,), filters=(4, 1)),
                                     dict(kernels=(3,), filters=(1,), padding="full")])
