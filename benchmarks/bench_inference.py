@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from benchmarks import flops, memory, torch_ref
+from benchmarks import flops, memory, reference, torch_ref
 from benchmarks.cases import Case
 from benchmarks.timing import jax_sync, measure, no_sync, paired, ratio
 from benchmarks.weights import initial_params
@@ -63,6 +63,7 @@ def run(case: Case, repeats: int, ceilings: dict[str, dict], torch_opts: dict[st
         output = np.asarray(timed.first)
         record["method"] = ("jax.jit(model.apply) on a device-resident (1, X, Y, Z, 1) input; "
                             "output left on the device")
+    record["float64_max_rel_diff"] = _float64_agreement(case, output)
     ceiling = ceilings.get(case.precision, {}).get("tflops")
     jax_memory = memory.with_before(memory.jax_peak(), before)
     timed.first = None
@@ -73,6 +74,23 @@ def run(case: Case, repeats: int, ceilings: dict[str, dict], torch_opts: dict[st
     record["reference"] = "torch"
     record["speed_ratio"] = ratio(record)
     return record
+
+
+#: Output voxels x layers x filters^2 up to which the float64 reference runs (smoke sizes:
+#: about a second of NumPy); larger cases record None.
+FLOAT64_WORK_LIMIT = 16 ** 3 * 3 * 8 ** 2
+
+
+def _float64_agreement(case: Case, output: np.ndarray) -> float | None:
+    """max |JAX - float64 reference| / reference range, for small cases (else None)."""
+    voxels = int(np.prod(case.shape))
+    if voxels * case.layers * case.filters ** 2 > FLOAT64_WORK_LIMIT:
+        return None
+    x = input_volume(case)[0].astype(np.float64)
+    expected = reference.reference_network(initial_params(case.layers, case.filters), x,
+                                           False) + x[..., 0]  # recnn: residual
+    error = np.abs(np.asarray(output, np.float64).reshape(expected.shape) - expected).max()
+    return float(error / (expected.max() - expected.min()))
 
 
 def _torch(case: Case, params, config, x, output, repeats, ceiling, opts, rival

@@ -46,6 +46,14 @@ def test_smoke_run_of_every_suite_writes_json_and_a_table(tmp_path):
         assert jax_side["fraction_of_ceiling"] > 0, case["name"]
         assert jax_side["repeats"] >= 2, case["name"]
         assert jax_side["min_s"] <= jax_side["median_s"] <= jax_side["max_s"]
+        if case["suite"] == "inference":  # rates follow from the median time
+            assert jax_side["voxels_per_s"] == pytest.approx(
+                case["output_voxels"] / jax_side["median_s"], rel=1e-9)
+            assert jax_side["tflops"] == pytest.approx(
+                case["flops"] / jax_side["median_s"] / 1e12, rel=1e-9)
+            ceiling = data["ceilings"][case["precision"]]["tflops"]
+            assert jax_side["fraction_of_ceiling"] == pytest.approx(
+                jax_side["tflops"] / ceiling, rel=1e-9)
         assert jax_side["memory"]["bytes"] > 0
         torch_side = case["torch"]  # timed, or null with a reason (no PyTorch in CI)
         assert torch_side.get("skipped") or torch_side["timing"]["median_s"] > 0
@@ -58,6 +66,22 @@ def test_smoke_run_of_every_suite_writes_json_and_a_table(tmp_path):
 
     infer = [c for c in cases if c["suite"] == "inference" and not c["tile"]][0]
     assert infer["flops"] == infer["flop_per_output_voxel"] * infer["output_voxels"]
+    # 3 layers of 8 filters: 2 * 27 * (1*8 + 8*8 + 8*1) flops per output voxel.
+    assert infer["flop_per_output_voxel"] == 2 * 27 * (8 + 64 + 8)
+
+
+def test_timed_networks_agree_with_a_float64_reference(tmp_path):
+    """What the benchmark times is the right network, with or without PyTorch: every
+    smoke inference case (whole and tiled) within 1e-5 of the output range in fp32,
+    1e-2 in bf16, of an independent float64 NumPy network."""
+    out = tmp_path / "bench.json"
+    result = bench("--suite", "inference", "--smoke", "--no-torch", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    cases = json.loads(out.read_text())["cases"]
+    assert {c["precision"] for c in cases} == {"fp32", "bf16"} and any(c["tile"] for c in cases)
+    for case in cases:
+        limit = 1e-5 if case["precision"] == "fp32" else 1e-2
+        assert case["float64_max_rel_diff"] <= limit, case["name"]
 
 
 def test_torch_reference_agrees_with_jax(tmp_path):
