@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import shutil
+import tempfile
 
 # Two CPU devices, set before JAX starts, so multi-device code runs without a GPU.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
@@ -89,3 +91,20 @@ def models(tmp_path_factory) -> dict[str, Path]:
         params = model.init(jax.random.PRNGKey(0), cfg)
         folders[name] = save_model(root / name, LoadedModel(params, cfg))
     return folders
+
+_CACHE: list[str] = []
+
+
+def pytest_configure(config) -> None:
+    """One compilation cache for the whole session, inherited by every subprocess the
+    tests start (fresh interpreters would otherwise compile the same tiny networks
+    again). Set before any test module imports JAX; a user's own cache is kept."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        _CACHE.append(tempfile.mkdtemp(prefix="srrecnn-jax-cache-"))
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE[0]
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+
+
+def pytest_unconfigure(config) -> None:
+    for folder in _CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
