@@ -65,6 +65,11 @@ def test_images_train_with_the_recipe_settings(validated_run):
     assert checkpoint_steps(validated_run) == [2, 4]
 
 
+def test_model_trained_on_images_records_its_scales(validated_run):
+    """So that `srrecnn sr` warns when the model is used at another scale."""
+    assert load_model(validated_run / "model").trained_scales == [2.0]
+
+
 def test_validation_logs_the_final_models_scores_on_the_held_out_image(validated_run, slabs):
     """Scores recomputed here: the trained model on the degraded held-out slab (PSNR to
     1e-6 dB), and scipy's cubic spline of it (1e-3 dB: float64 here, float32 there)."""
@@ -101,3 +106,28 @@ def test_sigterm_stops_training_with_exit_130_and_a_checkpoint(slabs, tmp_path):
     assert process.returncode == 130, err
     assert "the same command resumes" in err and "Traceback" not in err
     assert len(checkpoint_steps(run)) == 1
+
+
+def test_info_describes_a_checkpoint_folder(validated_run, capsys):
+    """A run's checkpoints/<step> folder: its architecture, from the checkpoint alone."""
+    assert main(["info", str(validated_run / "checkpoints" / "2"), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["config"]["filters"] == [4, 4, 1]
+    assert facts["parameters"] == (27 * 4 + 4) + (27 * 16 + 4) + (27 * 4 + 1)
+    assert facts["origin"]["step"] == 2
+
+
+def test_export_caffe_of_a_checkpoint_folder_holds_that_steps_parameters(validated_run,
+                                                                        tmp_path):
+    """Step 2's parameters, not the final model's (they differ after two more steps)."""
+    from srrecnn_jax.caffe import load_caffemodel
+
+    out = tmp_path / "step2.caffemodel"
+    assert main(["export-caffe", str(validated_run / "checkpoints" / "2"), "-o", str(out)]) == 0
+    exported = load_caffemodel(out).params
+    step2 = load_model(validated_run / "checkpoints" / "2").params
+    final = load_model(validated_run).params
+    for name, layer in step2.items():
+        np.testing.assert_array_equal(exported[name]["kernel"], layer["kernel"])
+        np.testing.assert_array_equal(exported[name]["bias"], layer["bias"])
+    assert not np.array_equal(exported["conv1"]["kernel"], final["conv1"]["kernel"])

@@ -37,6 +37,9 @@ def expand_sources(paths: Sequence[Path]) -> list[Path]:
 class PatchSet:
     """Read access to the rows of one or more HDF5 patch files, in order."""
 
+    #: The scales the patches were cut at: the HDF5 layout does not record them.
+    scales: tuple[float, ...] | None = None
+
     def __init__(self, paths: Sequence[Path]):
         self.paths = expand_sources(paths)
         self._files, self.sizes = [], []
@@ -164,6 +167,7 @@ class RandomPatches:
                                        f"the {patch}^3 patch")
                 self.pairs.append((data, label))
         self.patch, self.seed = patch, seed
+        self.scales = tuple(float(s) for s in scales)
         self.channels = self.pairs[0][0].shape[0]
 
     def batch(self, step: int, batch: int, process: int = 0,

@@ -193,7 +193,8 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
     manager.wait_until_finished()
     if step == max_iter and process == 0:
         params = parallel.local_copy(state["params"])
-        save_model(run_dir / RUN_MODEL, LoadedModel(params, model_config,
+        scales = list(data.scales) if data.scales else None  # for the untrained-scale warning
+        save_model(run_dir / RUN_MODEL, LoadedModel(params, model_config, trained_scales=scales,
                                                   origin={"kind": "srrecnn-jax training",
                                                           "run": str(run_dir.resolve()),
                                                           "steps": step}), force=True)
