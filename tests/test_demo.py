@@ -1,9 +1,13 @@
-"""`srrecnn demo` end to end on a small crop of the installed MNI T1."""
+"""`srrecnn demo` end to end on the installed MNI T1: small crops, and once the whole volume."""
 
 from __future__ import annotations
 
+import re
+
 import jax
+import pytest
 import SimpleITK as sitk
+from conftest import REPO
 
 from srrecnn_jax import config, model
 from srrecnn_jax.checkpoint import LoadedModel, save_model
@@ -41,3 +45,16 @@ def test_demo_runs_the_shipped_checkpoint_by_default(mni_t1_path, tmp_path, caps
     lines = capsys.readouterr().out.splitlines()
     spline, ours = (float(line.split("PSNR")[1].split("dB")[0]) for line in lines[:2])
     assert ours > spline + 1.0
+
+
+@pytest.mark.slow
+def test_whole_volume_demo_prints_the_readmes_figures(mni_t1_path, tmp_path, capsys):
+    """`srrecnn demo` as the README runs it (whole volume, shipped checkpoint): the two
+    PSNR figures the README quotes, to their two decimals."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    quoted = {name: float(re.search(rf"`{name}\s+PSNR ([\d.]+) dB`", readme).group(1))
+              for name in ("cubic spline", "SRReCNN3D")}
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    printed = {line.split("PSNR")[0].strip(): float(line.split("PSNR")[1].split("dB")[0])
+               for line in capsys.readouterr().out.splitlines()[:2]}
+    assert printed == quoted
