@@ -1,11 +1,16 @@
-"""Running the network on a whole volume or in exact tiles, within a memory budget.
+"""Running the network on a volume: in z slabs, whole, or in exact tiles, within memory.
 
-A volume ``(X, Y, Z, C)`` runs at once when its activations fit the device's
-memory, else in tiles. Tiles are exact: a tile carries a halo of the receptive
-radius R, and for same-padded models every hidden activation is multiplied by
-a mask of the volume, so a tile at the border sees the same per-layer zero
-padding as the whole volume. All tiles of a run share one shape, hence one
-compilation. Arrays are (x, y, z) image axes, channels last.
+``plan`` picks how. **Slabs** (the CPU default, and what does not fit whole
+elsewhere) stream the volume through the network a few z planes at a time:
+each layer keeps the last ``k - 1`` planes of its input from the previous
+slab, so every voxel is computed once, memory holds slabs instead of whole
+activations, and one compilation serves every depth. The **whole** volume
+runs at once on accelerators when its activations fit. **Tiles** carry a halo
+of the receptive radius R and are for volumes too wide for even a thin slab
+(or an explicit tile size). All are exact: for same-padded models every hidden
+activation is multiplied by a mask of the volume, so the borders see the same
+per-layer zero padding as the whole volume. Arrays are (x, y, z) image axes,
+channels last.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from srrecnn_jax import conv, model
@@ -38,8 +44,9 @@ def compiled_shapes() -> list[tuple[int, ...]]:
     """Network input shapes ``(1, X, Y, Z, C)`` traced for compilation in this process, in order.
 
     Each entry is one compilation of the network (for one parameter and mask
-    layout). It shows how a volume ran: whole (its bucketed shape) or in tiles
-    (tile plus halo), and that volumes of one bucket share one compilation.
+    layout). It shows how a volume ran: whole (its bucketed shape), in tiles
+    (tile plus halo) or in z slabs (``Z`` = the slab's planes), and that volumes
+    of one bucket share one compilation.
     ``jax.clear_caches()`` forgets the compilations but not this record.
     """
     return list(_traced)
@@ -53,6 +60,8 @@ _LIVE_ACTIVATIONS = {"cpu": 12}
 _LIVE_ACTIVATIONS_DEFAULT = 4
 #: Smallest tile edge auto_tile picks: smaller tiles cost more in halo than they save.
 MIN_TILE = 16
+#: z planes per slab (see ``plan``): measured best of 4-32 (benchmarks/README.md).
+SLAB_PLANES = 16
 
 
 def bytes_per_voxel_channel() -> int:
@@ -79,7 +88,7 @@ def memory_budget() -> int:
 def auto_tile(config: ModelConfig, shape: Sequence[int], budget: int | None = None) -> int | None:
     """Tile edge to use for a volume of ``shape``, or None when it fits whole."""
     budget = memory_budget() if budget is None else budget
-    per_voxel = bytes_per_voxel_channel() * max(max(config.filters), config.in_channels)
+    per_voxel = _bytes_per_voxel(config)
     r = config.receptive_radius
     whole = math.prod(s + 2 * r for s in shape) * per_voxel
     if whole <= budget:
@@ -88,6 +97,33 @@ def auto_tile(config: ModelConfig, shape: Sequence[int], budget: int | None = No
     while side ** 3 * per_voxel > budget:  # guard the float cube root
         side -= 1
     return max(side - 2 * r, MIN_TILE)
+
+
+def _bytes_per_voxel(config: ModelConfig) -> int:
+    return bytes_per_voxel_channel() * max(max(config.filters), config.in_channels)
+
+
+def plan(config: ModelConfig, shape: Sequence[int], bucket: int = 1,
+         budget: int | None = None) -> tuple[str, int | None]:
+    """How ``run_network`` runs a volume of ``shape`` (x, y, z) when no tile is given.
+
+    Returns ``("slabs", planes)``, ``("whole", None)`` or ``("tiles", edge)``. On CPU,
+    z slabs of ``SLAB_PLANES`` planes (fewer if memory is short): they keep each
+    activation's slab in cache-sized pieces and measured faster than the whole
+    volume at once, besides using a fraction of its memory. Elsewhere the whole
+    volume when it fits the memory budget, else slabs. Tiles only when not even a
+    one-plane slab fits.
+    """
+    budget = memory_budget() if budget is None else budget
+    per_voxel, r = _bytes_per_voxel(config), config.receptive_radius
+    full = _round_up(shape, bucket)
+    if jax.default_backend() != "cpu" and math.prod(f + 2 * r for f in full) * per_voxel <= budget:
+        return "whole", None
+    plane_bytes = (full[0] + 2 * r) * (full[1] + 2 * r) * per_voxel
+    planes = min(SLAB_PLANES, budget // plane_bytes - 2)  # a slab and its carried planes
+    if planes >= 1:
+        return "slabs", planes
+    return "tiles", auto_tile(config, full, budget)
 
 
 def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
@@ -100,10 +136,12 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
       params: model parameters (NumPy, or JAX arrays on the device to use).
       config: architecture.
       volume: ``(X, Y, Z, C_in)`` float32 network input.
-      tile: tile edge in output voxels; None picks whole-volume or tiles by memory.
+      tile: tile edge in output voxels; None lets ``plan`` choose z slabs, the
+        whole volume or tiles, by backend and memory.
       residual: override ``config.residual``.
-      bucket: pad a whole volume up to a multiple of this many voxels per axis
-        (results unchanged), so volumes of nearby sizes share one compilation.
+      bucket: pad a volume up to a multiple of this many voxels per axis (slabs:
+        along x and y only) with results unchanged, so volumes of nearby sizes
+        share one compilation.
       devices: where tiles run, round robin (default: the default device).
         A whole volume runs on the default device.
       precision: arithmetic of the convolutions, one of ``config.PRECISIONS``.
@@ -117,13 +155,106 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
         conv.check_precision(precision)
     except ValueError as e:
         raise SrrecnnError(str(e), "precision") from None
-    if tile is None:
-        tile = auto_tile(config, _round_up(volume.shape[:3], bucket))
-    if tile is None:
+    how, size = plan(config, volume.shape[:3], bucket) if tile is None else ("tiles", tile)
+    if how == "whole":
         y = _run_padded(params, config, volume, bucket, precision)
+    elif how == "slabs":
+        y = run_slabs(params, config, volume, size, bucket, precision)
     else:
-        y = _run_tiles(params, config, volume, tile, devices, precision)
+        y = _run_tiles(params, config, volume, size, devices, precision)
     return y + volume[..., 0] if residual else y
+
+
+def _slab_layer(params: model.Params, config: ModelConfig, x: jax.Array,
+                carries: list[jax.Array], plane: jax.Array, depth: jax.Array,
+                in_plane: jax.Array | None, precision: str) -> tuple[jax.Array, list[jax.Array]]:
+    """The network on one slab of ``c`` new z planes; see ``run_slabs``.
+
+    ``x``: ``(X, Y, c, C_in)``, input planes ``plane .. plane + c - 1`` (volume
+    coordinates). ``carries[l]``: the last ``k_l - 1`` planes of layer l's input
+    from the previous slab. Layer l's output starts ``sum(h)`` planes (h = (k - 1) / 2
+    of the layers so far) before ``plane``; for ``same`` models hidden planes
+    outside ``0 .. depth - 1`` and voxels outside ``in_plane`` are zeroed, which is
+    the whole volume's per-layer zero padding. Returns the last layer's ``(X', Y', c)``
+    and the new carries.
+    """
+    _traced.append((1, *x.shape))  # once per trace, as _network
+    same = config.padding == "same"
+    names = model.layer_names(config)
+    start, new_carries = plane, []
+    for i, name in enumerate(names):
+        kernel, bias = params[name]["kernel"], params[name]["bias"]
+        k = kernel.shape[0]
+        h = k // 2
+        x = jnp.concatenate([carries[i], x], axis=2)  # (X, Y, k - 1 + c, C)
+        new_carries.append(x[:, :, x.shape[2] - (k - 1):])
+        if same:
+            x = jnp.pad(x, ((h, h), (h, h), (0, 0), (0, 0)))
+        x = conv.conv3d(x[None], kernel, "VALID", conv.layer_precision(precision, i))[0]
+        x = x + bias.astype(jnp.float32)
+        start = start - h
+        if i < len(names) - 1:
+            x = jax.nn.relu(x)
+            if same:
+                index = start + jnp.arange(x.shape[2])
+                inside = ((index >= 0) & (index < depth)).astype(x.dtype)[:, None]
+                x = x * inside
+                if in_plane is not None:
+                    x = x * in_plane
+    return x[..., 0], new_carries
+
+
+_slab = jax.jit(_slab_layer, static_argnames=("config", "precision"), donate_argnums=(3,))
+
+
+def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
+              planes: int, bucket: int = 1, precision: str = "fp32") -> np.ndarray:
+    """Network without residual, streamed through z slabs of ``planes`` planes.
+
+    Each layer keeps the last ``k - 1`` planes of its input from the previous
+    slab, so every voxel is computed once (no halo recomputed) and memory holds
+    a few slabs of each activation instead of whole volumes. The slab shape is
+    fixed: volumes of one in-plane size (after padding X and Y to a multiple of
+    ``bucket``) share one compilation whatever their depth. Results equal the
+    whole-volume run to float32 rounding. ``(X, Y, Z, C)`` -> ``(X, Y, Z)``.
+    """
+    shape, channels = volume.shape[:3], volume.shape[3]
+    names = model.layer_names(config)
+    halo = sum(params[n]["kernel"].shape[0] // 2 for n in names)  # the receptive radius
+    same = config.padding == "same"
+    full = _round_up(shape[:2], bucket)
+    in_plane = None
+    if same:
+        first = 0
+        steps = math.ceil((shape[2] + halo) / planes)
+        x = np.zeros(full + [steps * planes, channels], np.float32)
+        x[:shape[0], :shape[1], :shape[2]] = volume
+        if bucket > 1:  # always masked, so that a volume filling its bucket shares the trace
+            in_plane = np.zeros(full + [1, 1], np.float32)
+            in_plane[:shape[0], :shape[1]] = 1.0
+    else:  # edge_valid: the model's edge padding, then valid convolutions
+        first = -halo
+        steps = math.ceil((shape[2] + 2 * halo) / planes)
+        padded = model.pad_input(volume, config)
+        x = np.zeros([f + 2 * halo for f in full] + [steps * planes, channels], np.float32)
+        x[:padded.shape[0], :padded.shape[1], :padded.shape[2]] = padded
+    carries, width = [], x.shape[:2]
+    for name in names:
+        kernel = params[name]["kernel"]
+        k = kernel.shape[0]
+        carries.append(jnp.zeros((*width, k - 1, kernel.shape[3]), jnp.float32))
+        if not same:
+            width = tuple(w - (k - 1) for w in width)
+    out = np.zeros((*full, steps * planes), np.float32)
+    lag = first - halo  # volume index of the first output plane of slab 0
+    for step in range(steps):
+        y, carries = _slab(params, config, x[:, :, step * planes:(step + 1) * planes],
+                           carries, first + step * planes, shape[2], in_plane, precision)
+        lo = lag + step * planes
+        keep = slice(max(lo, 0), min(lo + planes, shape[2]))
+        if keep.start < keep.stop:
+            out[:, :, keep] = np.asarray(y)[:, :, keep.start - lo:keep.stop - lo]
+    return out[:shape[0], :shape[1], :shape[2]]
 
 
 def _round_up(shape: Sequence[int], multiple: int) -> list[int]:

@@ -6,9 +6,11 @@ volume borders change the result. Tolerance: 1e-5 of the output's range.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -105,18 +107,69 @@ def test_tiles_compile_once():
     assert shapes == [(1, 4 + 2 * r, 4 + 2 * r, 4 + 2 * r, 1)]  # 3 x 3 x 3 tiles
 
 
-def test_volume_too_big_for_memory_is_tiled(monkeypatch):
-    """With no tile given, a volume over the memory budget goes through exact tiles."""
+def test_volume_with_no_room_for_a_slab_is_tiled(monkeypatch):
+    """With no tile given and a budget below three planes, exact tiles of MIN_TILE."""
     params = random_params(SAME)
     volume = lr_volume((20, 18, 17))[..., None] / 200
-    whole = tiling.run_network(params, SAME, volume)
+    whole = whole_volume(params, SAME, volume)
     r = SAME.receptive_radius
-    edge = tiling.MIN_TILE + 2 * r
-    budget = edge ** 3 * tiling.bytes_per_voxel_channel() * max(SAME.filters)
+    budget = 1000 * tiling.bytes_per_voxel_channel() * max(SAME.filters)
     monkeypatch.setattr(tiling, "memory_budget", lambda: budget)
-    shapes = new_compilations(lambda: assert_close(tiling.run_network(params, SAME, volume),
+    shapes = new_compilations(lambda: assert_close(tiling.run_network(params, SAME, volume,
+                                                                      residual=False),
                                                    whole))
+    edge = tiling.MIN_TILE + 2 * r
     assert shapes == [(1, edge, edge, edge, 1)]
+
+
+def whole_volume(params, cfg, volume):
+    """The network without residual on the whole volume at once (model.apply)."""
+    y = model.apply(params, jnp.asarray(volume)[None], dataclasses.replace(cfg, residual=False))
+    return np.asarray(y)[0, ..., 0]
+
+
+@pytest.mark.parametrize("planes", [1, 3, 4, 30])
+@pytest.mark.parametrize("cfg", [SAME, EDGE_VALID, MULTI], ids=["same", "edge_valid", "multi"])
+def test_z_slabs_give_the_whole_volume_result(cfg, planes):
+    """Slabs thinner than a kernel, not dividing the depth, or deeper than the volume."""
+    params = random_params(cfg)
+    volume = np.stack([lr_volume((9, 8, 11), seed=s) for s in range(cfg.in_channels)], -1) / 200
+    assert_close(tiling.run_slabs(params, cfg, volume, planes), whole_volume(params, cfg, volume))
+
+
+def test_z_slabs_with_an_in_plane_bucket_give_the_whole_volume_result():
+    params = random_params(SAME)
+    volume = lr_volume((9, 8, 11))[..., None] / 200
+    assert_close(tiling.run_slabs(params, SAME, volume, 4, bucket=8),
+                 whole_volume(params, SAME, volume))
+
+
+def test_volumes_of_any_depth_share_one_slab_compilation():
+    """The slab shape depends on the in-plane bucket only."""
+    params = random_params(SAME, seed=5)
+
+    def run():
+        for shape in [(9, 8, 5), (12, 11, 23), (16, 16, 40)]:
+            tiling.run_slabs(params, SAME, lr_volume(shape)[..., None] / 200, 6, bucket=16)
+
+    assert new_compilations(run) == [(1, 16, 16, 6, 1)]
+
+
+def test_plan_on_cpu_is_slabs_of_slab_planes_or_fewer_when_memory_is_short():
+    if jax.default_backend() != "cpu":
+        pytest.skip("the CPU plan")
+    cfg = configs.recnn()
+    per_plane = (200 + 20) * (240 + 20) * tiling.bytes_per_voxel_channel() * 64
+    assert tiling.plan(cfg, (200, 240, 190), budget=1 << 40) == ("slabs", tiling.SLAB_PLANES)
+    assert tiling.plan(cfg, (200, 240, 190), budget=7 * per_plane) == ("slabs", 5)
+
+
+def test_plan_on_an_accelerator_runs_what_fits_whole(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    cfg = configs.recnn()
+    per_voxel = tiling.bytes_per_voxel_channel() * 64
+    assert tiling.plan(cfg, (100, 100, 100), budget=120 ** 3 * per_voxel) == ("whole", None)
+    assert tiling.plan(cfg, (100, 100, 100), budget=119 ** 3 * per_voxel)[0] == "slabs"
 
 
 def test_memory_budget_on_cpu_is_half_the_available_host_memory(monkeypatch):
@@ -157,7 +210,7 @@ def test_volumes_in_one_bucket_share_one_compilation():
         for shape in [(9, 8, 7), (12, 11, 10), (16, 16, 16)]:
             tiling.run_network(params, SAME, lr_volume(shape)[..., None] / 200, bucket=16)
 
-    assert new_compilations(run) == [(1, 16, 16, 16, 1)]
+    assert len(new_compilations(run)) == 1
 
 
 def test_tiles_spread_over_devices_give_the_whole_result():
