@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -91,6 +92,32 @@ def add_distributed(group, share: str) -> None:
     group.add_argument("--coordinator", help="HOST:PORT of process 0 (with --distributed)")
     group.add_argument("--num-processes", type=positive_int, help="with --distributed")
     group.add_argument("--process-id", type=int, help="with --distributed")
+
+
+#: XLA flags the commands run with unless the user's XLA_FLAGS sets them: the CPU
+#: scheduler that is not concurrency-optimised keeps fewer activations alive at once.
+XLA_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
+
+
+def configure_jax() -> None:
+    """Before JAX starts: add ``XLA_FLAGS`` the user has not set, and keep compiled
+    networks in a persistent cache (``$XDG_CACHE_HOME/srrecnn-jax/xla``, default
+    ``~/.cache``) unless ``JAX_COMPILATION_CACHE_DIR`` names one, so that a repeated run
+    of a shape skips compiling. A cache folder that cannot be made is skipped."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    missing = [f for f in XLA_FLAGS if f.split("=")[0] not in flags]
+    if missing:
+        os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                 ".cache")
+        folder = os.path.join(root, "srrecnn-jax", "xla")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError:
+            return
+        if os.access(folder, os.W_OK):
+            os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
 
 
 def join_processes(args: argparse.Namespace) -> tuple[int, int]:

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``srrecnn`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    common.configure_jax()
     if not args.debug:
         import SimpleITK as sitk
 
