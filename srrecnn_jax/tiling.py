@@ -108,7 +108,9 @@ def plan(config: ModelConfig, shape: Sequence[int], bucket: int = 1,
     """How ``run_network`` runs a volume of ``shape`` (x, y, z) when no tile is given.
 
     Returns ``("slabs", planes)``, ``("whole", None)`` or ``("tiles", edge)``. On CPU,
-    z slabs of ``SLAB_PLANES`` planes (fewer if memory is short): they keep each
+    z slabs of up to ``SLAB_PLANES`` planes (fewer if memory is short; with
+    ``bucket`` 1, as few as the same number of slabs needs, since every slab
+    runs whole and planes beyond the volume are wasted): they keep each
     activation's slab in cache-sized pieces and measured faster than the whole
     volume at once, besides using a fraction of its memory. Elsewhere the whole
     volume when it fits the memory budget, else slabs. Tiles only when not even a
@@ -121,6 +123,9 @@ def plan(config: ModelConfig, shape: Sequence[int], bucket: int = 1,
         return "whole", None
     plane_bytes = (full[0] + 2 * r) * (full[1] + 2 * r) * per_voxel
     planes = min(SLAB_PLANES, budget // plane_bytes - 2)  # a slab and its carried planes
+    if planes >= 1 and bucket == 1:  # as few planes as the same number of slabs needs
+        stream = shape[2] + (r if config.padding == "same" else 2 * r)
+        planes = math.ceil(stream / math.ceil(stream / planes))
     if planes >= 1:
         return "slabs", planes
     return "tiles", auto_tile(config, full, budget)

@@ -164,6 +164,17 @@ def test_plan_on_cpu_is_slabs_of_slab_planes_or_fewer_when_memory_is_short():
     assert tiling.plan(cfg, (200, 240, 190), budget=7 * per_plane) == ("slabs", 5)
 
 
+def test_plan_spreads_a_single_volumes_depth_evenly_over_its_slabs():
+    """170 planes and a receptive radius of 10 stream 180 planes: 12 slabs of 15, not 16
+    (whose last would be mostly empty); in a bucket the slab shape stays fixed."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the CPU plan")
+    cfg = configs.recnn()
+    assert tiling.plan(cfg, (200, 240, 170), budget=1 << 40) == ("slabs", 15)
+    assert tiling.plan(cfg, (200, 240, 170), bucket=8, budget=1 << 40) == \
+        ("slabs", tiling.SLAB_PLANES)
+
+
 def test_plan_on_an_accelerator_runs_what_fits_whole(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     cfg = configs.recnn()
