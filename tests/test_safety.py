@@ -1,0 +1,83 @@
+"""Safety outside batch mode: short writes, racing runs, non-finite numbers, bad settings,
+oversized models and outputs, hostile inputs, and interrupts.
+
+Each failure below must end as the CLI promises: one ``srrecnn: error:`` line naming the
+file or option, a non-zero exit, no traceback, and nothing left at the output path.
+In-process calls of ``cli.main`` unless the process itself (signals, exit) is the point.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from srrecnn_jax import cli
+
+LR_SIZE = (8, 7, 6)  # SimpleITK (x, y, z) size of the good input
+
+
+# --- fixtures and helpers ---------------------------------------------------------------
+
+
+@pytest.fixture
+def lr_path(tmp_path: Path) -> Path:
+    """An 8 x 7 x 6 float32 image of positive random voxels."""
+    values = np.random.default_rng(0).uniform(0.1, 1.0, LR_SIZE[::-1]).astype(np.float32)
+    path = tmp_path / "in" / "lr.nii.gz"
+    path.parent.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(path))
+    return path
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    (tmp_path / "out").mkdir()
+    return tmp_path / "out"
+
+
+def sr_args(lr_path: Path, output: Path, model: Path, *extra: str) -> list[str]:
+    return ["sr", str(lr_path), "-o", str(output), "-m", str(model), "-s", "2", *extra]
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+def one_error_line(capfd) -> str:
+    """stderr (file descriptor 2) is exactly one ``srrecnn: error:`` line; return it."""
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("srrecnn: error:"), lines[0]
+    return lines[0]
+
+
+# --- 1. a full disk: short writes of every format are caught --------------------------
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd",
+                                    ".hdr"])
+def test_short_write_is_a_disk_full_error(suffix, lr_path, out_dir, models, capfd,
+                                          monkeypatch):
+    """A writer that silently leaves its largest file 100 bytes short (as SimpleITK does on a
+    full disk): exit 1, one line naming the output and asking about the disk, no file left."""
+    write = sitk.WriteImage
+
+    def short_write(image, path, *args, **kwargs):
+        write(image, path, *args, **kwargs)
+        data = max(Path(path).parent.iterdir(), key=lambda p: p.stat().st_size)
+        with open(data, "r+b") as f:
+            f.truncate(data.stat().st_size - 100)
+
+    monkeypatch.setattr(sitk, "WriteImage", short_write)
+    output = out_dir / f"out{suffix}"
+    capfd.readouterr()
+    assert cli.main(sr_args(lr_path, output, models["mono"])) == 1
+    line = one_error_line(capfd)
+    assert str(output) in line and "is the disk full?" in line
+    assert listing(out_dir) == []
