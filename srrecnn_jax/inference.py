@@ -220,7 +220,9 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
 
     The output is checked (format, not an input, ``force`` to replace) and the
     inputs read before the model is loaded; it is written under a temporary
-    name and renamed. Arguments as ``SuperResolver.run``; returns the image.
+    name and moved into place, without ``force`` only if the name is still
+    free (another run may have taken it meanwhile: ``OutputExistsError``).
+    Arguments as ``SuperResolver.run``; returns the image.
     """
     inputs = [source] + ([reference] if reference else [])
     io.check_output_file(output, force, inputs)
@@ -230,5 +232,5 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
     result = resolver.run(image, scale, ref, order=order, tile=tile, residual=residual,
                           header=header, precision=precision, interpolation=interpolation,
                           input_name=str(source), reference_name=str(reference), log=log)
-    io.write_image_atomic(result, output)
+    io.write_image_atomic(result, output, replace=force)
     return result

@@ -236,7 +236,8 @@ def resample_onto(image: sitk.Image, size: Sequence[int], spacing: Sequence[floa
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path, staging_root: Path | None = None,
-                  verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
+                  verify: Callable[[Path], None] | None = None,
+                  replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; move it into place on success.
 
     The temporary path has ``path``'s own name, in a fresh hidden folder beside
@@ -244,8 +245,12 @@ def atomic_output(path: str | Path, staging_root: Path | None = None,
     pick a format by the name (SimpleITK, matplotlib) and two-file formats
     (``.hdr``/``.img``, ``.mhd``/``.raw``) work unchanged. When the block ends
     without an error, ``verify`` (if given) checks the staged file, then every
-    file written there is renamed into place, the named one last; a folder
-    replaces an existing folder. On any error nothing is left behind, and an
+    file written there is moved into place, the named one last. With
+    ``replace`` (the default) an existing file or folder is replaced; without
+    it, nothing that exists is ever replaced, even one that appeared while the
+    content was written (another run): the files are linked into place, which
+    fails if the name is taken, and that ends in ``OutputExistsError`` with the
+    existing files untouched. On any error nothing is left behind, and an
     ``OSError`` (a full disk, a read-only folder) becomes a ``SrrecnnError``
     naming ``path``.
     """
@@ -261,20 +266,55 @@ def atomic_output(path: str | Path, staging_root: Path | None = None,
         yield staged
         if verify is not None:
             verify(staged)
-        for written in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
-            target = path.parent / written.name
-            if written.is_dir() and target.is_dir():
-                os.replace(target, staging / f".old-{written.name}")  # removed below
-            os.replace(written, target)
+        placed: list[Path] = []
+        try:
+            for written in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
+                target = path.parent / written.name
+                if not replace:
+                    _place_new(written, target)
+                    placed.append(target)
+                    continue
+                if written.is_dir() and target.is_dir():
+                    os.replace(target, staging / f".old-{written.name}")  # removed below
+                os.replace(written, target)
+        except FileExistsError:
+            for target in placed:  # ours: the names were free until we took them
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            raise OutputExistsError(f"{path}: already exists") from None
     except OSError as e:
         raise SrrecnnError(f"{path}: cannot write ({e.strerror or e})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _place_new(staged: Path, target: Path) -> None:
+    """Move ``staged`` to ``target`` unless ``target`` exists (``FileExistsError``), with no
+    window in which another writer's file could be replaced.
+
+    A file is hard-linked into place (the link fails if the name is taken), then its
+    staged name removed. Where links are unsupported (some network and FAT file
+    systems), and for a folder, the name is first claimed by creating it exclusively
+    (an empty file or folder, for an instant) and the content renamed over the claim.
+    """
+    if staged.is_dir():
+        os.mkdir(target)
+        os.rename(staged, target)  # a folder replaces the empty folder we made
+        return
+    try:
+        os.link(staged, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        os.replace(staged, target)
+        return
+    os.unlink(staged)
+
+
 def write_image_atomic(image: sitk.Image, path: str | Path,
-                       staging_root: Path | None = None) -> None:
-    """Write an image so that ``path`` never exists half-written (see ``atomic_output``).
+                       staging_root: Path | None = None, replace: bool = True) -> None:
+    """Write an image so that ``path`` never exists half-written (see ``atomic_output``;
+    ``replace=False`` never replaces an existing file, even one made meanwhile).
 
     SimpleITK's writers do not report a full disk, so the staged file is read
     back before the rename (``check_written_image``): a short write of any
@@ -285,7 +325,7 @@ def write_image_atomic(image: sitk.Image, path: str | Path,
     def verify(staged: Path) -> None:
         check_written_image(staged, image, path)
 
-    with atomic_output(path, staging_root, verify) as staged:
+    with atomic_output(path, staging_root, verify, replace) as staged:
         try:
             sitk.WriteImage(image, str(staged))
         except RuntimeError:
@@ -401,15 +441,15 @@ def _data_length(path: Path, offset: int, encoding: str, enough: int) -> int:
         return length
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file (UTF-8) under a temporary name, then rename."""
-    with atomic_output(path) as staged:
+def write_text_atomic(path: str | Path, text: str, replace: bool = True) -> None:
+    """Write a text file (UTF-8) under a temporary name, then rename (see ``atomic_output``)."""
+    with atomic_output(path, replace=replace) as staged:
         staged.write_text(text, encoding="utf-8")
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write a binary file under a temporary name, then rename."""
-    with atomic_output(path) as staged:
+def write_bytes_atomic(path: str | Path, data: bytes, replace: bool = True) -> None:
+    """Write a binary file under a temporary name, then rename (see ``atomic_output``)."""
+    with atomic_output(path, replace=replace) as staged:
         staged.write_bytes(data)
 
 

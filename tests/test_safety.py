@@ -81,3 +81,82 @@ def test_short_write_is_a_disk_full_error(suffix, lr_path, out_dir, models, capf
     line = one_error_line(capfd)
     assert str(output) in line and "is the disk full?" in line
     assert listing(out_dir) == []
+
+
+# --- 2. two runs to one output: the second never clobbers the first -------------------
+
+
+def test_output_made_by_another_run_meanwhile_survives(lr_path, out_dir, models, capfd,
+                                                       monkeypatch):
+    """Another run writes ``-o`` after our up-front check but before our rename: exit 1 with
+    the one "already exists (use --force ...)" line, and its file is left byte for byte."""
+    output = out_dir / "out.nii.gz"
+    write = sitk.WriteImage
+
+    def write_and_lose_the_race(image, path, *args, **kwargs):
+        write(image, path, *args, **kwargs)
+        output.write_bytes(b"the other run's result")
+
+    monkeypatch.setattr(sitk, "WriteImage", write_and_lose_the_race)
+    capfd.readouterr()
+    assert cli.main(sr_args(lr_path, output, models["mono"])) == 1
+    line = one_error_line(capfd)
+    assert str(output) in line and "already exists (use --force" in line
+    assert output.read_bytes() == b"the other run's result"
+    assert listing(out_dir) == ["out.nii.gz"]
+
+
+def test_force_replaces_an_output_made_meanwhile(lr_path, out_dir, models, monkeypatch):
+    """With ``--force`` the same race ends with our image in place (replacing is asked for)."""
+    output = out_dir / "out.nii.gz"
+    write = sitk.WriteImage
+
+    def write_and_lose_the_race(image, path, *args, **kwargs):
+        write(image, path, *args, **kwargs)
+        output.write_bytes(b"the other run's result")
+
+    monkeypatch.setattr(sitk, "WriteImage", write_and_lose_the_race)
+    assert cli.main(sr_args(lr_path, output, models["mono"], "--force")) == 0
+    assert sitk.ReadImage(str(output)).GetSize() == tuple(2 * n for n in LR_SIZE)
+    assert listing(out_dir) == ["out.nii.gz"]
+
+
+def small_image() -> sitk.Image:
+    return sitk.GetImageFromArray(np.ones((3, 4, 5), np.float32))
+
+
+def test_no_replace_of_a_taken_header_takes_back_its_data_file(out_dir):
+    """``write_image_atomic(replace=False)`` to ``out.mhd`` when ``out.mhd`` exists but
+    ``out.raw`` does not: OutputExistsError, ``out.mhd`` untouched, and the ``out.raw``
+    it had already put in place removed again (nothing of ours is left)."""
+    from srrecnn_jax import io
+    from srrecnn_jax.errors import OutputExistsError
+
+    header = out_dir / "out.mhd"
+    header.write_bytes(b"precious")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        io.write_image_atomic(small_image(), header, replace=False)
+    assert header.read_bytes() == b"precious"
+    assert listing(out_dir) == ["out.mhd"]
+
+
+def test_no_replace_without_hard_links_still_refuses_a_taken_name(out_dir, monkeypatch):
+    """Where hard links are unsupported (``os.link`` fails with EPERM), ``replace=False``
+    still writes a free name and still refuses a taken one, leaving it untouched."""
+    import errno
+
+    from srrecnn_jax import io
+    from srrecnn_jax.errors import OutputExistsError
+
+    def no_links(source, target, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    free, taken = out_dir / "free.nrrd", out_dir / "taken.nrrd"
+    taken.write_bytes(b"precious")
+    io.write_image_atomic(small_image(), free, replace=False)
+    assert sitk.ReadImage(str(free)).GetSize() == (5, 4, 3)
+    with pytest.raises(OutputExistsError):
+        io.write_image_atomic(small_image(), taken, replace=False)
+    assert taken.read_bytes() == b"precious"
+    assert listing(out_dir) == ["free.nrrd", "taken.nrrd"]
