@@ -34,12 +34,14 @@ class Prepared:
       low, top: the input's minimum and maximum (de-normalisation and clamp).
       geometry: spacing, origin and direction of the output image, or None
         for arrays.
+      name: the input's name, for errors about the result.
     """
 
     volume: np.ndarray
     low: float
     top: float
     geometry: tuple | None = None
+    name: str = "input"
 
 
 def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequence[float],
@@ -77,8 +79,17 @@ def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequ
 
 
 def finish_array(prepared: Prepared, y: np.ndarray) -> np.ndarray:
-    """De-normalise the network output and clamp it at the input minimum."""
-    return np.maximum(y * np.float32(prepared.top), np.float32(prepared.low))
+    """De-normalise the network output and clamp it at the input minimum.
+
+    A result with a NaN or infinite voxel (a model that overflows on this input)
+    is an error, never an output.
+    """
+    out = np.maximum(y * np.float32(prepared.top), np.float32(prepared.low))
+    if not np.all(np.isfinite(out)):
+        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
+        raise SrrecnnError(f"{prepared.name}: the super-resolved image has {bad} non-finite "
+                           "voxels (NaN or infinity): the model overflows on this input")
+    return out
 
 
 def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarray,
@@ -180,7 +191,7 @@ class SuperResolver:
             ref = io.to_array(reference)
             io.check_values(ref, reference_name)
         prepared = prepare_array(self.config, lr, factors, ref, order, interpolation)
-        prepared.geometry = geometry
+        prepared.geometry, prepared.name = geometry, input_name
         return prepared
 
     def finish(self, prepared: Prepared, y: np.ndarray) -> sitk.Image:

@@ -160,3 +160,100 @@ def test_no_replace_without_hard_links_still_refuses_a_taken_name(out_dir, monke
         io.write_image_atomic(small_image(), taken, replace=False)
     assert taken.read_bytes() == b"precious"
     assert listing(out_dir) == ["free.nrrd", "taken.nrrd"]
+
+
+# --- 3. NaN never becomes a model, and never an output ----------------------------------
+
+
+def patch_file(path: Path, rows: int = 16, patch: int = 5, label_patch: int | None = None,
+               poison: tuple[str, int] | None = None) -> Path:
+    """An HDF5 patch set of random rows; ``poison=("data", i)`` puts a NaN in that row."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0, 1, (rows, 1, patch, patch, patch)).astype(np.float32)
+    lp = label_patch or patch
+    label = rng.uniform(0, 1, (rows, 1, lp, lp, lp)).astype(np.float32)
+    if poison:
+        {"data": data, "label": label}[poison[0]][poison[1], 0, 1, 2, 3] = np.nan
+    with h5py.File(path, "w") as f:
+        f["data"], f["label"] = data, label
+    return path
+
+
+TINY_RUN = ["--set", "layers=2", "--set", "filters=2", "--set", "batch=2", "--set", "max_iter=8",
+            "--set", "log_every=1", "--set", "checkpoint_every=1"]
+
+
+@pytest.mark.parametrize("dataset", ["data", "label"])
+def test_nan_in_a_patch_file_names_the_file_and_the_row(dataset, tmp_path, capfd):
+    """A NaN in row 5 of an HDF5 patch set stops training with one line naming the file
+    and ``data[5]`` (or ``label[5]``); no model is written and every checkpoint kept is
+    of a step before that row's batch (rows 4-5 are the batch of step 3)."""
+    h5 = patch_file(tmp_path / "poisoned.h5", poison=(dataset, 5))
+    run = tmp_path / "run"
+    capfd.readouterr()
+    assert cli.main(["train", str(h5), "--out", str(run), "--quiet", *TINY_RUN]) == 1
+    line = one_error_line(capfd)
+    assert str(h5) in line and f"{dataset}[5]" in line
+    assert not (run / "model").exists()
+    assert max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) <= 2
+
+
+def save_unchecked(folder: Path, params: dict, monkeypatch) -> Path:
+    """A model folder of ``params`` as written without the finiteness check."""
+    from srrecnn_jax import checkpoint, config
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "check_finite", lambda params, name: None)
+        return checkpoint.save_model(folder, checkpoint.LoadedModel(params, config.tiny()))
+
+
+def tiny_params(scale: float = 1.0) -> dict:
+    from srrecnn_jax import config, model
+
+    rng = np.random.default_rng(1)
+    return {layer: {leaf: (scale * rng.normal(0, 0.3, shape)).astype(np.float32)
+                    for leaf, shape in leaves.items()}
+            for layer, leaves in model.param_shapes(config.tiny()).items()}
+
+
+def test_model_folder_with_a_nan_parameter_is_refused(tmp_path, capfd, monkeypatch):
+    """``info`` on a model folder holding a NaN: exit 1, one line naming the folder and the
+    parameter."""
+    params = tiny_params()
+    params["conv2"]["kernel"][0, 0, 0, 0, 0] = np.nan
+    folder = save_unchecked(tmp_path / "nan_model", params, monkeypatch)
+    capfd.readouterr()
+    assert cli.main(["info", str(folder)]) == 1
+    line = one_error_line(capfd)
+    assert str(folder) in line and "conv2.kernel" in line and "not finite" in line
+
+
+def test_caffemodel_with_an_infinite_weight_is_refused(tmp_path, capfd):
+    """``info`` on a caffemodel holding an infinite bias: exit 1, one line naming the file."""
+    from srrecnn_jax import caffe, config
+
+    params = tiny_params()
+    params["conv1"]["bias"][1] = np.inf
+    path = tmp_path / "inf.caffemodel"
+    path.write_bytes(caffe.caffemodel_bytes(params, config.tiny()))
+    capfd.readouterr()
+    assert cli.main(["info", str(path)]) == 1
+    line = one_error_line(capfd)
+    assert str(path) in line and "conv1.bias" in line and "not finite" in line
+
+
+def test_result_that_overflows_is_an_error_not_an_output(lr_path, out_dir, tmp_path, capfd,
+                                                         monkeypatch):
+    """Finite weights of 1e30 overflow float32 on a normal input: exit 1, one line naming the
+    input and the non-finite voxels, no output."""
+    from srrecnn_jax import checkpoint, config
+
+    folder = checkpoint.save_model(tmp_path / "huge",
+                                   checkpoint.LoadedModel(tiny_params(1e30), config.tiny()))
+    capfd.readouterr()
+    assert cli.main(sr_args(lr_path, out_dir / "out.nii.gz", folder)) == 1
+    line = one_error_line(capfd)
+    assert str(lr_path) in line and "non-finite" in line
+    assert listing(out_dir) == []
