@@ -95,7 +95,7 @@ def save_model(directory: str | Path, loaded: LoadedModel, force: bool = False) 
         raise OutputExistsError(f"{directory}: already exists")
     import orbax.checkpoint as ocp  # slow import, only where needed
 
-    with io.atomic_output(directory) as tmp:
+    with io.atomic_output(directory, replace=force) as tmp:
         tmp.mkdir()
         checkpointer = _local_checkpointer(ocp)
         params = jax.tree_util.tree_map(np.asarray, loaded.params)
@@ -240,7 +240,8 @@ def export_caffe(path: Path, output: Path, force: bool = False) -> LoadedModel:
     io.check_output_file(output, force, [path], image=False)
     loaded = load_model(path)
     name = "SRCNN3D" if loaded.config.padding == "edge_valid" else "VDSR3D"
-    io.write_bytes_atomic(output, caffemodel_bytes(loaded.params, loaded.config, name))
+    io.write_bytes_atomic(output, caffemodel_bytes(loaded.params, loaded.config, name),
+                          replace=force)
     return loaded
 
 

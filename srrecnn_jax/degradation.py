@@ -74,5 +74,5 @@ def degrade_files(hr_path: Path, lr_path: Path, scale: Sequence[float], sigma: f
     images = degrade_image(io.read_image(hr_path, "HR image"), scale, sigma, order)
     for name, output in outputs.items():
         if output is not None:
-            io.write_image_atomic(images[name], output)
+            io.write_image_atomic(images[name], output, replace=force)
     return images

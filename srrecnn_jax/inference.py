@@ -34,12 +34,14 @@ class Prepared:
       low, top: the input's minimum and maximum (de-normalisation and clamp).
       geometry: spacing, origin and direction of the output image, or None
         for arrays.
+      name: the input's name, for errors about the result.
     """
 
     volume: np.ndarray
     low: float
     top: float
     geometry: tuple | None = None
+    name: str = "input"
 
 
 def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequence[float],
@@ -77,8 +79,17 @@ def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequ
 
 
 def finish_array(prepared: Prepared, y: np.ndarray) -> np.ndarray:
-    """De-normalise the network output and clamp it at the input minimum."""
-    return np.maximum(y * np.float32(prepared.top), np.float32(prepared.low))
+    """De-normalise the network output and clamp it at the input minimum.
+
+    A result with a NaN or infinite voxel (a model that overflows on this input)
+    is an error, never an output.
+    """
+    out = np.maximum(y * np.float32(prepared.top), np.float32(prepared.low))
+    if not np.all(np.isfinite(out)):
+        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
+        raise SrrecnnError(f"{prepared.name}: the super-resolved image has {bad} non-finite "
+                           "voxels (NaN or infinity): the model overflows on this input")
+    return out
 
 
 def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarray,
@@ -180,7 +191,7 @@ class SuperResolver:
             ref = io.to_array(reference)
             io.check_values(ref, reference_name)
         prepared = prepare_array(self.config, lr, factors, ref, order, interpolation)
-        prepared.geometry = geometry
+        prepared.geometry, prepared.name = geometry, input_name
         return prepared
 
     def finish(self, prepared: Prepared, y: np.ndarray) -> sitk.Image:
@@ -220,7 +231,9 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
 
     The output is checked (format, not an input, ``force`` to replace) and the
     inputs read before the model is loaded; it is written under a temporary
-    name and renamed. Arguments as ``SuperResolver.run``; returns the image.
+    name and moved into place, without ``force`` only if the name is still
+    free (another run may have taken it meanwhile: ``OutputExistsError``).
+    Arguments as ``SuperResolver.run``; returns the image.
     """
     inputs = [source] + ([reference] if reference else [])
     io.check_output_file(output, force, inputs)
@@ -230,5 +243,5 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
     result = resolver.run(image, scale, ref, order=order, tile=tile, residual=residual,
                           header=header, precision=precision, interpolation=interpolation,
                           input_name=str(source), reference_name=str(reference), log=log)
-    io.write_image_atomic(result, output)
+    io.write_image_atomic(result, output, replace=force)
     return result

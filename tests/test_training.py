@@ -596,11 +596,13 @@ def test_zero_checkpoint_interval_is_one_error_line(patches_h5, tmp_path, capsys
 
 
 def test_non_finite_step_between_log_steps_saves_no_checkpoint(patches_h5, tmp_path, capsys):
-    """NaN patches in the batch of update 4, checkpoints every 2 updates, logs every 5: the
-    run stops at step 4 with one error line naming the step and the last good checkpoint
-    (2); no checkpoint of step 4 exists and the run folder still loads as finite."""
+    """Patches of 1e30 (finite, but their squares overflow float32) in the batch of update 4,
+    checkpoints every 2 updates, logs every 5: the run stops at step 4 with one error line
+    naming the step and the last good checkpoint (2); no checkpoint of step 4 exists and the
+    run folder still loads as finite. (A NaN in the file is refused when read, see
+    test_safety.)"""
     data, label = hdf5_rows(patches_h5)
-    data[3 * BATCH:4 * BATCH] = np.nan  # rows of update 4 (updates count from 1)
+    data[3 * BATCH:4 * BATCH] = 1e30  # rows of update 4 (updates count from 1)
     poisoned = tmp_path / "poisoned.h5"
     with h5py.File(poisoned, "w") as f:
         f["data"] = np.ascontiguousarray(data.transpose(0, 4, 1, 2, 3))

@@ -5,7 +5,9 @@ batches walk through the concatenated files in order and wrap around, so the
 batch of step ``t`` is rows ``[t B, (t + 1) B)`` modulo N. Being a function
 of the step, the input pipeline needs no state of its own to resume exactly,
 and each of P processes reads only its own rows of every global batch.
-A background thread reads ahead into a bounded queue.
+A background thread reads ahead into a bounded queue. Every row read is
+checked: a NaN or infinite value stops training with an error naming the file
+and the row (checkpoints saved before it are kept).
 """
 
 from __future__ import annotations
@@ -82,8 +84,9 @@ class PatchSet:
                 k = int(np.searchsorted(self._starts, run[0], side="right") - 1)
                 local = run[run < self._starts[k + 1]] - self._starts[k]
                 f = self._files[k]
-                data.append(f["data"][local[0]:local[-1] + 1])
-                label.append(f["label"][local[0]:local[-1] + 1])
+                for name, into in (("data", data), ("label", label)):
+                    into.append(f[name][local[0]:local[-1] + 1])
+                    _check_finite_rows(self.paths[k], name, int(local[0]), into[-1])
                 run = run[local.size:]
         data_cl = np.concatenate(data).transpose(0, 2, 3, 4, 1)  # (B, P, P, P, C)
         label_cl = np.concatenate(label).transpose(0, 2, 3, 4, 1)
@@ -138,6 +141,15 @@ def prefetch(patches: PatchSet, first_step: int, last_step: int, batch: int, pro
                 ready.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.05)
+
+
+def _check_finite_rows(path: Path, name: str, first: int, rows: np.ndarray) -> None:
+    """Refuse rows ``first, first + 1, ...`` of dataset ``name`` if one holds a NaN or
+    infinity, naming the file and the first such row."""
+    finite = np.isfinite(rows).reshape(len(rows), -1).all(axis=1)
+    if not finite.all():
+        raise SrrecnnError(f"{path}: {name}[{first + int(np.argmin(finite))}] holds non-finite "
+                           "values (NaN or infinity)")
 
 
 class RandomPatches:

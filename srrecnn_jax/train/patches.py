@@ -236,11 +236,12 @@ def write_patch_set(path: Path, sources: Sequence[Source],
                     shapes: Sequence[tuple[Sequence[int], ...]],
                     config: PatchConfig, read: Callable[[Path], np.ndarray],
                     progress: Callable[[int], None] | None = None,
-                    chunk_patches: int = 1024) -> int:
+                    chunk_patches: int = 1024, replace: bool = True) -> int:
     """Write the shuffled patches of ``sources`` to one HDF5 file; return the count.
 
     Args:
-      path: the ``.h5`` file (written under a temporary name, then renamed).
+      path: the ``.h5`` file (written under a temporary name, then renamed; without
+        ``replace`` never over an existing file, see ``io.atomic_output``).
       sources: the training examples, in order.
       shapes: per source, the (x, y, z) shapes of its HR image (and of its other
         image), to count patches up front.
@@ -268,7 +269,7 @@ def write_patch_set(path: Path, sources: Sequence[Source],
     row_of[permutation] = np.arange(total)
     channels = 2 if any(s.mode == "intermod" for s in sources) else 1
     p = config.patch
-    with io.atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+    with io.atomic_output(path, replace=replace) as tmp, h5py.File(tmp, "w") as f:
         # store2hdf53D: chunks=(chunksz,) + dims[1:] whatever the row count (allowed
         # with an unlimited first axis); the default mode never exceeds the rows.
         batch = config.batch if config.compat else min(config.batch, kept)
@@ -345,12 +346,14 @@ def make_patch_sets(hr: Sequence[Path], outputs: Sequence[Path], config: PatchCo
     for output, group, group_shapes in groups:
         try:
             count = write_patch_set(output, group, group_shapes, config,
-                                    lambda path: io.read_volume(path, "image"), progress)
+                                    lambda path: io.read_volume(path, "image"), progress,
+                                    replace=force)
         except ValueError as e:
             raise SrrecnnError(f"{output}: {e}") from None
         counts.append(count)
         if report:
             report(f"{output}: {count} patches")
     if list_file:
-        io.write_text_atomic(list_file, "".join(f"{o.resolve()}\n" for o in outputs))
+        io.write_text_atomic(list_file, "".join(f"{o.resolve()}\n" for o in outputs),
+                             replace=force)
     return counts

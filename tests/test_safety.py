@@ -1,0 +1,259 @@
+"""Safety outside batch mode: short writes, racing runs, non-finite numbers, bad settings,
+oversized models and outputs, hostile inputs, and interrupts.
+
+Each failure below must end as the CLI promises: one ``srrecnn: error:`` line naming the
+file or option, a non-zero exit, no traceback, and nothing left at the output path.
+In-process calls of ``cli.main`` unless the process itself (signals, exit) is the point.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from srrecnn_jax import cli
+
+LR_SIZE = (8, 7, 6)  # SimpleITK (x, y, z) size of the good input
+
+
+# --- fixtures and helpers ---------------------------------------------------------------
+
+
+@pytest.fixture
+def lr_path(tmp_path: Path) -> Path:
+    """An 8 x 7 x 6 float32 image of positive random voxels."""
+    values = np.random.default_rng(0).uniform(0.1, 1.0, LR_SIZE[::-1]).astype(np.float32)
+    path = tmp_path / "in" / "lr.nii.gz"
+    path.parent.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(path))
+    return path
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    (tmp_path / "out").mkdir()
+    return tmp_path / "out"
+
+
+def sr_args(lr_path: Path, output: Path, model: Path, *extra: str) -> list[str]:
+    return ["sr", str(lr_path), "-o", str(output), "-m", str(model), "-s", "2", *extra]
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+def one_error_line(capfd) -> str:
+    """stderr (file descriptor 2) is exactly one ``srrecnn: error:`` line; return it."""
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("srrecnn: error:"), lines[0]
+    return lines[0]
+
+
+# --- 1. a full disk: short writes of every format are caught --------------------------
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd",
+                                    ".hdr"])
+def test_short_write_is_a_disk_full_error(suffix, lr_path, out_dir, models, capfd,
+                                          monkeypatch):
+    """A writer that silently leaves its largest file 100 bytes short (as SimpleITK does on a
+    full disk): exit 1, one line naming the output and asking about the disk, no file left."""
+    write = sitk.WriteImage
+
+    def short_write(image, path, *args, **kwargs):
+        write(image, path, *args, **kwargs)
+        data = max(Path(path).parent.iterdir(), key=lambda p: p.stat().st_size)
+        with open(data, "r+b") as f:
+            f.truncate(data.stat().st_size - 100)
+
+    monkeypatch.setattr(sitk, "WriteImage", short_write)
+    output = out_dir / f"out{suffix}"
+    capfd.readouterr()
+    assert cli.main(sr_args(lr_path, output, models["mono"])) == 1
+    line = one_error_line(capfd)
+    assert str(output) in line and "is the disk full?" in line
+    assert listing(out_dir) == []
+
+
+# --- 2. two runs to one output: the second never clobbers the first -------------------
+
+
+def test_output_made_by_another_run_meanwhile_survives(lr_path, out_dir, models, capfd,
+                                                       monkeypatch):
+    """Another run writes ``-o`` after our up-front check but before our rename: exit 1 with
+    the one "already exists (use --force ...)" line, and its file is left byte for byte."""
+    output = out_dir / "out.nii.gz"
+    write = sitk.WriteImage
+
+    def write_and_lose_the_race(image, path, *args, **kwargs):
+        write(image, path, *args, **kwargs)
+        output.write_bytes(b"the other run's result")
+
+    monkeypatch.setattr(sitk, "WriteImage", write_and_lose_the_race)
+    capfd.readouterr()
+    assert cli.main(sr_args(lr_path, output, models["mono"])) == 1
+    line = one_error_line(capfd)
+    assert str(output) in line and "already exists (use --force" in line
+    assert output.read_bytes() == b"the other run's result"
+    assert listing(out_dir) == ["out.nii.gz"]
+
+
+def test_force_replaces_an_output_made_meanwhile(lr_path, out_dir, models, monkeypatch):
+    """With ``--force`` the same race ends with our image in place (replacing is asked for)."""
+    output = out_dir / "out.nii.gz"
+    write = sitk.WriteImage
+
+    def write_and_lose_the_race(image, path, *args, **kwargs):
+        write(image, path, *args, **kwargs)
+        output.write_bytes(b"the other run's result")
+
+    monkeypatch.setattr(sitk, "WriteImage", write_and_lose_the_race)
+    assert cli.main(sr_args(lr_path, output, models["mono"], "--force")) == 0
+    assert sitk.ReadImage(str(output)).GetSize() == tuple(2 * n for n in LR_SIZE)
+    assert listing(out_dir) == ["out.nii.gz"]
+
+
+def small_image() -> sitk.Image:
+    return sitk.GetImageFromArray(np.ones((3, 4, 5), np.float32))
+
+
+def test_no_replace_of_a_taken_header_takes_back_its_data_file(out_dir):
+    """``write_image_atomic(replace=False)`` to ``out.mhd`` when ``out.mhd`` exists but
+    ``out.raw`` does not: OutputExistsError, ``out.mhd`` untouched, and the ``out.raw``
+    it had already put in place removed again (nothing of ours is left)."""
+    from srrecnn_jax import io
+    from srrecnn_jax.errors import OutputExistsError
+
+    header = out_dir / "out.mhd"
+    header.write_bytes(b"precious")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        io.write_image_atomic(small_image(), header, replace=False)
+    assert header.read_bytes() == b"precious"
+    assert listing(out_dir) == ["out.mhd"]
+
+
+def test_no_replace_without_hard_links_still_refuses_a_taken_name(out_dir, monkeypatch):
+    """Where hard links are unsupported (``os.link`` fails with EPERM), ``replace=False``
+    still writes a free name and still refuses a taken one, leaving it untouched."""
+    import errno
+
+    from srrecnn_jax import io
+    from srrecnn_jax.errors import OutputExistsError
+
+    def no_links(source, target, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    free, taken = out_dir / "free.nrrd", out_dir / "taken.nrrd"
+    taken.write_bytes(b"precious")
+    io.write_image_atomic(small_image(), free, replace=False)
+    assert sitk.ReadImage(str(free)).GetSize() == (5, 4, 3)
+    with pytest.raises(OutputExistsError):
+        io.write_image_atomic(small_image(), taken, replace=False)
+    assert taken.read_bytes() == b"precious"
+    assert listing(out_dir) == ["free.nrrd", "taken.nrrd"]
+
+
+# --- 3. NaN never becomes a model, and never an output ----------------------------------
+
+
+def patch_file(path: Path, rows: int = 16, patch: int = 5, label_patch: int | None = None,
+               poison: tuple[str, int] | None = None) -> Path:
+    """An HDF5 patch set of random rows; ``poison=("data", i)`` puts a NaN in that row."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0, 1, (rows, 1, patch, patch, patch)).astype(np.float32)
+    lp = label_patch or patch
+    label = rng.uniform(0, 1, (rows, 1, lp, lp, lp)).astype(np.float32)
+    if poison:
+        {"data": data, "label": label}[poison[0]][poison[1], 0, 1, 2, 3] = np.nan
+    with h5py.File(path, "w") as f:
+        f["data"], f["label"] = data, label
+    return path
+
+
+TINY_RUN = ["--set", "layers=2", "--set", "filters=2", "--set", "batch=2", "--set", "max_iter=8",
+            "--set", "log_every=1", "--set", "checkpoint_every=1"]
+
+
+@pytest.mark.parametrize("dataset", ["data", "label"])
+def test_nan_in_a_patch_file_names_the_file_and_the_row(dataset, tmp_path, capfd):
+    """A NaN in row 5 of an HDF5 patch set stops training with one line naming the file
+    and ``data[5]`` (or ``label[5]``); no model is written and every checkpoint kept is
+    of a step before that row's batch (rows 4-5 are the batch of step 3)."""
+    h5 = patch_file(tmp_path / "poisoned.h5", poison=(dataset, 5))
+    run = tmp_path / "run"
+    capfd.readouterr()
+    assert cli.main(["train", str(h5), "--out", str(run), "--quiet", *TINY_RUN]) == 1
+    line = one_error_line(capfd)
+    assert str(h5) in line and f"{dataset}[5]" in line
+    assert not (run / "model").exists()
+    assert max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) <= 2
+
+
+def save_unchecked(folder: Path, params: dict, monkeypatch) -> Path:
+    """A model folder of ``params`` as written without the finiteness check."""
+    from srrecnn_jax import checkpoint, config
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "check_finite", lambda params, name: None)
+        return checkpoint.save_model(folder, checkpoint.LoadedModel(params, config.tiny()))
+
+
+def tiny_params(scale: float = 1.0) -> dict:
+    from srrecnn_jax import config, model
+
+    rng = np.random.default_rng(1)
+    return {layer: {leaf: (scale * rng.normal(0, 0.3, shape)).astype(np.float32)
+                    for leaf, shape in leaves.items()}
+            for layer, leaves in model.param_shapes(config.tiny()).items()}
+
+
+def test_model_folder_with_a_nan_parameter_is_refused(tmp_path, capfd, monkeypatch):
+    """``info`` on a model folder holding a NaN: exit 1, one line naming the folder and the
+    parameter."""
+    params = tiny_params()
+    params["conv2"]["kernel"][0, 0, 0, 0, 0] = np.nan
+    folder = save_unchecked(tmp_path / "nan_model", params, monkeypatch)
+    capfd.readouterr()
+    assert cli.main(["info", str(folder)]) == 1
+    line = one_error_line(capfd)
+    assert str(folder) in line and "conv2.kernel" in line and "not finite" in line
+
+
+def test_caffemodel_with_an_infinite_weight_is_refused(tmp_path, capfd):
+    """``info`` on a caffemodel holding an infinite bias: exit 1, one line naming the file."""
+    from srrecnn_jax import caffe, config
+
+    params = tiny_params()
+    params["conv1"]["bias"][1] = np.inf
+    path = tmp_path / "inf.caffemodel"
+    path.write_bytes(caffe.caffemodel_bytes(params, config.tiny()))
+    capfd.readouterr()
+    assert cli.main(["info", str(path)]) == 1
+    line = one_error_line(capfd)
+    assert str(path) in line and "conv1.bias" in line and "not finite" in line
+
+
+def test_result_that_overflows_is_an_error_not_an_output(lr_path, out_dir, tmp_path, capfd,
+                                                         monkeypatch):
+    """Finite weights of 1e30 overflow float32 on a normal input: exit 1, one line naming the
+    input and the non-finite voxels, no output."""
+    from srrecnn_jax import checkpoint, config
+
+    folder = checkpoint.save_model(tmp_path / "huge",
+                                   checkpoint.LoadedModel(tiny_params(1e30), config.tiny()))
+    capfd.readouterr()
+    assert cli.main(sr_args(lr_path, out_dir / "out.nii.gz", folder)) == 1
+    line = one_error_line(capfd)
+    assert str(lr_path) in line and "non-finite" in line
+    assert listing(out_dir) == []
