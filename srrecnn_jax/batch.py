@@ -15,7 +15,6 @@ manifest part; process 0 merges them after a barrier.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import queue
 import shutil
@@ -23,7 +22,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +30,10 @@ import numpy as np
 from srrecnn_jax import io, parallel
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import SuperResolver, run_network
+from srrecnn_jax.jobs import Job
+from srrecnn_jax.manifest import MANIFEST, Manifest, Record, manifest_part, merge_manifests
 
 _DONE = object()
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One volume to super-resolve: an image file or a DICOM series folder."""
-
-    input: Path
-    output: Path
-    reference: Path | None = None
 
 
 @dataclasses.dataclass
@@ -59,137 +51,6 @@ class Options:
     overwrite: bool = False
     readers: int = 2
     prefetch: int = 2
-
-
-def collect_inputs(sources: Sequence[Path], glob: str = "*.nii*",
-                   exclude: Callable[[Path], bool] = lambda p: False) -> list[tuple[Path, Path]]:
-    """Expand paths, folders (recursive ``glob``), list files and DICOM folders.
-
-    Returns:
-      ``(input, root)`` pairs, in a stable order; an output mirrors the input's
-      place below ``root``. Missing paths are kept: they fail as jobs, so one
-      bad entry does not stop the batch.
-    """
-    found: list[tuple[Path, Path]] = []
-    for source in sources:
-        if source.is_file() and io.is_list_file(source):
-            found += [(p, p.parent) for p in io.read_list_file(source)]
-        elif source.is_dir() and io.is_dicom_series(source):
-            found.append((source, source.parent))
-        elif source.is_dir():
-            files = [p for p in source.rglob(glob) if p.is_file()]
-            folders = [p for p in source.rglob("*") if p.is_dir() and io.is_dicom_series(p)]
-            found += [(p, source) for p in sorted(files + folders)
-                      if not exclude(p) and not any(part.startswith(".tmp-")
-                                                    for part in p.relative_to(source).parts)]
-        else:
-            found.append((source, source.parent))
-    unique, seen = [], set()
-    for path, root in found:  # the same file named twice (a folder and a file in it)
-        key = path.resolve() if path.exists() else path
-        if key not in seen:
-            seen.add(key)
-            unique.append((path, root))
-    return unique
-
-
-def plan_jobs(inputs: Iterable[tuple[Path, Path]], out_dir: Path, suffix: str = "_SR",
-              template: str | None = None, reference_pattern: str | None = None) -> list[Job]:
-    """Name each output below ``out_dir`` and pair each input with its reference.
-
-    Outputs mirror the input's folder below its root and add ``suffix`` before
-    the extension, or follow ``template`` (fields ``{dir}``, ``{stem}``,
-    ``{ext}``, ``{suffix}``). ``reference_pattern`` ``OLD:NEW`` replaces OLD by
-    NEW in the input's file name to find its reference (``T1w:T2w``).
-    """
-    if reference_pattern is not None and (":" not in reference_pattern
-                                          or not reference_pattern.split(":", 1)[0]):
-        raise SrrecnnError(f"{reference_pattern!r} is not OLD:NEW", "reference_pattern")
-    jobs, seen = [], {}
-    for path, root in inputs:
-        stem, ext = io.split_name(path)
-        try:
-            folder = path.parent.relative_to(root)
-        except ValueError:
-            folder = Path()
-        if template:
-            try:
-                name = template.format(dir=folder, stem=stem, ext=ext, suffix=suffix)
-            except (KeyError, IndexError, ValueError) as e:
-                raise SrrecnnError(f"{template!r} is not valid ({e})", "output_template") \
-                    from None
-            output = out_dir / name
-        else:
-            output = out_dir / folder / f"{stem}{suffix}{ext}"
-        reference = None
-        if reference_pattern:
-            old, new = reference_pattern.split(":", 1)
-            if old not in path.name:
-                raise SrrecnnError(f"{old!r} is not in {path}", "reference_pattern")
-            reference = path.with_name(path.name.replace(old, new, 1))
-        if output in seen:
-            raise SrrecnnError(f"{path}: its output {output} is also the output of {seen[output]}")
-        seen[output] = path
-        jobs.append(Job(path, output, reference))
-    return jobs
-
-
-def plan(sources: Sequence[Path], out_dir: Path, glob: str = "*.nii*", suffix: str = "_SR",
-         template: str | None = None, reference_pattern: str | None = None,
-         process: int = 0, count: int = 1) -> list[Job]:
-    """This process's jobs: inputs found in ``sources`` (outputs inside ``out_dir`` are never
-    inputs), named by ``plan_jobs``, shared out by ``shard``."""
-    inside_out = out_dir.resolve()
-    inputs = collect_inputs(sources, glob, exclude=lambda p: inside_out in p.resolve().parents)
-    if not inputs:
-        raise SrrecnnError(f"{' '.join(map(str, sources))}: no input images found "
-                           f"(file pattern {glob!r})")
-    return shard(plan_jobs(inputs, out_dir, suffix, template, reference_pattern), process, count)
-
-
-def shard(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
-    """The jobs of process ``index`` of ``count``: every count-th, in sorted order."""
-    return sorted(jobs, key=lambda j: str(j.input))[index::count]
-
-
-@dataclasses.dataclass
-class Record:
-    """One manifest line."""
-
-    input: str
-    output: str
-    status: str  # ok | skipped | error | not-started (the run was stopped first)
-    reference: str | None = None
-    shape: list[int] | None = None
-    spacing: list[float] | None = None
-    seconds: float | None = None
-    error: str | None = None
-    warnings: list[str] = dataclasses.field(default_factory=list)
-    process: int = 0
-
-
-class Manifest:
-    """A JSONL file written line by line (flushed), so a killed run still leaves one."""
-
-    def __init__(self, path: Path | None, process: int = 0):
-        self.path, self.process, self.records = path, process, []
-        self._lock = threading.Lock()
-        self._file = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def add(self, record: Record) -> None:
-        record.process = self.process
-        with self._lock:
-            self.records.append(record)
-            if self._file:
-                self._file.write(json.dumps(dataclasses.asdict(record)) + "\n")
-                self._file.flush()
-
-    def close(self) -> None:
-        if self._file:
-            self._file.close()
 
 
 @dataclasses.dataclass
@@ -387,28 +248,6 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
     summary.interrupted = stop.is_set()
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def merge_manifests(parts: Sequence[Path], target: Path) -> list[dict]:
-    """Concatenate per-process manifest parts into one JSONL file (atomically)."""
-    rows = []
-    for part in parts:
-        if part.exists():
-            lines = part.read_text(encoding="utf-8").splitlines()
-            rows += [json.loads(line) for line in lines if line.strip()]
-    rows.sort(key=lambda r: r["input"])
-    io.write_text_atomic(target, "".join(json.dumps(r) + "\n" for r in rows))
-    return rows
-
-
-#: The manifest's name in the output folder unless another is given.
-MANIFEST = "srrecnn_manifest.jsonl"
-
-
-def manifest_part(path: Path, process: int, count: int) -> Path:
-    """Where process ``process`` of ``count`` writes its manifest rows (``path`` alone)."""
-    return path if count == 1 else path.with_name(
-        f"{path.stem}.part-{process:05d}-of-{count:05d}.jsonl")
 
 
 def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,

@@ -38,9 +38,9 @@ import SimpleITK as sitk
 from conftest import crop, package_file
 
 from srrecnn_jax import batch, cli, io
-from srrecnn_jax.batch import Job, collect_inputs, plan_jobs, shard
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import SuperResolver
+from srrecnn_jax.jobs import Job, collect_inputs, plan_jobs, shard
 
 SCALE = 2
 RTOL = 1e-6  # batch output vs SuperResolver.run: |diff| <= RTOL * max|expected|

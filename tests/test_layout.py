@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "srrecnn_jax"
 LAYERS = [
     ["cli.*"],
     ["train.*", "batch", "demo"],
+    ["jobs", "manifest"],
     ["evaluation"],
     ["inference"],
     ["tiling", "checkpoint"],
