@@ -31,7 +31,14 @@ from srrecnn_jax import io, parallel
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import SuperResolver, run_network
 from srrecnn_jax.jobs import Job
-from srrecnn_jax.manifest import MANIFEST, Manifest, Record, manifest_part, merge_manifests
+from srrecnn_jax.manifest import (
+    MANIFEST,
+    Manifest,
+    ManifestError,
+    Record,
+    manifest_part,
+    merge_manifests,
+)
 
 _DONE = object()
 
@@ -114,44 +121,57 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
     stop = stop or threading.Event()
     warn = warn or (lambda m: print(m, file=sys.stderr))
     summary = Summary(devices=len(jax.local_devices()))
-    staging = _staging_dir(out_root)
+    fatal: list[SrrecnnError] = []  # what stops the run (the manifest cannot be written)
+    lock = threading.Lock()
+
+    def halted() -> bool:
+        return stop.is_set() or bool(fatal)
+
+    def record(row: Record, voxels: int = 0) -> bool:
+        """Log a job's row (never raises: a manifest that fails stops the run)."""
+        try:
+            manifest.add(row)
+        except ManifestError as e:
+            with lock:
+                fatal.append(e)
+            return False
+        if progress:
+            progress(row, voxels)
+        return True
+
     todo = []
     for job in jobs:
         if job.output.exists() and not options.overwrite:
-            record = Record(str(job.input), str(job.output), "skipped")
-            manifest.add(record)
-            summary.skipped += 1
-            if progress:
-                progress(record, 0)
+            if record(Record(str(job.input), str(job.output), "skipped")):
+                summary.skipped += 1
         else:
             todo.append(job)
+    if fatal:
+        raise fatal[0]
     scales = resolver.model.trained_scales
     if scales and not all(s in scales for s in options.scale):
         warn(f"scale {options.scale} differs from the scale(s) {scales} the model was "
              "trained for")
 
+    staging = _staging_dir(out_root)
     jobs_q: queue.Queue = queue.Queue()
     for job in todo:
         jobs_q.put(job)
     ready_q: queue.Queue = queue.Queue(maxsize=options.prefetch)
     done_q: queue.Queue = queue.Queue(maxsize=options.prefetch)
-    lock = threading.Lock()
     start = time.perf_counter()
 
     def fail(job: Job, error: Exception, started: float) -> None:
         message = str(error) if isinstance(error, SrrecnnError) else f"{job.input}: " \
             f"{type(error).__name__}: {error}"
-        record = Record(str(job.input), str(job.output), "error",
-                        str(job.reference) if job.reference else None,
-                        seconds=time.perf_counter() - started, error=message)
-        manifest.add(record)
-        with lock:
-            summary.errors += 1
-        if progress:
-            progress(record, 0)
+        if record(Record(str(job.input), str(job.output), "error",
+                         str(job.reference) if job.reference else None,
+                         seconds=time.perf_counter() - started, error=message)):
+            with lock:
+                summary.errors += 1
 
     def read() -> None:
-        while not stop.is_set():
+        while not halted():
             try:
                 job = jobs_q.get_nowait()
             except queue.Empty:
@@ -184,7 +204,7 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
             if item is _DONE:
                 ready_q.put(_DONE)  # let the other device threads see it too
                 break
-            if stop.is_set():
+            if halted():
                 continue  # not started: a rerun does it
             job, prepared, notes, started = item
             try:
@@ -205,29 +225,45 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
             item = done_q.get()
             if item is _DONE:
                 break
+            if fatal:
+                continue  # keep taking results, so the device threads never block
             job, prepared, y, notes, started = item
             try:
                 image = resolver.finish(prepared, y)
                 job.output.parent.mkdir(parents=True, exist_ok=True)
-                io.write_image_atomic(image, job.output, staging)
+                io.write_image_verified(image, job.output, staging)
             except Exception as e:  # noqa: BLE001
                 fail(job, e, started)
                 continue
-            record = Record(str(job.input), str(job.output), "ok",
-                            str(job.reference) if job.reference else None,
-                            list(image.GetSize()), list(image.GetSpacing()),
-                            time.perf_counter() - started, warnings=notes)
-            manifest.add(record)
-            with lock:
-                summary.ok += 1
-                summary.voxels += int(np.prod(image.GetSize()))
-            if progress:
-                progress(record, int(np.prod(image.GetSize())))
+            voxels = int(np.prod(image.GetSize()))
+            if record(Record(str(job.input), str(job.output), "ok",
+                             str(job.reference) if job.reference else None,
+                             list(image.GetSize()), list(image.GetSpacing()),
+                             time.perf_counter() - started, warnings=notes), voxels):
+                with lock:
+                    summary.ok += 1
+                    summary.voxels += voxels
 
-    readers = [threading.Thread(target=read, daemon=True) for _ in range(options.readers)]
-    devices = [threading.Thread(target=compute, args=(d,), daemon=True)
+    def guarded(body: Callable[[], None], inbox: queue.Queue | None) -> Callable[[], None]:
+        """``body``, and if it fails (a bug), stop the run and keep emptying ``inbox`` so
+        that no other thread waits for it forever."""
+        def target() -> None:
+            try:
+                body()
+            except Exception as e:  # noqa: BLE001 - reported as the run's error
+                with lock:
+                    fatal.append(SrrecnnError(f"batch run failed: {type(e).__name__}: {e}"))
+                if inbox is not None:
+                    while inbox.get() is not _DONE:
+                        pass
+                    inbox.put(_DONE)
+        return target
+
+    readers = [threading.Thread(target=guarded(read, None), daemon=True)
+               for _ in range(options.readers)]
+    devices = [threading.Thread(target=guarded(lambda d=d: compute(d), ready_q), daemon=True)
                for d in jax.local_devices()]
-    writer = threading.Thread(target=write, daemon=True)
+    writer = threading.Thread(target=guarded(write, done_q), daemon=True)
     for thread in readers + devices + [writer]:
         thread.start()
     try:
@@ -240,6 +276,8 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
         writer.join()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if fatal:
+        raise fatal[0]
     if stop.is_set():  # say what is left, so the manifest of a stopped run is complete
         finished = {r.input for r in manifest.records}
         for job in todo:

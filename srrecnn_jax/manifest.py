@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from srrecnn_jax import io
+from srrecnn_jax.errors import SrrecnnError
 
 
 @dataclasses.dataclass
@@ -27,28 +28,58 @@ class Record:
     process: int = 0
 
 
+class ManifestError(SrrecnnError):
+    """The manifest cannot be written (a full disk, a lost file system): the run must stop,
+    since a job it cannot record is a job a rerun cannot trust."""
+
+
 class Manifest:
-    """A JSONL file written line by line (flushed), so a killed run still leaves one."""
+    """A JSONL file written line by line (flushed), so a killed run still leaves one.
+
+    A write that fails (``OSError``: a full disk) raises ``ManifestError``, and so
+    does every later one: the run stops rather than go on unrecorded.
+    """
 
     def __init__(self, path: Path | None, process: int = 0):
         self.path, self.process, self.records = path, process, []
         self._lock = threading.Lock()
         self._file = None
+        self._failed: ManifestError | None = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            except OSError as e:
+                raise self._error(e) from None
+
+    def _error(self, error: OSError) -> ManifestError:
+        return ManifestError(f"{self.path}: cannot write the manifest "
+                             f"({error.strerror or error}); the run stopped")
 
     def add(self, record: Record) -> None:
         record.process = self.process
         with self._lock:
+            if self._failed:
+                raise self._failed
             self.records.append(record)
             if self._file:
-                self._file.write(json.dumps(dataclasses.asdict(record)) + "\n")
-                self._file.flush()
+                try:
+                    self._file.write(json.dumps(dataclasses.asdict(record)) + "\n")
+                    self._file.flush()
+                except OSError as e:
+                    self._failed = self._error(e)
+                    raise self._failed from None
 
     def close(self) -> None:
+        """Close the file; raise ``ManifestError`` if its last lines could not be written
+        (unless a write already failed and was reported)."""
         if self._file:
-            self._file.close()
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError as e:
+                if not self._failed:
+                    raise self._error(e) from None
 
 
 def merge_manifests(parts: Sequence[Path], target: Path) -> list[dict]:

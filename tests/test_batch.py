@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import zlib
@@ -730,3 +731,63 @@ def test_json_summary(tmp_path, models):
     assert code == 0
     facts = json.loads(stdout)
     assert (facts["ok"], facts["skipped"], facts["errors"]) == (0, 2, 0)
+
+
+# --- a full disk ------------------------------------------------------------------------
+
+
+def run_in_thread(function, timeout: float = 60) -> dict:
+    """Call ``function()`` in a daemon thread; {"result"} or {"error"}, or fail the test if
+    it is still running after ``timeout`` seconds (a hang)."""
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = function()
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still running after {timeout} s: the run hangs"
+    return outcome
+
+
+def test_manifest_on_full_disk_stops_the_run_with_one_error(tmp_path, resolver):
+    """When the manifest cannot be written (ENOSPC: here /dev/full), the run stops with one
+    SrrecnnError naming the manifest, instead of hanging with its writer thread dead.
+
+    Eight volumes: more than the queues hold, so a dead writer would block the devices."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    many_volumes(src, 8, size=6)
+    jobs = plan_jobs(collect_inputs([src]), out)
+    full = batch.Manifest(Path("/dev/full"))
+    outcome = run_in_thread(lambda: batch.run_batch(resolver, jobs, batch.Options(
+        scale=(SCALE,) * 3), full, out))
+    error = outcome.get("error")
+    assert isinstance(error, SrrecnnError), outcome
+    assert "/dev/full" in str(error) and "No space left on device" in str(error)
+    assert len(str(error).splitlines()) == 1
+    assert tmp_leftovers(out) == []
+
+
+def test_output_that_does_not_read_back_is_a_failed_job(tmp_path, models, monkeypatch):
+    """An output cut short without an error (a full disk under a writer that does not
+    report it: here a .mha truncated after WriteImage) is a failed job, never "ok"."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(synthetic((6, 6, 6), 0), src / "a.mha")
+    write_image = sitk.WriteImage
+
+    def short_write(image, name, *args, **kwargs):
+        write_image(image, name, *args, **kwargs)
+        os.truncate(name, os.path.getsize(name) // 2)
+
+    monkeypatch.setattr(sitk, "WriteImage", short_write)
+    code, _, err = run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE,
+                           "--glob", "*.mha")
+    assert code == 1
+    (line,) = error_lines(err)
+    assert str(out / "a_SR.mha") in line and "disk full" in line
+    assert [r["status"] for r in manifest(out)] == ["error"]
+    assert not (out / "a_SR.mha").exists()
