@@ -20,6 +20,7 @@ import queue
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -77,16 +78,31 @@ class Summary:
         return self.device_seconds / max(self.seconds * self.devices, 1e-9)
 
 
+def writable_folder(folder: Path) -> None:
+    """Create the output folder if needed; raise ``SrrecnnError`` (one line, naming it) if it
+    cannot be created or written in (read-only, no permission), before any work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise SrrecnnError(f"{folder}: cannot write in the output folder "
+                           f"({e.strerror or e})") from None
+
+
 def _staging_dir(out_root: Path) -> Path:
     """This process's staging folder for atomic writes; stale ones of dead runs are removed."""
     host = socket.gethostname()
-    out_root.mkdir(parents=True, exist_ok=True)
+    writable_folder(out_root)
     for old in out_root.glob(f".tmp-srrecnn-{host}-*"):
         pid = old.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     staging = out_root / f".tmp-srrecnn-{host}-{os.getpid()}"
-    staging.mkdir(exist_ok=True)
+    try:
+        staging.mkdir(exist_ok=True)
+    except OSError as e:
+        raise SrrecnnError(f"{out_root}: cannot write in the output folder "
+                           f"({e.strerror or e})") from None
     return staging
 
 
@@ -300,6 +316,7 @@ def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
     ``out_dir/MANIFEST``). Returns the summary and this process's manifest file.
     """
     resolver = SuperResolver.load(model, prototxt)
+    writable_folder(out_dir)
     manifest_path = manifest_path or out_dir / MANIFEST
     part = manifest_part(manifest_path, process, count)
     manifest = Manifest(part, process)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -791,3 +792,35 @@ def test_output_that_does_not_read_back_is_a_failed_job(tmp_path, models, monkey
     assert str(out / "a_SR.mha") in line and "disk full" in line
     assert [r["status"] for r in manifest(out)] == ["error"]
     assert not (out / "a_SR.mha").exists()
+
+
+# --- a read-only output folder ----------------------------------------------------------
+
+
+def unprivileged(argv: list[str]) -> list[str]:
+    """``argv`` run without the capabilities that let root ignore file permissions."""
+    if os.geteuid() != 0:
+        return argv
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: permissions are not enforced")
+    return ["setpriv", "--inh-caps=-all", "--bounding-set=-all", *argv]
+
+
+def test_read_only_out_dir_is_one_error_line(tmp_path, models):
+    """A read-only --out-dir ends the batch with one `srrecnn: error:` line naming it,
+    exit 1, no traceback, nothing written (the real command: permissions are the point)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        proc = subprocess.run(unprivileged(command(src, "--out-dir", out, "-m", models["mono"],
+                                                   "-s", SCALE)),
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        out.chmod(0o755)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("srrecnn: error:") and str(out) in line, line
+    assert list(out.iterdir()) == []
