@@ -281,6 +281,42 @@ def test_plan_same_output_twice_raises(tmp_path):
     assert str(x) in str(info.value) and str(y) in str(info.value)
 
 
+@pytest.mark.parametrize("template", ["../escaped_{stem}{ext}", "/abs/{stem}{ext}",
+                                      "{dir}/../../{stem}{ext}", "{dir}/.."])
+def test_plan_output_outside_out_dir_raises(template, tmp_path):
+    """A template that puts an output outside --out-dir (or on it) is refused, naming the
+    output_template parameter: outputs stay inside the output folder."""
+    root = tmp_path / "in"
+    with pytest.raises(SrrecnnError, match="outside the output folder") as info:
+        plan_jobs([(root / "sub" / "a.nii.gz", root)], tmp_path / "out", template=template)
+    assert info.value.parameter == "output_template"
+
+
+def test_plan_suffix_outside_out_dir_raises(tmp_path):
+    """A suffix that climbs out of --out-dir is refused as well, naming the suffix."""
+    with pytest.raises(SrrecnnError, match="outside the output folder") as info:
+        plan_jobs([(tmp_path / "a.nii.gz", tmp_path)], tmp_path / "out", suffix="/../../x")
+    assert info.value.parameter == "suffix"
+
+
+def test_plan_outputs_equal_after_normalising_raise(tmp_path):
+    """``{dir}/../../{stem}{ext}`` maps sub-01/anat/t1 and sub-02/anat/t1 to one file: the
+    collision is found on the normalised paths, naming both inputs."""
+    root = tmp_path / "in"
+    x, y = root / "sub-01" / "anat" / "t1.nii.gz", root / "sub-02" / "anat" / "t1.nii.gz"
+    with pytest.raises(SrrecnnError, match="also the output of") as info:
+        plan_jobs([(x, root), (y, root)], tmp_path / "out", template="{dir}/../../{stem}{ext}")
+    assert str(x) in str(info.value) and str(y) in str(info.value)
+
+
+def test_plan_normalises_output_paths(tmp_path):
+    """An output named through ``..`` inside --out-dir is written (and listed) at its
+    normalised path."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    (job,) = plan_jobs([(root / "sub" / "a.nii.gz", root)], out, template="{dir}/../{stem}{ext}")
+    assert job.output == out / "a.nii.gz"
+
+
 def test_shard_two_processes():
     """Two shards hold every job exactly once, disjoint, whatever the order jobs come in."""
     jobs = [Job(Path(f"/in/{n}.nii"), Path(f"/out/{n}_SR.nii")) for n in "gacfbed"]
@@ -299,6 +335,48 @@ def test_cli_same_output_twice_fails_before_work(tmp_path, models):
                              "-s", SCALE)
     assert code == 1
     assert len(err.splitlines()) == 1 and len(error_lines(err)) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_cli_output_that_is_its_input_is_refused(overwrite, tmp_path, models):
+    """``sr s/a.nii.gz --out-dir s --suffix ''`` would write the result over the scan (or,
+    without --overwrite, skip it as done): refused before any work, the scan untouched."""
+    scan = save(synthetic((6, 6, 6), 0), tmp_path / "s" / "a.nii.gz")
+    before = scan.read_bytes()
+    code, _, err = run_cli(scan, "--out-dir", scan.parent, "-m", models["mono"], "-s", SCALE,
+                           "--suffix", "", *overwrite)
+    assert code == 1
+    (line,) = err.splitlines()
+    assert line.startswith("srrecnn: error:") and "would replace the input" in line, line
+    assert scan.read_bytes() == before
+    assert sorted(p.name for p in scan.parent.iterdir()) == ["a.nii.gz"]
+
+
+def test_cli_output_through_a_symlink_to_its_input_is_refused(tmp_path, models):
+    """An --out-dir that is a symbolic link to the input's folder is seen through."""
+    scan = save(synthetic((6, 6, 6), 0), tmp_path / "s" / "a.nii.gz")
+    before = scan.read_bytes()
+    (tmp_path / "link").symlink_to(scan.parent)
+    code, _, err = run_cli(scan, "--out-dir", tmp_path / "link", "-m", models["mono"],
+                           "-s", SCALE, "--suffix", "", "--overwrite")
+    assert code == 1 and "would replace the input" in err, err
+    assert scan.read_bytes() == before
+
+
+def test_cli_manifest_that_is_an_input_is_refused(tmp_path, models):
+    """``--manifest s/b.nii.gz`` with b.nii.gz one of the inputs: refused before any work,
+    naming the --manifest option; b.nii.gz untouched."""
+    src = tmp_path / "s"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    b = save(synthetic((6, 6, 6), 1), src / "b.nii.gz")
+    before = b.read_bytes()
+    code, _, err = run_cli(src, "--out-dir", tmp_path / "out", "-m", models["mono"],
+                           "-s", SCALE, "--manifest", b)
+    assert code == 1
+    (line,) = err.splitlines()
+    assert line.startswith("srrecnn: error: --manifest:") and str(b) in line, line
+    assert b.read_bytes() == before
     assert not (tmp_path / "out").exists()
 
 

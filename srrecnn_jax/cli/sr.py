@@ -121,8 +121,10 @@ def run_batch(args: argparse.Namespace) -> int:
     from srrecnn_jax import batch
     from srrecnn_jax import jobs as planning
 
-    jobs = planning.plan(args.inputs, args.out_dir, args.glob, args.suffix, args.output_template,
-                      args.reference_pattern, process, count)
+    jobs = planning.plan(args.inputs, args.out_dir, args.glob, args.suffix,
+                         args.output_template,
+                         args.reference_pattern, process, count,
+                         args.manifest or args.out_dir / batch.MANIFEST)
     if args.dry_run:
         for job in jobs:
             ref = f"  [reference {job.reference}]" if job.reference else ""
