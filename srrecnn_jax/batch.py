@@ -14,6 +14,7 @@ manifest part; process 0 merges them after a barrier.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -23,12 +24,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from srrecnn_jax import io, parallel
+from srrecnn_jax import io, locking, parallel
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import SuperResolver, run_network
 from srrecnn_jax.jobs import Job
@@ -304,12 +305,34 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
     return summary
 
 
+#: The lock file a run holds in its output folder (removed by its last holder).
+LOCK = ".srrecnn.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: Path, shared: bool = False, note: str = "",
+                warn: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Own ``out_dir`` for a run: exclusive for one process, shared by the processes of a
+    multi-process run. Another run holding it is refused (one line, naming the folder
+    and the holder when known) before any work."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(locking.hold(out_dir / LOCK, shared=shared, note=note,
+                                             warn=warn))
+        except locking.LockBusy as e:
+            raise SrrecnnError(f"{out_dir}: another srrecnn run is writing to this folder "
+                               f"({e.holder or 'lock file ' + LOCK}); wait for it to end or "
+                               "choose another output folder") from None
+        yield
+
+
 def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
         prototxt: Path | None = None, manifest_path: Path | None = None,
         process: int = 0, count: int = 1, stop: threading.Event | None = None,
         progress: Callable[[Record, int], None] | None = None,
         warn: Callable[[str], None] | None = None) -> tuple[Summary, Path]:
-    """Load the model and run this process's ``jobs`` (see ``run_batch``).
+    """Load the model and run this process's ``jobs`` (see ``run_batch``) holding the
+    output folder's lock (``folder_lock``).
 
     With ``count`` processes, each writes its manifest part, waits for the others,
     and process 0 merges the parts into ``manifest_path`` (default
@@ -319,15 +342,17 @@ def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
     writable_folder(out_dir)
     manifest_path = manifest_path or out_dir / MANIFEST
     part = manifest_part(manifest_path, process, count)
-    manifest = Manifest(part, process)
-    try:
-        summary = run_batch(resolver, jobs, options, manifest, out_dir, stop,
-                            progress=progress, warn=warn)
-    finally:
-        manifest.close()
-    if count > 1:
-        parallel.barrier("srrecnn-batch-done")
-        if process == 0:
-            merge_manifests(sorted(part.parent.glob(  # this run's parts only
-                f"{manifest_path.stem}.part-*-of-{count:05d}.jsonl")), manifest_path)
+    with folder_lock(out_dir, shared=count > 1, note=f"process {process} of {count}",
+                     warn=warn):
+        manifest = Manifest(part, process)
+        try:
+            summary = run_batch(resolver, jobs, options, manifest, out_dir, stop,
+                                progress=progress, warn=warn)
+        finally:
+            manifest.close()
+        if count > 1:
+            parallel.barrier("srrecnn-batch-done")
+            if process == 0:
+                merge_manifests(sorted(part.parent.glob(  # this run's parts only
+                    f"{manifest_path.stem}.part-*-of-{count:05d}.jsonl")), manifest_path)
     return summary, part

@@ -21,6 +21,7 @@ Inputs are tiny (6-20 voxels per axis) and the model is a 3-layer, 4-filter ReCN
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -902,3 +903,33 @@ def test_read_only_out_dir_is_one_error_line(tmp_path, models):
     (line,) = proc.stderr.splitlines()
     assert line.startswith("srrecnn: error:") and str(out) in line, line
     assert list(out.iterdir()) == []
+
+
+# --- one run at a time per output folder ------------------------------------------------
+
+
+def test_second_run_into_a_locked_out_dir_is_refused(tmp_path, models):
+    """While another run holds OUT_DIR/.srrecnn.lock (here: the test, through its own open
+    file), a batch into OUT_DIR is refused with one line naming the folder and the holder;
+    it writes nothing."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    out.mkdir()
+    with open(out / ".srrecnn.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(f"pid {os.getpid()} on testhost\n")
+        held.flush()
+        code, _, err = run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE)
+    assert code == 1
+    (line,) = err.splitlines()
+    assert line.startswith("srrecnn: error:") and str(out) in line, line
+    assert f"pid {os.getpid()} on testhost" in line
+    assert sorted(p.name for p in out.iterdir()) == [".srrecnn.lock"]
+
+
+def test_lock_is_removed_after_the_run(tmp_path, models):
+    """A finished run leaves no lock file behind."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    assert run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE)[0] == 0
+    assert not (out / ".srrecnn.lock").exists()
