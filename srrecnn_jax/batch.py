@@ -14,34 +14,35 @@ manifest part; process 0 merges them after a barrier.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
 import queue
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from srrecnn_jax import io, parallel
+from srrecnn_jax import io, locking, parallel
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import SuperResolver, run_network
+from srrecnn_jax.jobs import Job
+from srrecnn_jax.manifest import (
+    MANIFEST,
+    Manifest,
+    ManifestError,
+    Record,
+    manifest_part,
+    merge_manifests,
+)
 
 _DONE = object()
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One volume to super-resolve: an image file or a DICOM series folder."""
-
-    input: Path
-    output: Path
-    reference: Path | None = None
 
 
 @dataclasses.dataclass
@@ -61,137 +62,6 @@ class Options:
     prefetch: int = 2
 
 
-def collect_inputs(sources: Sequence[Path], glob: str = "*.nii*",
-                   exclude: Callable[[Path], bool] = lambda p: False) -> list[tuple[Path, Path]]:
-    """Expand paths, folders (recursive ``glob``), list files and DICOM folders.
-
-    Returns:
-      ``(input, root)`` pairs, in a stable order; an output mirrors the input's
-      place below ``root``. Missing paths are kept: they fail as jobs, so one
-      bad entry does not stop the batch.
-    """
-    found: list[tuple[Path, Path]] = []
-    for source in sources:
-        if source.is_file() and io.is_list_file(source):
-            found += [(p, p.parent) for p in io.read_list_file(source)]
-        elif source.is_dir() and io.is_dicom_series(source):
-            found.append((source, source.parent))
-        elif source.is_dir():
-            files = [p for p in source.rglob(glob) if p.is_file()]
-            folders = [p for p in source.rglob("*") if p.is_dir() and io.is_dicom_series(p)]
-            found += [(p, source) for p in sorted(files + folders)
-                      if not exclude(p) and not any(part.startswith(".tmp-")
-                                                    for part in p.relative_to(source).parts)]
-        else:
-            found.append((source, source.parent))
-    unique, seen = [], set()
-    for path, root in found:  # the same file named twice (a folder and a file in it)
-        key = path.resolve() if path.exists() else path
-        if key not in seen:
-            seen.add(key)
-            unique.append((path, root))
-    return unique
-
-
-def plan_jobs(inputs: Iterable[tuple[Path, Path]], out_dir: Path, suffix: str = "_SR",
-              template: str | None = None, reference_pattern: str | None = None) -> list[Job]:
-    """Name each output below ``out_dir`` and pair each input with its reference.
-
-    Outputs mirror the input's folder below its root and add ``suffix`` before
-    the extension, or follow ``template`` (fields ``{dir}``, ``{stem}``,
-    ``{ext}``, ``{suffix}``). ``reference_pattern`` ``OLD:NEW`` replaces OLD by
-    NEW in the input's file name to find its reference (``T1w:T2w``).
-    """
-    if reference_pattern is not None and (":" not in reference_pattern
-                                          or not reference_pattern.split(":", 1)[0]):
-        raise SrrecnnError(f"{reference_pattern!r} is not OLD:NEW", "reference_pattern")
-    jobs, seen = [], {}
-    for path, root in inputs:
-        stem, ext = io.split_name(path)
-        try:
-            folder = path.parent.relative_to(root)
-        except ValueError:
-            folder = Path()
-        if template:
-            try:
-                name = template.format(dir=folder, stem=stem, ext=ext, suffix=suffix)
-            except (KeyError, IndexError, ValueError) as e:
-                raise SrrecnnError(f"{template!r} is not valid ({e})", "output_template") \
-                    from None
-            output = out_dir / name
-        else:
-            output = out_dir / folder / f"{stem}{suffix}{ext}"
-        reference = None
-        if reference_pattern:
-            old, new = reference_pattern.split(":", 1)
-            if old not in path.name:
-                raise SrrecnnError(f"{old!r} is not in {path}", "reference_pattern")
-            reference = path.with_name(path.name.replace(old, new, 1))
-        if output in seen:
-            raise SrrecnnError(f"{path}: its output {output} is also the output of {seen[output]}")
-        seen[output] = path
-        jobs.append(Job(path, output, reference))
-    return jobs
-
-
-def plan(sources: Sequence[Path], out_dir: Path, glob: str = "*.nii*", suffix: str = "_SR",
-         template: str | None = None, reference_pattern: str | None = None,
-         process: int = 0, count: int = 1) -> list[Job]:
-    """This process's jobs: inputs found in ``sources`` (outputs inside ``out_dir`` are never
-    inputs), named by ``plan_jobs``, shared out by ``shard``."""
-    inside_out = out_dir.resolve()
-    inputs = collect_inputs(sources, glob, exclude=lambda p: inside_out in p.resolve().parents)
-    if not inputs:
-        raise SrrecnnError(f"{' '.join(map(str, sources))}: no input images found "
-                           f"(file pattern {glob!r})")
-    return shard(plan_jobs(inputs, out_dir, suffix, template, reference_pattern), process, count)
-
-
-def shard(jobs: Sequence[Job], index: int, count: int) -> list[Job]:
-    """The jobs of process ``index`` of ``count``: every count-th, in sorted order."""
-    return sorted(jobs, key=lambda j: str(j.input))[index::count]
-
-
-@dataclasses.dataclass
-class Record:
-    """One manifest line."""
-
-    input: str
-    output: str
-    status: str  # ok | skipped | error | not-started (the run was stopped first)
-    reference: str | None = None
-    shape: list[int] | None = None
-    spacing: list[float] | None = None
-    seconds: float | None = None
-    error: str | None = None
-    warnings: list[str] = dataclasses.field(default_factory=list)
-    process: int = 0
-
-
-class Manifest:
-    """A JSONL file written line by line (flushed), so a killed run still leaves one."""
-
-    def __init__(self, path: Path | None, process: int = 0):
-        self.path, self.process, self.records = path, process, []
-        self._lock = threading.Lock()
-        self._file = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def add(self, record: Record) -> None:
-        record.process = self.process
-        with self._lock:
-            self.records.append(record)
-            if self._file:
-                self._file.write(json.dumps(dataclasses.asdict(record)) + "\n")
-                self._file.flush()
-
-    def close(self) -> None:
-        if self._file:
-            self._file.close()
-
-
 @dataclasses.dataclass
 class Summary:
     ok: int = 0
@@ -209,16 +79,31 @@ class Summary:
         return self.device_seconds / max(self.seconds * self.devices, 1e-9)
 
 
+def writable_folder(folder: Path) -> None:
+    """Create the output folder if needed; raise ``SrrecnnError`` (one line, naming it) if it
+    cannot be created or written in (read-only, no permission), before any work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise SrrecnnError(f"{folder}: cannot write in the output folder "
+                           f"({e.strerror or e})") from None
+
+
 def _staging_dir(out_root: Path) -> Path:
     """This process's staging folder for atomic writes; stale ones of dead runs are removed."""
     host = socket.gethostname()
-    out_root.mkdir(parents=True, exist_ok=True)
+    writable_folder(out_root)
     for old in out_root.glob(f".tmp-srrecnn-{host}-*"):
         pid = old.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     staging = out_root / f".tmp-srrecnn-{host}-{os.getpid()}"
-    staging.mkdir(exist_ok=True)
+    try:
+        staging.mkdir(exist_ok=True)
+    except OSError as e:
+        raise SrrecnnError(f"{out_root}: cannot write in the output folder "
+                           f"({e.strerror or e})") from None
     return staging
 
 
@@ -253,44 +138,57 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
     stop = stop or threading.Event()
     warn = warn or (lambda m: print(m, file=sys.stderr))
     summary = Summary(devices=len(jax.local_devices()))
-    staging = _staging_dir(out_root)
+    fatal: list[SrrecnnError] = []  # what stops the run (the manifest cannot be written)
+    lock = threading.Lock()
+
+    def halted() -> bool:
+        return stop.is_set() or bool(fatal)
+
+    def record(row: Record, voxels: int = 0) -> bool:
+        """Log a job's row (never raises: a manifest that fails stops the run)."""
+        try:
+            manifest.add(row)
+        except ManifestError as e:
+            with lock:
+                fatal.append(e)
+            return False
+        if progress:
+            progress(row, voxels)
+        return True
+
     todo = []
     for job in jobs:
         if job.output.exists() and not options.overwrite:
-            record = Record(str(job.input), str(job.output), "skipped")
-            manifest.add(record)
-            summary.skipped += 1
-            if progress:
-                progress(record, 0)
+            if record(Record(str(job.input), str(job.output), "skipped")):
+                summary.skipped += 1
         else:
             todo.append(job)
+    if fatal:
+        raise fatal[0]
     scales = resolver.model.trained_scales
     if scales and not all(s in scales for s in options.scale):
         warn(f"scale {options.scale} differs from the scale(s) {scales} the model was "
              "trained for")
 
+    staging = _staging_dir(out_root)
     jobs_q: queue.Queue = queue.Queue()
     for job in todo:
         jobs_q.put(job)
     ready_q: queue.Queue = queue.Queue(maxsize=options.prefetch)
     done_q: queue.Queue = queue.Queue(maxsize=options.prefetch)
-    lock = threading.Lock()
     start = time.perf_counter()
 
     def fail(job: Job, error: Exception, started: float) -> None:
         message = str(error) if isinstance(error, SrrecnnError) else f"{job.input}: " \
             f"{type(error).__name__}: {error}"
-        record = Record(str(job.input), str(job.output), "error",
-                        str(job.reference) if job.reference else None,
-                        seconds=time.perf_counter() - started, error=message)
-        manifest.add(record)
-        with lock:
-            summary.errors += 1
-        if progress:
-            progress(record, 0)
+        if record(Record(str(job.input), str(job.output), "error",
+                         str(job.reference) if job.reference else None,
+                         seconds=time.perf_counter() - started, error=message)):
+            with lock:
+                summary.errors += 1
 
     def read() -> None:
-        while not stop.is_set():
+        while not halted():
             try:
                 job = jobs_q.get_nowait()
             except queue.Empty:
@@ -323,7 +221,7 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
             if item is _DONE:
                 ready_q.put(_DONE)  # let the other device threads see it too
                 break
-            if stop.is_set():
+            if halted():
                 continue  # not started: a rerun does it
             job, prepared, notes, started = item
             try:
@@ -344,29 +242,45 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
             item = done_q.get()
             if item is _DONE:
                 break
+            if fatal:
+                continue  # keep taking results, so the device threads never block
             job, prepared, y, notes, started = item
             try:
                 image = resolver.finish(prepared, y)
                 job.output.parent.mkdir(parents=True, exist_ok=True)
-                io.write_image_atomic(image, job.output, staging)
+                io.write_image_verified(image, job.output, staging)
             except Exception as e:  # noqa: BLE001
                 fail(job, e, started)
                 continue
-            record = Record(str(job.input), str(job.output), "ok",
-                            str(job.reference) if job.reference else None,
-                            list(image.GetSize()), list(image.GetSpacing()),
-                            time.perf_counter() - started, warnings=notes)
-            manifest.add(record)
-            with lock:
-                summary.ok += 1
-                summary.voxels += int(np.prod(image.GetSize()))
-            if progress:
-                progress(record, int(np.prod(image.GetSize())))
+            voxels = int(np.prod(image.GetSize()))
+            if record(Record(str(job.input), str(job.output), "ok",
+                             str(job.reference) if job.reference else None,
+                             list(image.GetSize()), list(image.GetSpacing()),
+                             time.perf_counter() - started, warnings=notes), voxels):
+                with lock:
+                    summary.ok += 1
+                    summary.voxels += voxels
 
-    readers = [threading.Thread(target=read, daemon=True) for _ in range(options.readers)]
-    devices = [threading.Thread(target=compute, args=(d,), daemon=True)
+    def guarded(body: Callable[[], None], inbox: queue.Queue | None) -> Callable[[], None]:
+        """``body``, and if it fails (a bug), stop the run and keep emptying ``inbox`` so
+        that no other thread waits for it forever."""
+        def target() -> None:
+            try:
+                body()
+            except Exception as e:  # noqa: BLE001 - reported as the run's error
+                with lock:
+                    fatal.append(SrrecnnError(f"batch run failed: {type(e).__name__}: {e}"))
+                if inbox is not None:
+                    while inbox.get() is not _DONE:
+                        pass
+                    inbox.put(_DONE)
+        return target
+
+    readers = [threading.Thread(target=guarded(read, None), daemon=True)
+               for _ in range(options.readers)]
+    devices = [threading.Thread(target=guarded(lambda d=d: compute(d), ready_q), daemon=True)
                for d in jax.local_devices()]
-    writer = threading.Thread(target=write, daemon=True)
+    writer = threading.Thread(target=guarded(write, done_q), daemon=True)
     for thread in readers + devices + [writer]:
         thread.start()
     try:
@@ -379,6 +293,8 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
         writer.join()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if fatal:
+        raise fatal[0]
     if stop.is_set():  # say what is left, so the manifest of a stopped run is complete
         finished = {r.input for r in manifest.records}
         for job in todo:
@@ -389,26 +305,25 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
     return summary
 
 
-def merge_manifests(parts: Sequence[Path], target: Path) -> list[dict]:
-    """Concatenate per-process manifest parts into one JSONL file (atomically)."""
-    rows = []
-    for part in parts:
-        if part.exists():
-            lines = part.read_text(encoding="utf-8").splitlines()
-            rows += [json.loads(line) for line in lines if line.strip()]
-    rows.sort(key=lambda r: r["input"])
-    io.write_text_atomic(target, "".join(json.dumps(r) + "\n" for r in rows))
-    return rows
+#: The lock file a run holds in its output folder (removed by its last holder).
+LOCK = ".srrecnn.lock"
 
 
-#: The manifest's name in the output folder unless another is given.
-MANIFEST = "srrecnn_manifest.jsonl"
-
-
-def manifest_part(path: Path, process: int, count: int) -> Path:
-    """Where process ``process`` of ``count`` writes its manifest rows (``path`` alone)."""
-    return path if count == 1 else path.with_name(
-        f"{path.stem}.part-{process:05d}-of-{count:05d}.jsonl")
+@contextlib.contextmanager
+def folder_lock(out_dir: Path, shared: bool = False, note: str = "",
+                warn: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Own ``out_dir`` for a run: exclusive for one process, shared by the processes of a
+    multi-process run. Another run holding it is refused (one line, naming the folder
+    and the holder when known) before any work."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(locking.hold(out_dir / LOCK, shared=shared, note=note,
+                                             warn=warn))
+        except locking.LockBusy as e:
+            raise SrrecnnError(f"{out_dir}: another srrecnn run is writing to this folder "
+                               f"({e.holder or 'lock file ' + LOCK}); wait for it to end or "
+                               "choose another output folder") from None
+        yield
 
 
 def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
@@ -416,24 +331,28 @@ def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
         process: int = 0, count: int = 1, stop: threading.Event | None = None,
         progress: Callable[[Record, int], None] | None = None,
         warn: Callable[[str], None] | None = None) -> tuple[Summary, Path]:
-    """Load the model and run this process's ``jobs`` (see ``run_batch``).
+    """Load the model and run this process's ``jobs`` (see ``run_batch``) holding the
+    output folder's lock (``folder_lock``).
 
     With ``count`` processes, each writes its manifest part, waits for the others,
     and process 0 merges the parts into ``manifest_path`` (default
     ``out_dir/MANIFEST``). Returns the summary and this process's manifest file.
     """
     resolver = SuperResolver.load(model, prototxt)
+    writable_folder(out_dir)
     manifest_path = manifest_path or out_dir / MANIFEST
     part = manifest_part(manifest_path, process, count)
-    manifest = Manifest(part, process)
-    try:
-        summary = run_batch(resolver, jobs, options, manifest, out_dir, stop,
-                            progress=progress, warn=warn)
-    finally:
-        manifest.close()
-    if count > 1:
-        parallel.barrier("srrecnn-batch-done")
-        if process == 0:
-            merge_manifests(sorted(part.parent.glob(  # this run's parts only
-                f"{manifest_path.stem}.part-*-of-{count:05d}.jsonl")), manifest_path)
+    with folder_lock(out_dir, shared=count > 1, note=f"process {process} of {count}",
+                     warn=warn):
+        manifest = Manifest(part, process)
+        try:
+            summary = run_batch(resolver, jobs, options, manifest, out_dir, stop,
+                                progress=progress, warn=warn)
+        finally:
+            manifest.close()
+        if count > 1:
+            parallel.barrier("srrecnn-batch-done")
+            if process == 0:
+                merge_manifests(sorted(part.parent.glob(  # this run's parts only
+                    f"{manifest_path.stem}.part-*-of-{count:05d}.jsonl")), manifest_path)
     return summary, part

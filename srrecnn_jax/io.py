@@ -517,3 +517,31 @@ def header_warnings(image: sitk.Image, name: str,
         warnings.append(f"{name}: spacing {tuple(spacing.round(3))} mm is far from the "
                         f"{trained_spacing:g} mm the model was trained on")
     return warnings
+
+
+def write_image_verified(image: sitk.Image, path: str | Path, staging_root: Path | None = None,
+                         before_rename: Callable[[Path], None] | None = None) -> None:
+    """Write an image atomically (see ``atomic_output``) after reading it back whole.
+
+    SimpleITK's writers do not report a full disk, so the staged file is checked
+    before the rename: a NIfTI file by its length against its header (as
+    ``read_image``), any other format by reading every voxel (their readers fail on
+    short data). ``before_rename`` (if given) then sees the staged file.
+    """
+    path = Path(path)
+    with atomic_output(path, staging_root) as staged:
+        try:
+            sitk.WriteImage(image, str(staged))
+        except RuntimeError:
+            raise SrrecnnError(f"{path}: cannot write image (unknown extension or "
+                               "unwritable location)") from None
+        try:
+            if staged.name.endswith((".nii", ".nii.gz")):
+                _check_nifti_complete(staged, "written image")
+            else:
+                sitk.ReadImage(str(staged))
+        except (SrrecnnError, RuntimeError):
+            raise SrrecnnError(f"{path}: cannot write image: it does not read back whole "
+                               "(is the disk full?)") from None
+        if before_rename is not None:
+            before_rename(staged)

@@ -21,11 +21,14 @@ Inputs are tiny (6-20 voxels per axis) and the model is a 3-layer, 4-filter ReCN
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import zlib
@@ -38,9 +41,9 @@ import SimpleITK as sitk
 from conftest import crop, package_file
 
 from srrecnn_jax import batch, cli, io
-from srrecnn_jax.batch import Job, collect_inputs, plan_jobs, shard
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import SuperResolver
+from srrecnn_jax.jobs import Job, collect_inputs, plan_jobs, shard
 
 SCALE = 2
 RTOL = 1e-6  # batch output vs SuperResolver.run: |diff| <= RTOL * max|expected|
@@ -279,6 +282,42 @@ def test_plan_same_output_twice_raises(tmp_path):
     assert str(x) in str(info.value) and str(y) in str(info.value)
 
 
+@pytest.mark.parametrize("template", ["../escaped_{stem}{ext}", "/abs/{stem}{ext}",
+                                      "{dir}/../../{stem}{ext}", "{dir}/.."])
+def test_plan_output_outside_out_dir_raises(template, tmp_path):
+    """A template that puts an output outside --out-dir (or on it) is refused, naming the
+    output_template parameter: outputs stay inside the output folder."""
+    root = tmp_path / "in"
+    with pytest.raises(SrrecnnError, match="outside the output folder") as info:
+        plan_jobs([(root / "sub" / "a.nii.gz", root)], tmp_path / "out", template=template)
+    assert info.value.parameter == "output_template"
+
+
+def test_plan_suffix_outside_out_dir_raises(tmp_path):
+    """A suffix that climbs out of --out-dir is refused as well, naming the suffix."""
+    with pytest.raises(SrrecnnError, match="outside the output folder") as info:
+        plan_jobs([(tmp_path / "a.nii.gz", tmp_path)], tmp_path / "out", suffix="/../../x")
+    assert info.value.parameter == "suffix"
+
+
+def test_plan_outputs_equal_after_normalising_raise(tmp_path):
+    """``{dir}/../../{stem}{ext}`` maps sub-01/anat/t1 and sub-02/anat/t1 to one file: the
+    collision is found on the normalised paths, naming both inputs."""
+    root = tmp_path / "in"
+    x, y = root / "sub-01" / "anat" / "t1.nii.gz", root / "sub-02" / "anat" / "t1.nii.gz"
+    with pytest.raises(SrrecnnError, match="also the output of") as info:
+        plan_jobs([(x, root), (y, root)], tmp_path / "out", template="{dir}/../../{stem}{ext}")
+    assert str(x) in str(info.value) and str(y) in str(info.value)
+
+
+def test_plan_normalises_output_paths(tmp_path):
+    """An output named through ``..`` inside --out-dir is written (and listed) at its
+    normalised path."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    (job,) = plan_jobs([(root / "sub" / "a.nii.gz", root)], out, template="{dir}/../{stem}{ext}")
+    assert job.output == out / "a.nii.gz"
+
+
 def test_shard_two_processes():
     """Two shards hold every job exactly once, disjoint, whatever the order jobs come in."""
     jobs = [Job(Path(f"/in/{n}.nii"), Path(f"/out/{n}_SR.nii")) for n in "gacfbed"]
@@ -297,6 +336,48 @@ def test_cli_same_output_twice_fails_before_work(tmp_path, models):
                              "-s", SCALE)
     assert code == 1
     assert len(err.splitlines()) == 1 and len(error_lines(err)) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_cli_output_that_is_its_input_is_refused(overwrite, tmp_path, models):
+    """``sr s/a.nii.gz --out-dir s --suffix ''`` would write the result over the scan (or,
+    without --overwrite, skip it as done): refused before any work, the scan untouched."""
+    scan = save(synthetic((6, 6, 6), 0), tmp_path / "s" / "a.nii.gz")
+    before = scan.read_bytes()
+    code, _, err = run_cli(scan, "--out-dir", scan.parent, "-m", models["mono"], "-s", SCALE,
+                           "--suffix", "", *overwrite)
+    assert code == 1
+    (line,) = err.splitlines()
+    assert line.startswith("srrecnn: error:") and "would replace the input" in line, line
+    assert scan.read_bytes() == before
+    assert sorted(p.name for p in scan.parent.iterdir()) == ["a.nii.gz"]
+
+
+def test_cli_output_through_a_symlink_to_its_input_is_refused(tmp_path, models):
+    """An --out-dir that is a symbolic link to the input's folder is seen through."""
+    scan = save(synthetic((6, 6, 6), 0), tmp_path / "s" / "a.nii.gz")
+    before = scan.read_bytes()
+    (tmp_path / "link").symlink_to(scan.parent)
+    code, _, err = run_cli(scan, "--out-dir", tmp_path / "link", "-m", models["mono"],
+                           "-s", SCALE, "--suffix", "", "--overwrite")
+    assert code == 1 and "would replace the input" in err, err
+    assert scan.read_bytes() == before
+
+
+def test_cli_manifest_that_is_an_input_is_refused(tmp_path, models):
+    """``--manifest s/b.nii.gz`` with b.nii.gz one of the inputs: refused before any work,
+    naming the --manifest option; b.nii.gz untouched."""
+    src = tmp_path / "s"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    b = save(synthetic((6, 6, 6), 1), src / "b.nii.gz")
+    before = b.read_bytes()
+    code, _, err = run_cli(src, "--out-dir", tmp_path / "out", "-m", models["mono"],
+                           "-s", SCALE, "--manifest", b)
+    assert code == 1
+    (line,) = err.splitlines()
+    assert line.startswith("srrecnn: error: --manifest:") and str(b) in line, line
+    assert b.read_bytes() == before
     assert not (tmp_path / "out").exists()
 
 
@@ -730,3 +811,125 @@ def test_json_summary(tmp_path, models):
     assert code == 0
     facts = json.loads(stdout)
     assert (facts["ok"], facts["skipped"], facts["errors"]) == (0, 2, 0)
+
+
+# --- a full disk ------------------------------------------------------------------------
+
+
+def run_in_thread(function, timeout: float = 60) -> dict:
+    """Call ``function()`` in a daemon thread; {"result"} or {"error"}, or fail the test if
+    it is still running after ``timeout`` seconds (a hang)."""
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = function()
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still running after {timeout} s: the run hangs"
+    return outcome
+
+
+def test_manifest_on_full_disk_stops_the_run_with_one_error(tmp_path, resolver):
+    """When the manifest cannot be written (ENOSPC: here /dev/full), the run stops with one
+    SrrecnnError naming the manifest, instead of hanging with its writer thread dead.
+
+    Eight volumes: more than the queues hold, so a dead writer would block the devices."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    many_volumes(src, 8, size=6)
+    jobs = plan_jobs(collect_inputs([src]), out)
+    full = batch.Manifest(Path("/dev/full"))
+    outcome = run_in_thread(lambda: batch.run_batch(resolver, jobs, batch.Options(
+        scale=(SCALE,) * 3), full, out))
+    error = outcome.get("error")
+    assert isinstance(error, SrrecnnError), outcome
+    assert "/dev/full" in str(error) and "No space left on device" in str(error)
+    assert len(str(error).splitlines()) == 1
+    assert tmp_leftovers(out) == []
+
+
+def test_output_that_does_not_read_back_is_a_failed_job(tmp_path, models, monkeypatch):
+    """An output cut short without an error (a full disk under a writer that does not
+    report it: here a .mha truncated after WriteImage) is a failed job, never "ok"."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(synthetic((6, 6, 6), 0), src / "a.mha")
+    write_image = sitk.WriteImage
+
+    def short_write(image, name, *args, **kwargs):
+        write_image(image, name, *args, **kwargs)
+        os.truncate(name, os.path.getsize(name) // 2)
+
+    monkeypatch.setattr(sitk, "WriteImage", short_write)
+    code, _, err = run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE,
+                           "--glob", "*.mha")
+    assert code == 1
+    (line,) = error_lines(err)
+    assert str(out / "a_SR.mha") in line and "disk full" in line
+    assert [r["status"] for r in manifest(out)] == ["error"]
+    assert not (out / "a_SR.mha").exists()
+
+
+# --- a read-only output folder ----------------------------------------------------------
+
+
+def unprivileged(argv: list[str]) -> list[str]:
+    """``argv`` run without the capabilities that let root ignore file permissions."""
+    if os.geteuid() != 0:
+        return argv
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: permissions are not enforced")
+    return ["setpriv", "--inh-caps=-all", "--bounding-set=-all", *argv]
+
+
+def test_read_only_out_dir_is_one_error_line(tmp_path, models):
+    """A read-only --out-dir ends the batch with one `srrecnn: error:` line naming it,
+    exit 1, no traceback, nothing written (the real command: permissions are the point)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        proc = subprocess.run(unprivileged(command(src, "--out-dir", out, "-m", models["mono"],
+                                                   "-s", SCALE)),
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        out.chmod(0o755)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("srrecnn: error:") and str(out) in line, line
+    assert list(out.iterdir()) == []
+
+
+# --- one run at a time per output folder ------------------------------------------------
+
+
+def test_second_run_into_a_locked_out_dir_is_refused(tmp_path, models):
+    """While another run holds OUT_DIR/.srrecnn.lock (here: the test, through its own open
+    file), a batch into OUT_DIR is refused with one line naming the folder and the holder;
+    it writes nothing."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    out.mkdir()
+    with open(out / ".srrecnn.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(f"pid {os.getpid()} on testhost\n")
+        held.flush()
+        code, _, err = run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE)
+    assert code == 1
+    (line,) = err.splitlines()
+    assert line.startswith("srrecnn: error:") and str(out) in line, line
+    assert f"pid {os.getpid()} on testhost" in line
+    assert sorted(p.name for p in out.iterdir()) == [".srrecnn.lock"]
+
+
+def test_lock_is_removed_after_the_run(tmp_path, models):
+    """A finished run leaves no lock file behind."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    assert run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE)[0] == 0
+    assert not (out / ".srrecnn.lock").exists()

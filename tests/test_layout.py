@@ -18,11 +18,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "srrecnn_jax"
 LAYERS = [
     ["cli.*"],
     ["train.*", "batch", "demo"],
+    ["jobs", "manifest"],
     ["evaluation"],
     ["inference"],
     ["tiling", "checkpoint"],
     ["model", "degradation", "plots"],
-    ["conv", "caffe", "io", "interpolation", "metrics", "parallel"],
+    ["conv", "caffe", "io", "interpolation", "metrics", "parallel", "locking"],
     ["config"],
     ["errors"],
 ]

@@ -24,7 +24,7 @@ OPTIONS = {
     "prototxt": "--prototxt", "model": "-m/--model", "init": "--init", "sigma": "--sigma",
     "shave": "--shave", "mask": "--mask", "mode": "--mode", "others": "-i/--other",
     "outputs": "-o/--output", "overrides": "--set", "output_template": "--output-template",
-    "reference_pattern": "--reference-pattern",
+    "reference_pattern": "--reference-pattern", "suffix": "--suffix", "manifest": "--manifest",
 }
 
 

@@ -119,9 +119,12 @@ def run_batch(args: argparse.Namespace) -> int:
     """Batch mode; exit status 0, 1 if any job failed, 130 if interrupted."""
     process, count = common.join_processes(args)
     from srrecnn_jax import batch
+    from srrecnn_jax import jobs as planning
 
-    jobs = batch.plan(args.inputs, args.out_dir, args.glob, args.suffix, args.output_template,
-                      args.reference_pattern, process, count)
+    jobs = planning.plan(args.inputs, args.out_dir, args.glob, args.suffix,
+                         args.output_template,
+                         args.reference_pattern, process, count,
+                         args.manifest or args.out_dir / batch.MANIFEST)
     if args.dry_run:
         for job in jobs:
             ref = f"  [reference {job.reference}]" if job.reference else ""
