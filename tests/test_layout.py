@@ -149,3 +149,31 @@ def test_every_parameter_the_library_names_has_an_option():
                     and isinstance(node.args[1], ast.Constant)):
                 named.add(node.args[1].value)
     assert named and named <= set(OPTIONS), sorted(named - set(OPTIONS))
+
+
+def private_names_used(tree: ast.AST) -> list[tuple[int, str]]:
+    """``x._name`` attributes and ``from ... import _name`` in a test module (dunders and
+    the test's own helpers aside): behaviour is tested through public names."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            names = [node.attr]
+        elif isinstance(node, ast.ImportFrom):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found += [(node.lineno, n) for n in names if n.startswith("_") and not n.startswith("__")]
+    return found
+
+
+def test_tests_use_no_private_name_of_the_package_or_of_jax():
+    tests = Path(__file__).resolve().parent
+    used = {f"{path.name}:{line}: {name}"
+            for path in sorted(tests.glob("*.py"))
+            for line, name in private_names_used(ast.parse(path.read_text(encoding="utf-8")))}
+    assert not used, "\n".join(sorted(used))
+
+
+def test_private_name_scan_finds_an_attribute_and_an_import():
+    tree = ast.parse("from srrecnn_jax.caffe import _convolutions\nf._cache_size()\n")
+    assert private_names_used(tree) == [(1, "_convolutions"), (2, "_cache_size")]
