@@ -144,9 +144,6 @@ def _data_cut_nii(path: Path, lr_path: Path) -> None:
     path.write_bytes(raw[:len(raw) - 200])
 
 
-TRUNCATED_READ = ("SimpleITK reads a NIfTI file whose voxel data is cut short without error "
-                  "(zeros or garbage for the missing voxels); io.read_image does not check it")
-
 
 @pytest.mark.parametrize("name, make", [
     ("random.nii", _random_bytes),
@@ -298,11 +295,6 @@ def test_monomodal_model_takes_no_reference(good, lr_path, out_dir, capfd):
     assert "--reference" in line
 
 
-NO_OVERLAP = ("io.resample_onto (io.py:121) reads the coverage through GetArrayViewFromImage of "
-              "a temporary image that is freed first: garbage coverage, so no overlap goes "
-              "undetected (a resampling note, then 'image is all zero': two lines), and on a "
-              "grid over 32 MiB the read hits unmapped memory and the command dies with SIGSEGV")
-
 
 def test_reference_without_overlap(good, models, in_dir, out_dir):
     """A same-size reference 1000 mm away from the input (no physical overlap) is named.
@@ -367,12 +359,6 @@ def test_output_folder_missing(good, out_dir, capfd):
     assert output in line
 
 
-UPPERCASE = ("cli._check_output_file lowercases the name before checking its suffix, but "
-             "SimpleITK is case-sensitive: it refuses .NII and .nii.GZ (niftilib also prints a "
-             "second stderr line) and writes .MHA as a detached .mhd + .raw pair, so the "
-             "rename in io.write_image_atomic fails; either way after all the work, and for "
-             ".MHA leaving .tmp-*.mhd/.raw files behind")
-
 
 @pytest.mark.parametrize("suffix", [
     ".NII",
@@ -420,11 +406,6 @@ def test_failed_write_leaves_nothing(good, out_dir, capfd, monkeypatch):
     assert good["-o"] in line
     assert len(written) == 1 and out_dir in Path(written[0]).parents  # staged beside it
 
-
-DETACHED = ("io.write_image_atomic writes under a temporary name and renames only the header: "
-            "formats with a separate data file (.mhd/.raw, .nhdr/.raw, .hdr/.img) leave "
-            ".tmp-*.raw/.img behind, which the .mhd/.nhdr header points to, and the .hdr "
-            "output cannot be read (its out.img does not exist)")
 
 
 @pytest.mark.parametrize("suffix", [
