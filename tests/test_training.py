@@ -476,9 +476,10 @@ def test_resume_after_kill_equals_an_uninterrupted_run(patches_h5, tmp_path):
 def test_two_device_step_equals_one_device_step(patch_set):
     """``compile_step`` over a 2-device ``data`` mesh gives the params of the single-device
     step after 3 steps on the same batches, to 1e-5 relative (sum order differs)."""
-    assert len(jax.devices()) == 2
+    if len(jax.devices()) < 2:
+        pytest.skip("needs two devices (tests/conftest.py forces two CPU devices)")
     config = small_config()
-    mesh = jax.make_mesh((2,), ("data",))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     single = init_state(jax.random.PRNGKey(0), config)
