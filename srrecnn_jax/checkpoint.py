@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -108,15 +109,57 @@ def save_model(directory: str | Path, loaded: LoadedModel, force: bool = False) 
     return directory
 
 
+#: The keys of a model folder's config.json (all written by ``save_model``).
+META_KEYS = ("format", "model", "trained_scales", "trained_spacing", "origin")
+
+
+def read_meta(config_file: Path) -> tuple[dict[str, Any], ModelConfig]:
+    """A model folder's config.json, every key checked (``format``, the ``model`` fields
+    and their types, ``trained_scales``, ``trained_spacing``, ``origin``); a problem is
+    one ``SrrecnnError`` naming the file and the key. Reads nothing else."""
+    def bad(key: str, problem: str) -> SrrecnnError:
+        return SrrecnnError(f"{config_file}: invalid model config: {key}: {problem}")
+
+    try:
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise SrrecnnError(f"{config_file}: invalid model config, not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise SrrecnnError(f"{config_file}: invalid model config: not a JSON object")
+    unknown = sorted(set(meta) - set(META_KEYS))
+    if unknown:
+        raise bad(unknown[0], f"unknown key (expected {', '.join(META_KEYS)})")
+    if meta.get("format") != FORMAT:
+        raise bad("format", f"expected {FORMAT!r}, got {meta.get('format')!r}")
+    if "model" not in meta:
+        raise bad("model", "missing")
+    try:
+        config = ModelConfig.from_dict(meta["model"])
+    except (ValueError, TypeError) as e:
+        raise bad("model", str(e)) from None
+    scales = meta.get("trained_scales")
+    if scales is not None and not (isinstance(scales, list) and scales
+                                   and all(map(_positive_number, scales))):
+        raise bad("trained_scales", f"expected a list of positive numbers or null, "
+                  f"got {scales!r}")
+    spacing = meta.get("trained_spacing")
+    if spacing is not None and not _positive_number(spacing):
+        raise bad("trained_spacing", f"expected a positive number or null, got {spacing!r}")
+    if not isinstance(meta.get("origin", {}), dict):
+        raise bad("origin", f"expected an object, got {meta['origin']!r}")
+    return meta, config
+
+
+def _positive_number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
+
+
 def _load_folder(directory: Path) -> LoadedModel:
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise SrrecnnError(f"{directory}: not a model folder (no config.json)")
-    try:
-        meta = json.loads(config_file.read_text(encoding="utf-8"))
-        config = ModelConfig.from_dict(meta["model"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise SrrecnnError(f"{config_file}: invalid model config ({e})") from None
+    meta, config = read_meta(config_file)  # before orbax, which reports in tracebacks
     import orbax.checkpoint as ocp
 
     device = jax.local_devices()[0]
@@ -124,8 +167,20 @@ def _load_folder(directory: Path) -> LoadedModel:
                                                  sharding=jax.sharding.SingleDeviceSharding(device))
                       for leaf, shape in leaves.items()}
               for layer, leaves in model.param_shapes(config).items()}
+    if not (directory / "params").is_dir():
+        raise SrrecnnError(f"{directory}: not a model folder (no params/)")
+    checkpointer = _local_checkpointer(ocp)
     try:
-        params = _local_checkpointer(ocp).restore((directory / "params").absolute(), target)
+        # the stored shapes first: a restore into shapes that do not fit fails in
+        # orbax's background threads, which print their tracebacks
+        stored = checkpointer.metadata((directory / "params").absolute()).item_metadata
+        if stored is None:
+            raise SrrecnnError(f"{directory}: cannot restore parameters (params/ holds no "
+                               "orbax checkpoint)")
+        check_params(getattr(stored, "tree", stored), config, str(directory))
+        params = checkpointer.restore((directory / "params").absolute(), target)
+    except SrrecnnError:
+        raise
     except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged folder
         raise SrrecnnError(f"{directory}: cannot restore parameters ({_first_line(e)})") \
             from None

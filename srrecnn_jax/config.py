@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
+from collections.abc import Mapping
 from typing import Any, Literal
 
 Padding = Literal["same", "edge_valid"]
@@ -16,6 +18,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 #: on the GPU when there is one; equal to scipy to float32 rounding) or ``scipy`` (the
 #: original's ``scipy.ndimage.zoom``, on the host).
 INTERPOLATIONS = ("device", "scipy")
+PADDINGS = ("same", "edge_valid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,16 +43,29 @@ class ModelConfig:
     padding: Padding = "same"
 
     def __post_init__(self) -> None:
+        """Check every field's type and range (``ValueError`` naming the field), and
+        normalise ``kernels`` and ``filters`` to tuples of ints."""
+        for name in ("kernels", "filters"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple | list) or not all(map(_is_int, values)):
+                raise ValueError(f"{name} must be a list of whole numbers, got {values!r}")
+            object.__setattr__(self, name, tuple(int(v) for v in values))
+        if not _is_int(self.in_channels):
+            raise ValueError(f"in_channels must be a whole number, got {self.in_channels!r}")
+        object.__setattr__(self, "in_channels", int(self.in_channels))
+        if not isinstance(self.residual, bool):
+            raise ValueError(f"residual must be true or false, got {self.residual!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, "
+                             f"got {self.padding!r}")
         if len(self.kernels) != len(self.filters) or not self.kernels:
             raise ValueError("kernels and filters need one entry per layer")
         if any(k < 1 or k % 2 == 0 for k in self.kernels):
-            raise ValueError(f"kernel sizes must be odd and positive: {self.kernels}")
+            raise ValueError(f"kernel sizes must be odd and positive: {list(self.kernels)}")
         if any(f < 1 for f in self.filters):
-            raise ValueError(f"filters must be positive: {self.filters}")
+            raise ValueError(f"filters must be positive: {list(self.filters)}")
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be positive, got {self.in_channels}")
-        if self.padding not in ("same", "edge_valid"):
-            raise ValueError(f"unknown padding scheme {self.padding!r}")
 
     @property
     def layers(self) -> int:
@@ -74,14 +90,24 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """The form ``to_dict`` writes: ``kernels`` and ``filters`` lists required, the
+        other fields optional; unknown keys and values of the wrong type (a float or
+        bool ``filters``, a string ``residual``) raise ``ValueError`` naming the key."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"expected a table of {', '.join(cls.field_names())}, "
+                             f"got {d!r}")
+        unknown = sorted(map(str, set(d) - set(cls.field_names())))
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        d = dict(d)
-        d["kernels"], d["filters"] = tuple(d["kernels"]), tuple(d["filters"])
+            raise ValueError(f"unknown model config keys: {unknown}")
+        missing = [name for name in ("kernels", "filters") if name not in d]
+        if missing:
+            raise ValueError(f"missing model config keys: {missing}")
         return cls(**d)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
 
     def describe(self) -> str:
         """One line such as ``10 layers 3^3 x 64 filters, 1 -> 1 channels``."""
@@ -93,6 +119,11 @@ class ModelConfig:
             body = " -> ".join(f"{k}^3x{f}" for k, f in zip(self.kernels, self.filters))
         return (f"{body}, {self.in_channels} -> {self.out_channels} channels, "
                 f"padding {self.padding}, residual {'on' if self.residual else 'off'}")
+
+
+def _is_int(value: Any) -> bool:
+    """A whole number: an int (or NumPy integer), not a bool or a float."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def recnn(layers: int = 10, filters: int = 64, kernel: int = 3, in_channels: int = 1,

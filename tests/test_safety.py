@@ -257,3 +257,63 @@ def test_result_that_overflows_is_an_error_not_an_output(lr_path, out_dir, tmp_p
     line = one_error_line(capfd)
     assert str(lr_path) in line and "non-finite" in line
     assert listing(out_dir) == []
+
+
+# --- 4. a model folder's config.json is checked, key by key, before orbax reads ---------
+
+
+def edited_model(source: Path, folder: Path, edit) -> Path:
+    """A copy of the model folder ``source`` whose config.json ``edit`` has changed."""
+    import json
+    import shutil
+
+    shutil.copytree(source, folder)
+    meta = json.loads((folder / "config.json").read_text())
+    edit(meta)
+    (folder / "config.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.mark.parametrize("key, edit", [
+    pytest.param("filters", lambda m: m["model"].update(filters=[4.0, 4.0, 1.0]),
+                 id="float filters"),
+    pytest.param("filters", lambda m: m["model"].update(filters=[True, True, True]),
+                 id="bool filters"),
+    pytest.param("kernels", lambda m: m["model"].update(kernels=[3.0, 3.0, 3.0]),
+                 id="float kernels"),
+    pytest.param("residual", lambda m: m["model"].update(residual="false"),
+                 id="string residual"),
+    pytest.param("in_channels", lambda m: m["model"].update(in_channels="1"),
+                 id="string in_channels"),
+    pytest.param("colour", lambda m: m["model"].update(colour="blue"),
+                 id="unknown model key"),
+    pytest.param("colour", lambda m: m.update(colour="blue"), id="unknown key"),
+    pytest.param("trained_scales", lambda m: m.update(trained_scales="2"),
+                 id="string trained_scales"),
+    pytest.param("trained_spacing", lambda m: m.update(trained_spacing=-1),
+                 id="negative trained_spacing"),
+    pytest.param("origin", lambda m: m.update(origin="caffe"), id="string origin"),
+    pytest.param("format", lambda m: m.update(format="srrecnn-jax/99"), id="other format"),
+])
+def test_config_json_of_the_wrong_type_names_the_file_and_key(key, edit, models, tmp_path,
+                                                                capfd):
+    """A config.json with a float or bool ``filters``, a string ``residual`` (which Python
+    would read as true), an unknown key or another mistyped field: ``info`` exits 1 with
+    one line naming config.json and the key, and no orbax traceback."""
+    folder = edited_model(models["mono"], tmp_path / "edited", edit)
+    capfd.readouterr()
+    assert cli.main(["info", str(folder)]) == 1
+    line = one_error_line(capfd)
+    assert str(folder / "config.json") in line and key in line
+
+
+def test_config_json_that_does_not_fit_the_stored_parameters_is_one_line(models, tmp_path,
+                                                                         capfd):
+    """A well-typed config.json declaring 8 filters where 4 are stored: one line naming the
+    folder and the parameters that do not fit, no orbax traceback."""
+    folder = edited_model(models["mono"], tmp_path / "wider",
+                          lambda m: m["model"].update(filters=[8, 4, 1]))
+    capfd.readouterr()
+    assert cli.main(["info", str(folder)]) == 1
+    line = one_error_line(capfd)
+    assert str(folder) in line and "conv1.kernel" in line

@@ -32,10 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``srrecnn`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     common.configure_jax()
-    if not args.debug:
+    if not args.debug:  # one line per error: no library warnings on stderr
+        import logging
+
         import SimpleITK as sitk
 
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's warnings
     try:
         return args.run(args)
     except SrrecnnError as e:
