@@ -300,8 +300,12 @@ def load_caffemodel(path: str | Path, prototxt: str | Path | None = None) -> Caf
     if prototxt is not None:
         pads = _check_prototxt(Path(prototxt), convs, kernels, filters, in_channels)
     padding = _padding_scheme(path, kernels, pads)
-    config = ModelConfig(kernels=tuple(kernels), filters=tuple(filters), in_channels=in_channels,
-                         residual=padding == "same", padding=padding)
+    try:
+        config = ModelConfig(kernels=tuple(kernels), filters=tuple(filters),
+                             in_channels=in_channels, residual=padding == "same",
+                             padding=padding)
+    except ValueError as e:  # beyond the architecture limits
+        raise SrrecnnError(f"{path}: {e}") from None
     return CaffeModel(params=params, config=config, net_name=net_name,
                       layer_names=[c.name for c in convs],
                       trained_scales=_trained_scales(path.name),

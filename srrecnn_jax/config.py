@@ -20,6 +20,18 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 INTERPOLATIONS = ("device", "scipy")
 PADDINGS = ("same", "edge_valid")
 
+#: The largest architecture accepted, wherever it comes from (a caffemodel, a model or
+#: training run folder, training settings): at most ``MAX_LAYERS`` convolutions with at
+#: most ``MAX_FILTERS`` channels in or out and kernels of at most ``MAX_KERNEL``^3, and
+#: at most ``MAX_PARAMETERS`` parameters in all. The published models have 3 to 10
+#: layers of at most 64 filters and kernels of at most 9^3; far beyond the limits,
+#: compiling the network alone takes minutes to hours and its parameters and
+#: activations outgrow memory.
+MAX_LAYERS = 100
+MAX_FILTERS = 1024
+MAX_KERNEL = 15
+MAX_PARAMETERS = 2**27
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -66,6 +78,24 @@ class ModelConfig:
             raise ValueError(f"filters must be positive: {list(self.filters)}")
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be positive, got {self.in_channels}")
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        """Refuse an architecture beyond ``MAX_LAYERS``, ``MAX_KERNEL``, ``MAX_FILTERS`` or
+        ``MAX_PARAMETERS``."""
+        if self.layers > MAX_LAYERS:
+            raise ValueError(f"layers: {self.layers} convolutions, more than the "
+                             f"{MAX_LAYERS} supported")
+        if max(self.kernels) > MAX_KERNEL:
+            raise ValueError(f"kernels: a {max(self.kernels)}^3 kernel, larger than the "
+                             f"{MAX_KERNEL}^3 supported")
+        widest = max(max(self.filters), self.in_channels)
+        if widest > MAX_FILTERS:
+            raise ValueError(f"filters: {widest} channels, more than the {MAX_FILTERS} "
+                             "supported")
+        if self.parameters > MAX_PARAMETERS:
+            raise ValueError(f"filters: {self.parameters:,} parameters, more than the "
+                             f"{MAX_PARAMETERS:,} supported")
 
     @property
     def layers(self) -> int:
@@ -74,6 +104,12 @@ class ModelConfig:
     @property
     def out_channels(self) -> int:
         return self.filters[-1]
+
+    @property
+    def parameters(self) -> int:
+        """Number of parameters: the kernels and biases of every layer."""
+        channels = (self.in_channels,) + self.filters[:-1]
+        return sum(k ** 3 * c * f + f for k, c, f in zip(self.kernels, channels, self.filters))
 
     @property
     def receptive_radius(self) -> int:

@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from srrecnn_jax import cli
+from srrecnn_jax.config import MAX_FILTERS, MAX_KERNEL, MAX_LAYERS
 
 LR_SIZE = (8, 7, 6)  # SimpleITK (x, y, z) size of the good input
 
@@ -317,3 +318,58 @@ def test_config_json_that_does_not_fit_the_stored_parameters_is_one_line(models,
     assert cli.main(["info", str(folder)]) == 1
     line = one_error_line(capfd)
     assert str(folder) in line and "conv1.kernel" in line
+
+
+# --- 5. architectures beyond the documented limits are refused, from any source ----------
+
+
+def test_caffemodel_of_3000_layers_is_refused_before_compiling(tmp_path, capfd):
+    """A 3000-layer chain of 3^3 x 1 convolutions (a few hundred KB, written by the project's
+    own caffe writer) would keep the compiler busy for minutes: ``info`` (which loads it as
+    ``sr`` does) exits 1 with one line naming the file, the layer count and the limit."""
+    import types
+
+    from srrecnn_jax import caffe
+
+    rng = np.random.default_rng(2)
+    layers = 3000
+    chain = types.SimpleNamespace(kernels=(3,) * layers, filters=(1,) * layers,
+                                  padding="same", layers=layers)
+    params = {f"conv{i + 1}": {"kernel": rng.normal(0, 0.1, (3, 3, 3, 1, 1)).astype(np.float32),
+                               "bias": np.zeros(1, np.float32)} for i in range(layers)}
+    path = tmp_path / "deep.caffemodel"
+    path.write_bytes(caffe.caffemodel_bytes(params, chain))
+    capfd.readouterr()
+    assert cli.main(["info", str(path)]) == 1
+    line = one_error_line(capfd)
+    assert str(path) in line and "3000" in line and f"more than the {MAX_LAYERS}" in line
+
+
+def test_model_folder_beyond_the_layer_limit_is_refused(models, tmp_path, capfd):
+    """A model folder whose config.json declares one layer more than the limit: one line
+    naming config.json and the limit (before any parameter is read)."""
+    n = MAX_LAYERS + 1
+    folder = edited_model(models["mono"], tmp_path / "deep",
+                          lambda m: m["model"].update(kernels=[3] * n, filters=[4] * (n - 1) + [1]))
+    capfd.readouterr()
+    assert cli.main(["info", str(folder)]) == 1
+    line = one_error_line(capfd)
+    assert str(folder / "config.json") in line and f"more than the {MAX_LAYERS}" in line
+
+
+@pytest.mark.parametrize("setting, refusal", [
+    ("layers=101", f"101 convolutions, more than the {MAX_LAYERS} supported"),
+    ("filters=2000", f"2000 channels, more than the {MAX_FILTERS} supported"),
+    ("kernel=17", f"17^3 kernel, larger than the {MAX_KERNEL}^3 supported"),
+])
+def test_training_settings_beyond_the_limits_are_refused(setting, refusal, tmp_path, capfd):
+    """``train --set layers=101`` (or 2000 filters, or a 17^3 kernel): exit 1 with one line
+    saying which limit, and no run folder."""
+    h5 = patch_file(tmp_path / "patches.h5")
+    run = tmp_path / "run"
+    args = ["train", str(h5), "--out", str(run), "--quiet", "--set", "layers=2", "--set",
+            "filters=2", "--set", "batch=2", "--set", "max_iter=1", "--set", setting]
+    capfd.readouterr()
+    assert cli.main(args) == 1
+    assert refusal in one_error_line(capfd)
+    assert not run.exists()
