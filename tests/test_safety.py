@@ -373,3 +373,70 @@ def test_training_settings_beyond_the_limits_are_refused(setting, refusal, tmp_p
     assert cli.main(args) == 1
     assert refusal in one_error_line(capfd)
     assert not run.exists()
+
+
+# --- 6. training settings and data are checked before a run folder is written -----------
+
+
+def train_args(data: Path, run: Path, *settings: str) -> list[str]:
+    """``train`` of the tiny net for 8 steps, with ``settings`` (``key=value``) added."""
+    args = ["train", str(data), "--out", str(run), "--quiet", *TINY_RUN]
+    for setting in settings:
+        args += ["--set", setting]
+    return args
+
+
+def test_labels_smaller_than_the_data_are_refused_by_file(tmp_path, capfd):
+    """An HDF5 patch set of 5^3 data patches with 3^3 labels: exit 1, one line naming the
+    file, and no run folder (it used to crash in the first step, after writing one)."""
+    h5 = patch_file(tmp_path / "mismatched.h5", patch=5, label_patch=3)
+    run = tmp_path / "run"
+    capfd.readouterr()
+    assert cli.main(train_args(h5, run)) == 1
+    line = one_error_line(capfd)
+    assert str(h5) in line and "label" in line
+    assert not run.exists()
+
+
+def test_validation_image_too_small_for_the_validation_scale_is_refused(lr_path, tmp_path,
+                                                                        capfd):
+    """``--validate`` an 8 x 7 x 6 image with ``validation_scale=7`` (it would degrade to
+    fewer than 2 voxels per axis and fail at the first validation, after checkpoints):
+    exit 1, one line naming the image and the setting, no run folder."""
+    h5 = patch_file(tmp_path / "patches.h5")
+    run = tmp_path / "run"
+    capfd.readouterr()
+    assert cli.main(train_args(h5, run, "validation_scale=7") + ["--validate",
+                                                                 str(lr_path)]) == 1
+    line = one_error_line(capfd)
+    assert str(lr_path) in line and "validation_scale" in line
+    assert not run.exists()
+
+
+def test_patch_scale_too_large_for_a_training_image_is_refused(lr_path, tmp_path, capfd):
+    """Training on an 8 x 7 x 6 image with ``patch_scales=[60]``: exit 1, one line naming
+    the setting, no run folder."""
+    run = tmp_path / "run"
+    capfd.readouterr()
+    assert cli.main(train_args(lr_path, run, "patch=3", "patch_scales=[60]")) == 1
+    assert "patch_scales" in one_error_line(capfd)
+    assert not run.exists()
+
+
+def test_run_that_failed_before_its_first_checkpoint_restarts_with_new_settings(tmp_path,
+                                                                              capfd):
+    """A run stopped by a NaN row before its first checkpoint (steps 1-2 logged), rerun in
+    the same folder on clean data with another learning rate: it trains from step 1 with
+    the new settings, and its metrics log holds each step once."""
+    import json
+
+    run = tmp_path / "run"
+    poisoned = patch_file(tmp_path / "poisoned.h5", poison=("data", 5))
+    clean = patch_file(tmp_path / "clean.h5")
+    assert cli.main(train_args(poisoned, run, "checkpoint_every=100")) == 1
+    assert cli.main(train_args(clean, run, "checkpoint_every=100",
+                               "learning_rate=0.0005")) == 0
+    assert json.loads((run / "train_config.json").read_text())["learning_rate"] == 0.0005
+    steps = [json.loads(line)["step"] for line in
+             (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))

@@ -639,14 +639,22 @@ def test_init_from_an_srcnn3d_model_fine_tunes_that_architecture(patches_h5, tmp
     assert not np.array_equal(trained.params["conv1"]["kernel"], params["conv1"]["kernel"])
 
 
-@pytest.mark.parametrize("setting, named", [("layers=1.5", "layers"), ("filters=0", "filters"),
-                                            ("steps=[a]", "steps"),
-                                            ("learning_rate=-1", "learning_rate"),
-                                            ("residual=\"false\"", "residual")])
+@pytest.mark.parametrize("setting, named", [
+    ("layers=1.5", "layers"), ("filters=0", "filters"), ("steps=[a]", "steps"),
+    ("learning_rate=-1", "learning_rate"), ("residual=\"false\"", "residual"),
+    ("learning_rate=inf", "learning_rate"), ("learning_rate=1e39", "learning_rate"),
+    ("gamma=nan", "gamma"), ("epsilon=inf", "epsilon"), ("validation_scale=inf",
+                                                         "validation_scale"),
+    ("seed=-1", "seed"), ("patch_scales=[]", "patch_scales"),
+    ("model={kernels=[3, 3], filters=[2, 1], residual=\"false\"}", "residual"),
+    ("model={kernels=[3.0, 3.0], filters=[2, 1]}", "kernels"),
+])
 def test_bad_setting_is_one_error_line_and_writes_nothing(setting, named, patches_h5,
                                                           tmp_path, capsys):
-    """A setting of the wrong type or range: exit 1, one line naming it, no run folder."""
+    """A setting of the wrong type or range (a NaN, an infinity, a learning rate infinite
+    in float32, a negative seed, a string where true/false belongs): exit 1, one line
+    naming it, no run folder."""
     run = tmp_path / "run"
-    assert train_cli(patches_h5, run, "--set", setting) == 1
+    assert train_cli(patches_h5, run, *small_settings(max_iter=1), "--set", setting) == 1
     assert named in one_error_line(capsys)
     assert not run.exists()

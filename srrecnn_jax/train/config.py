@@ -41,6 +41,8 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         if self.solver not in ("adam", "sgd"):
             raise ValueError(f"solver must be adam or sgd, not {self.solver!r}")
+        _check_finite(self, "learning_rate", "beta1", "beta2", "epsilon", "momentum",
+                      "weight_decay", "bias_lr_mult")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         for name in ("beta1", "beta2", "momentum"):
@@ -67,6 +69,7 @@ class ScheduleConfig:
             raise ValueError(f"max_iter must be >= 0, got {self.max_iter}")
         if any(s < 0 for s in self.steps) or list(self.steps) != sorted(self.steps):
             raise ValueError(f"steps must be increasing and >= 0, got {list(self.steps)}")
+        _check_finite(self, "gamma")
         if not self.gamma > 0:
             raise ValueError(f"gamma must be positive, got {self.gamma}")
 
@@ -96,8 +99,15 @@ class TrainConfig:
                      "patch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.validation_scale > 0 or not all(s > 0 for s in self.patch_scales):
-            raise ValueError("validation_scale and patch_scales must be positive")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2^32), got {self.seed}")
+        _check_finite(self, "validation_scale", "patch_scales")
+        if not self.patch_scales:
+            raise ValueError("patch_scales needs at least one scale")
+        for name in ("validation_scale", "patch_scales"):
+            values = getattr(self, name)
+            if not all(v > 0 for v in (values if isinstance(values, tuple) else (values,))):
+                raise ValueError(f"{name} must be positive, got {values}")
 
     def to_dict(self) -> dict[str, Any]:
         """Flat settings plus a ``model`` table (the form ``config_from`` reads)."""
@@ -110,6 +120,18 @@ class TrainConfig:
 
 
 _PARTS = ("model", "optimizer", "schedule")
+#: The largest float32: every number setting must stay finite as float32 on the device.
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_finite(settings: Any, *names: str) -> None:
+    """``ValueError`` naming the first of ``names`` with a NaN, an infinity or a value too
+    large for float32 (a learning rate of 1e39 is infinite on the device)."""
+    for name in names:
+        value = getattr(settings, name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if not abs(v) <= _FLOAT32_MAX:
+                raise ValueError(f"{name} must be a finite float32 number, got {v}")
 #: The ReCNN shorthand for the architecture.
 MODEL_KEYS = ("layers", "filters", "kernel", "in_channels", "residual")
 

@@ -55,9 +55,10 @@ class PatchSet:
             except (OSError, KeyError) as e:
                 raise SrrecnnError(f"{path}: not a patch set with data and label ({e})") \
                     from None
-            if data.ndim != 5 or label.shape[0] != data.shape[0] or label.shape[1] != 1:
+            if (data.ndim != 5 or label.ndim != 5 or label.shape[0] != data.shape[0]
+                    or label.shape[1] != 1 or label.shape[2:] != data.shape[2:]):
                 raise SrrecnnError(f"{path}: data {data.shape} / label {label.shape} are not "
-                                   "(N, C, P, P, P) / (N, 1, P, P, P)")
+                                   "(N, C, P, P, P) / (N, 1, P, P, P) with the same N and P")
             if channels not in (None, data.shape[1:]):
                 raise SrrecnnError(f"{path}: patches {data.shape[1:]} differ from the "
                                    f"other files' {channels}")
@@ -152,6 +153,17 @@ def _check_finite_rows(path: Path, name: str, first: int, rows: np.ndarray) -> N
                            "values (NaN or infinity)")
 
 
+def check_degradable(shape: Sequence[int], scale: float, name: str, setting: str) -> None:
+    """Refuse a volume of ``shape`` that degrading by ``scale`` (the observation model)
+    leaves with fewer than 2 low-resolution voxels along an axis; the error names the
+    volume and the training ``setting`` that holds the scale."""
+    low = tuple(int(n // scale) for n in shape)
+    if min(low) < 2:
+        raise SrrecnnError(f"{name} of {tuple(shape)} voxels degraded by {setting} {scale:g} "
+                           f"leaves {low} low-resolution voxels; at least 2 per axis are "
+                           "needed")
+
+
 class RandomPatches:
     """Patches cut on the fly from HR volumes: random volume, scale and position.
 
@@ -170,6 +182,8 @@ class RandomPatches:
                              scales=tuple((float(s),) * 3 for s in scales))
         self.pairs = []
         for i, volume in enumerate(volumes):
+            for scale in scales:
+                check_degradable(volume.shape, scale, f"training volume {i}", "patch_scales")
             arrays = {"hr": volume, "other": others[i] if others else None}
             source = Source(Path("hr"), Path("other") if others else None,
                             "intermod" if others else "simulated")

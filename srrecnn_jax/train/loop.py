@@ -41,7 +41,7 @@ from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import validate
 from srrecnn_jax.plots import draw_curves
 from srrecnn_jax.train.config import TrainConfig, read_run_config, resolve
-from srrecnn_jax.train.data import PatchSet, RandomPatches, prefetch
+from srrecnn_jax.train.data import PatchSet, RandomPatches, check_degradable, prefetch
 from srrecnn_jax.train.step import compile_step, init_state
 
 
@@ -128,6 +128,9 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
 
     manager = _manager(run_dir, config.keep)
     start = manager.latest_step() or 0
+    log_file = run_dir / "metrics.jsonl"
+    if process == 0:
+        _forget_later_logs(log_file, run_dir / "curves.png", start)
     if start:
         state, _ = restore_state(run_dir, start, replicated)
     else:
@@ -157,7 +160,6 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
     last: dict = {}
     tick, tick_step = time.perf_counter(), start
     step = start
-    log_file = run_dir / "metrics.jsonl"
     batches = prefetch(data, start, max_iter, config.batch, process, processes, stats=stats)
     for local in batches:
         batch = jax.tree_util.tree_map(
@@ -201,6 +203,27 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
     return last
 
 
+def _forget_later_logs(log_file: Path, curves: Path, step: int) -> None:
+    """Keep the lines of ``log_file`` up to ``step`` (where the run starts or resumes): later
+    ones, every one on a fresh start, are of an attempt whose checkpoints were not kept,
+    and their steps are logged again. With no line left, ``curves`` goes too."""
+    if not log_file.exists():
+        return
+    lines = log_file.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    def logged_step(line: str) -> float:
+        try:
+            return float(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            return float("inf")  # a line cut short by a kill
+
+    kept = [line for line in lines if logged_step(line) <= step]
+    if kept != lines:
+        io.write_text_atomic(log_file, "".join(kept))
+    if not kept:
+        curves.unlink(missing_ok=True)
+
+
 def open_data(paths: Sequence[Path], config: TrainConfig) -> PatchSet | RandomPatches:
     """HDF5 patch sets (or list files naming them), else HR images to cut random patches
     from on the fly (``config.patch``, ``config.patch_scales``, ``config.seed``)."""
@@ -223,6 +246,9 @@ def train_files(data: Sequence[Path], run_dir: Path, *, config_file: Path | None
     config = resolve(run_dir, config_file, caffe_solver, overrides,
                      init_model.config if init_model else None)
     held_out = [io.read_volume(path, "validation image") for path in validation]
+    for path, volume in zip(validation, held_out):
+        check_degradable(volume.shape, config.validation_scale, f"{path}: validation image",
+                         "validation_scale")
     patches = open_data(data, config)
     try:
         if on_start:
