@@ -440,3 +440,19 @@ def test_run_that_failed_before_its_first_checkpoint_restarts_with_new_settings(
     steps = [json.loads(line)["step"] for line in
              (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
+
+
+def test_parameters_that_overflow_in_an_update_are_never_checkpointed(tmp_path, capfd):
+    """SGD with a learning rate of 3e38 (finite in float32): the first update turns finite
+    gradients into infinite parameters while the loss is still finite. With a checkpoint
+    due every step and a log only every 100, the run stops at step 1 with one line naming
+    the step, and leaves no checkpoint and no model."""
+    h5 = patch_file(tmp_path / "patches.h5")
+    run = tmp_path / "run"
+    capfd.readouterr()
+    assert cli.main(train_args(h5, run, "solver=sgd", "momentum=0", "learning_rate=3e38",
+                               "log_every=100")) == 1
+    line = one_error_line(capfd)
+    assert "step 1" in line and "not finite" in line
+    assert not any(p.name.isdigit() for p in (run / "checkpoints").iterdir())
+    assert not (run / "model").exists()

@@ -145,8 +145,8 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
             manager.wait_until_finished()  # the good checkpoints in flight are kept
             good = [s for s in checkpoint_steps(run_dir) if s < step]
             kept = f"; the last good checkpoint is step {good[-1]}" if good else ""
-            raise SrrecnnError(f"step {step}: loss or gradient is not finite "
-                               f"(loss {values['loss']}): check the data for NaN or "
+            raise SrrecnnError(f"step {step}: loss, gradient or updated parameters are not "
+                               f"finite (loss {values['loss']}): check the data for NaN or "
                                f"infinite values, or lower the learning rate{kept}")
         return values
 

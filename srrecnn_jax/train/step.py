@@ -75,7 +75,9 @@ def train_step(state: dict, batch: dict, config: TrainConfig) -> tuple[dict, dic
     The network runs with its residual (the skip of the interpolated input),
     as at inference; the published Caffe nets learned the same function with
     the skip applied outside the net. Raises nothing; ``metrics["finite"]``
-    flags a non-finite loss or gradient for the caller to stop on.
+    flags a non-finite loss, gradient or updated parameter (a finite gradient times
+    a large learning rate can overflow) for the caller to stop on, before it saves
+    the state.
     """
     def objective(params):
         # XLA's convolution, also on CPU, where the Winograd one's gradient is 1.7x
@@ -91,9 +93,11 @@ def train_step(state: dict, batch: dict, config: TrainConfig) -> tuple[dict, dic
                                                        state["params"])
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
+    params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf))
+                                       for leaf in jax.tree_util.tree_leaves(params)]))
     metrics = {"loss": loss, "grad_norm": grad_norm,
                "learning_rate": learning_rate_schedule(config)(state["step"]),
-               "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+               "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite}
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
 
