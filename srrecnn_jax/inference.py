@@ -56,6 +56,7 @@ def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequ
         raise SrrecnnError(f"input: array is {lr.ndim}-D, expected 3-D (x, y, z)")
     _check_channels(config, reference is not None)
     scale = _scale(scale)
+    output_shape(lr.shape, scale, config.in_channels)
     if not 0 <= order <= 5:
         raise SrrecnnError(f"spline order must be 0 to 5, got {order}", "order")
     if interpolation not in INTERPOLATIONS:
@@ -76,6 +77,30 @@ def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequ
         io.check_values(reference, "reference")
         channels.append(reference / np.float32(reference.max()))
     return Prepared(np.stack(channels, axis=-1), low, top)
+
+
+#: Bytes of memory per output voxel besides the network's own (tiled) work: the network
+#: input (float32 per channel), its output, the finished array and the output image.
+def _bytes_per_output_voxel(channels: int) -> int:
+    return 4 * (channels + 4)
+
+
+def output_shape(size: Sequence[int], factors: Sequence[float], channels: int,
+                 name: str = "input") -> tuple[int, ...]:
+    """The zoomed size ``round(n * s)`` of an input of ``size`` voxels (x, y, z) by
+    ``factors``, refused (``SrrecnnError`` naming ``scale``) before any work when it has
+    fewer than 2 voxels along an axis, more than ``io.MAX_VOXELS`` voxels, or needs more
+    memory than this machine has (``channels``: the network's input channels)."""
+    extent = [float(n) * s for n, s in zip(size, factors)]
+    described = (f"{name} of {io.size_text(size)} voxels scaled by {tuple(factors)} gives "
+                 f"{io.size_text(extent)} voxels")
+    problem = io.size_problem(float(np.prod(extent)), _bytes_per_output_voxel(channels))
+    if problem:
+        raise SrrecnnError(f"{described}, {problem}", "scale")
+    shape = zoomed_shape(size, factors)
+    if min(shape) < 2:
+        raise SrrecnnError(f"{described}: fewer than 2 along an axis", "scale")
+    return shape
 
 
 def finish_array(prepared: Prepared, y: np.ndarray) -> np.ndarray:
@@ -174,11 +199,9 @@ class SuperResolver:
         io.check_image(image, input_name)
         _check_channels(self.config, reference is not None)
         factors = _scale(scale)
+        out_size = output_shape(image.GetSize(), factors, self.config.in_channels, input_name)
         lr = io.to_array(image)
         io.check_values(lr, input_name)
-        out_size = zoomed_shape(lr.shape, factors)
-        if min(out_size) < 2:
-            raise SrrecnnError(f"{factors} gives an output of {out_size} voxels", "scale")
         geometry = io.zoomed_geometry(image, out_size, factors, header)
         ref = None
         if reference is not None:
@@ -238,6 +261,7 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
     inputs = [source] + ([reference] if reference else [])
     io.check_output_file(output, force, inputs)
     image = io.read_input(source, "input image")
+    output_shape(image.GetSize(), _scale(scale), 2 if reference else 1, str(source))
     ref = io.read_input(reference, "reference image") if reference else None
     resolver = SuperResolver.load(model, prototxt)
     result = resolver.run(image, scale, ref, order=order, tile=tile, residual=residual,

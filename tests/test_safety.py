@@ -456,3 +456,43 @@ def test_parameters_that_overflow_in_an_update_are_never_checkpointed(tmp_path, 
     assert "step 1" in line and "not finite" in line
     assert not any(p.name.isdigit() for p in (run / "checkpoints").iterdir())
     assert not (run / "model").exists()
+
+
+# --- 7. outputs and inputs too large for this machine are refused before any work -------
+
+
+def machine_with_memory(monkeypatch, size: int) -> None:
+    """Make ``os.sysconf`` report ``size`` bytes of physical memory."""
+    sysconf = os.sysconf
+
+    def reported(name):
+        if name == "SC_PHYS_PAGES":
+            return size // sysconf("SC_PAGE_SIZE")
+        return sysconf(name)
+
+    monkeypatch.setattr(os, "sysconf", reported)
+
+
+def test_scale_of_a_million_is_refused_naming_the_output_size(lr_path, out_dir, models,
+                                                             capfd):
+    """``-s 1e6`` on an 8 x 7 x 6 image asks for 8000000 x 7000000 x 6000000 voxels (it
+    used to abort in C++ after a minute): exit 1 with one line naming --scale and that
+    size, and no output."""
+    capfd.readouterr()
+    assert cli.main(sr_args(lr_path, out_dir / "out.nii.gz", models["mono"], "-s", "1e6")) == 1
+    line = one_error_line(capfd)
+    assert "--scale" in line and "8000000x7000000x6000000" in line
+    assert listing(out_dir) == []
+
+
+def test_output_larger_than_the_memory_is_refused_up_front(lr_path, out_dir, models, capfd,
+                                                          monkeypatch):
+    """On a machine with 256 MiB of memory, ``-s 40`` on an 8 x 7 x 6 image (a 320 x 280 x
+    240 float32 output, with its network input and copies about 400 MiB) is refused
+    before the zoom: one line naming --scale, the output size and the memory."""
+    machine_with_memory(monkeypatch, 256 << 20)
+    capfd.readouterr()
+    assert cli.main(sr_args(lr_path, out_dir / "out.nii.gz", models["mono"], "-s", "40")) == 1
+    line = one_error_line(capfd)
+    assert "--scale" in line and "320x280x240" in line and "memory" in line
+    assert listing(out_dir) == []
