@@ -130,8 +130,12 @@ def read_image(path: str | Path, role: str = "image") -> sitk.Image:
         raise SrrecnnError(f"{path}: no such {role} file")
     if path.is_dir():
         raise SrrecnnError(f"{path}: is a folder, expected a {role} file")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()  # the header only: check the size before the voxels
+        _check_declared_size(reader, path, role)
+        image = reader.Execute()
     except RuntimeError:
         raise SrrecnnError(f"{path}: unreadable or corrupt {role} (SimpleITK could not read it)") \
             from None
@@ -141,23 +145,51 @@ def read_image(path: str | Path, role: str = "image") -> sitk.Image:
     return image
 
 
-def _check_nifti_complete(path: Path, role: str) -> None:
+def _check_declared_size(reader: sitk.ImageFileReader, path: Path, role: str) -> None:
+    """Refuse, from its header alone, an image whose voxels would not fit this machine (a
+    small compressed file can declare, or decompress to, gigabytes): reading it holds the
+    image, its array and the float32 array made from it."""
+    size = reader.GetSize()
+    components = reader.GetNumberOfComponents()
+    pixel = sitk.Image([1] * len(size), reader.GetPixelID(), components)
+    bytes_per_voxel = components * (2 * pixel.GetSizeOfPixelComponent() + 4)
+    problem = size_problem(float(np.prod([float(n) for n in size])), bytes_per_voxel)
+    if problem:
+        raise SrrecnnError(f"{path}: {role} of {size_text(size)} voxels "
+                           f"({pixel.GetPixelIDTypeAsString()}), {problem}")
+
+
+def _check_nifti_complete(path: Path, role: str, to_end: bool = False) -> None:
     """Refuse a NIfTI file whose voxel data is cut short.
 
     SimpleITK fills missing voxels of a truncated file with zeros or garbage
     without an error, so compare the (decompressed) length with what the
-    header promises: ``vox_offset + prod(dim) * bitpix / 8``.
+    header promises: ``vox_offset + prod(dim) * bitpix / 8``. Decompression stops
+    there (data after the voxels, gigabytes of zeros say, is never read) unless
+    ``to_end``: a file we wrote is read to its end, so that a compressed stream cut
+    anywhere, even in its trailer, is caught.
     """
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
             header = f.read(540)
+            expected = _nifti_length(header)
+            if expected is None:
+                return  # not a header we know: SimpleITK read it, trust it
             length = len(header)
-            while chunk := f.read(1 << 22):
+            while (to_end or length < expected) and (chunk := f.read(1 << 22)):
                 length += len(chunk)
     except (OSError, EOFError):
         raise SrrecnnError(f"{path}: truncated or corrupt {role} (compressed data cut short)") \
             from None
+    if length < expected:
+        raise SrrecnnError(f"{path}: truncated {role} ({length} bytes, the header promises "
+                           f"{expected})")
+
+
+def _nifti_length(header: bytes) -> int | None:
+    """The bytes a NIfTI-1 or -2 file with this header holds up to its last voxel, or None
+    for a header of neither."""
     for endian in "<>":
         if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
             dims = struct.unpack(endian + "8h", header[40:56])
@@ -170,13 +202,11 @@ def _check_nifti_complete(path: Path, role: str) -> None:
             offset = struct.unpack(endian + "q", header[168:176])[0]
             break
     else:
-        return  # not a header we know: SimpleITK read it, trust it
+        return None
     count = 1
     for n in dims[1:1 + max(0, min(dims[0], 7))]:
         count *= max(n, 1)
-    if length < offset + count * bitpix // 8:
-        raise SrrecnnError(f"{path}: truncated {role} ({length} bytes, the header promises "
-                           f"{offset + count * bitpix // 8})")
+    return offset + count * bitpix // 8
 
 
 def check_image(image: sitk.Image, name: str) -> None:
@@ -393,7 +423,7 @@ def check_written_image(written: Path, image: sitk.Image, name: str | Path) -> N
         raise short(f"its header says {reader.GetSize()} voxels, not {image.GetSize()}")
     if written.name.endswith((".nii", ".nii.gz")):
         try:
-            _check_nifti_complete(written, "written image")
+            _check_nifti_complete(written, "written image", to_end=True)
         except SrrecnnError:
             raise short("voxel data cut short") from None
         return
@@ -574,7 +604,7 @@ def write_image_verified(image: sitk.Image, path: str | Path, staging_root: Path
                                "unwritable location)") from None
         try:
             if staged.name.endswith((".nii", ".nii.gz")):
-                _check_nifti_complete(staged, "written image")
+                _check_nifti_complete(staged, "written image", to_end=True)
             else:
                 sitk.ReadImage(str(staged))
         except (SrrecnnError, RuntimeError):

@@ -496,3 +496,74 @@ def test_output_larger_than_the_memory_is_refused_up_front(lr_path, out_dir, mod
     line = one_error_line(capfd)
     assert "--scale" in line and "320x280x240" in line and "memory" in line
     assert listing(out_dir) == []
+
+
+def nifti_bytes(array: np.ndarray, folder: Path) -> bytes:
+    """The bytes of an uncompressed NIfTI-1 file of ``array`` (z, y, x) as SimpleITK writes."""
+    path = folder / "plain.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def test_small_file_declaring_a_huge_volume_is_refused_by_name(out_dir, models, tmp_path,
+                                                              capfd):
+    """A 100-byte .nii.gz whose header declares 2048^3 int16 voxels (16 GiB; reading it used
+    to allocate them all and then fail as truncated, after a minute): exit 1 with one line
+    naming the file and the declared size, and no output."""
+    import gzip
+    import struct
+
+    raw = bytearray(nifti_bytes(np.ones((4, 4, 4), np.int16), tmp_path))
+    raw[40:56] = struct.pack("<8h", 3, 2048, 2048, 2048, 1, 1, 1, 1)  # dim[0..7]
+    path = tmp_path / "huge.nii.gz"
+    path.write_bytes(gzip.compress(bytes(raw)))
+    capfd.readouterr()
+    assert cli.main(sr_args(path, out_dir / "out.nii.gz", models["mono"])) == 1
+    line = one_error_line(capfd)
+    assert str(path) in line and "2048x2048x2048" in line
+    assert listing(out_dir) == []
+
+
+def test_gzip_bomb_larger_than_the_memory_is_refused_before_reading(out_dir, models,
+                                                                   tmp_path, capfd,
+                                                                   monkeypatch):
+    """A 13 MiB volume (192^3 int16) that compresses to a few KB, on a machine with 32 MiB of
+    memory (reading it takes the image, its array and a float32 copy, about 54 MiB):
+    exit 1 with one line naming the file and the memory, before any voxel is read."""
+    import gzip
+
+    path = tmp_path / "bomb.nii.gz"
+    path.write_bytes(gzip.compress(nifti_bytes(np.ones((192, 192, 192), np.int16), tmp_path)))
+    machine_with_memory(monkeypatch, 32 << 20)
+    capfd.readouterr()
+    assert cli.main(sr_args(path, out_dir / "out.nii.gz", models["mono"])) == 1
+    line = one_error_line(capfd)
+    assert str(path) in line and "192x192x192" in line and "memory" in line
+    assert listing(out_dir) == []
+
+
+def test_data_after_the_voxels_of_a_nii_gz_is_never_decompressed(lr_path, out_dir, models,
+                                                                 tmp_path, monkeypatch):
+    """An input .nii.gz whose compressed stream goes on with 32 MiB of zeros after its
+    voxels: it is read and super-resolved, and Python's gzip hands out less than 8 MiB in
+    all (the completeness check stops at the last voxel the header declares)."""
+    import gzip
+
+    values = sitk.GetArrayFromImage(sitk.ReadImage(str(lr_path)))
+    path = tmp_path / "padded.nii.gz"
+    path.write_bytes(gzip.compress(nifti_bytes(values, tmp_path) + bytes(32 << 20)))
+    handed_out = []
+    read = gzip.GzipFile.read
+
+    def counting_read(self, *args, **kwargs):
+        data = read(self, *args, **kwargs)
+        handed_out.append(len(data))
+        return data
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
+    output = out_dir / "out.nii.gz"
+    assert cli.main(sr_args(path, output, models["mono"])) == 0
+    assert sitk.ReadImage(str(output)).GetSize() == tuple(2 * n for n in LR_SIZE)
+    assert sum(handed_out) < 8 << 20
