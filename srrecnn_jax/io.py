@@ -9,6 +9,7 @@ that transpose.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import os
 import shutil
@@ -115,7 +116,7 @@ def check_output_file(output: Path, force: bool, inputs: Sequence[Path] = (),
     if image and not is_image_name(output):  # SimpleITK is case-sensitive
         raise SrrecnnError(f"{output}: unknown image format; use one of "
                            f"{', '.join(IMAGE_SUFFIXES)} (lower case)")
-    if any(output.resolve() == Path(p).resolve() for p in inputs):
+    if any(os.path.realpath(output) == os.path.realpath(p) for p in inputs):  # no loop error
         raise SrrecnnError(f"{output}: output would replace an input")
     if output.exists() and not force:
         raise OutputExistsError(f"{output}: already exists")
@@ -123,11 +124,26 @@ def check_output_file(output: Path, force: bool, inputs: Sequence[Path] = (),
         raise SrrecnnError(f"{output}: folder {output.parent} does not exist")
 
 
+def missing_file(path: Path, role: str) -> SrrecnnError:
+    """The error for a ``path`` that does not lead to a file: a symbolic link loop, a
+    broken symbolic link, or nothing there."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return SrrecnnError(f"{path}: is a symbolic link loop (it leads to no {role} "
+                                "file)")
+    if path.is_symlink():
+        return SrrecnnError(f"{path}: is a broken symbolic link (to {os.readlink(path)}; "
+                            f"no {role} file there)")
+    return SrrecnnError(f"{path}: no such {role} file")
+
+
 def read_image(path: str | Path, role: str = "image") -> sitk.Image:
     """Read a scalar 3-D image; raise ``SrrecnnError`` naming ``path`` otherwise."""
     path = Path(path)
     if not path.exists():
-        raise SrrecnnError(f"{path}: no such {role} file")
+        raise missing_file(path, role)
     if path.is_dir():
         raise SrrecnnError(f"{path}: is a folder, expected a {role} file")
     reader = sitk.ImageFileReader()

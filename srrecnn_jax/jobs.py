@@ -137,8 +137,9 @@ def plan(sources: Sequence[Path], out_dir: Path, glob: str = "*.nii*", suffix: s
     """This process's jobs: inputs found in ``sources`` (outputs inside ``out_dir`` are never
     inputs), named by ``plan_jobs``, checked by ``check_inputs_kept`` (``manifest``: the
     manifest's path), shared out by ``shard``."""
-    inside_out = out_dir.resolve()
-    inputs = collect_inputs(sources, glob, exclude=lambda p: inside_out in p.resolve().parents)
+    inside_out = Path(os.path.realpath(out_dir))  # realpath: no error on a link loop
+    inputs = collect_inputs(sources, glob,
+                            exclude=lambda p: inside_out in Path(os.path.realpath(p)).parents)
     if not inputs:
         raise SrrecnnError(f"{' '.join(map(str, sources))}: no input images found "
                            f"(file pattern {glob!r})")

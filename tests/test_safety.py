@@ -567,3 +567,45 @@ def test_data_after_the_voxels_of_a_nii_gz_is_never_decompressed(lr_path, out_di
     assert cli.main(sr_args(path, output, models["mono"])) == 0
     assert sitk.ReadImage(str(output)).GetSize() == tuple(2 * n for n in LR_SIZE)
     assert sum(handed_out) < 8 << 20
+
+
+# --- 8. symbolic link loops as inputs ---------------------------------------------------
+
+
+@pytest.fixture
+def link_loop(tmp_path: Path) -> Path:
+    """``a.nii.gz -> b.nii.gz -> a.nii.gz`` (``ln -s b a; ln -s a b``); returns a."""
+    folder = tmp_path / "links"
+    folder.mkdir()
+    (folder / "a.nii.gz").symlink_to("b.nii.gz")
+    (folder / "b.nii.gz").symlink_to("a.nii.gz")
+    return folder / "a.nii.gz"
+
+
+def test_symlink_loop_as_the_input_is_one_line_naming_it(link_loop, out_dir, models, capfd):
+    """``sr a.nii.gz -o ...`` where a and b link to each other (it used to end in Python's
+    "Symlink loop" traceback): exit 1, one line naming the file as a link loop, no
+    output."""
+    capfd.readouterr()
+    assert cli.main(sr_args(link_loop, out_dir / "out.nii.gz", models["mono"])) == 1
+    line = one_error_line(capfd)
+    assert str(link_loop) in line and "symbolic link loop" in line
+    assert listing(out_dir) == []
+
+
+def test_symlink_loop_in_batch_mode_is_a_failed_job_naming_it(link_loop, lr_path, out_dir,
+                                                              models, capfd):
+    """Batch mode given the loop and a good image: the good one is written, the loop is one
+    error line (and manifest row) naming it as a link loop, exit 1."""
+    import json
+
+    capfd.readouterr()
+    assert cli.main(["sr", str(link_loop), str(lr_path), "--out-dir", str(out_dir), "-m",
+                     str(models["mono"]), "-s", "2", "--quiet"]) == 1
+    line = one_error_line(capfd)
+    assert str(link_loop) in line and "symbolic link loop" in line
+    rows = {row["input"]: row for row in map(json.loads, (
+        out_dir / "srrecnn_manifest.jsonl").read_text().splitlines())}
+    assert rows[str(link_loop)]["status"] == "error"
+    assert "symbolic link loop" in rows[str(link_loop)]["error"]
+    assert rows[str(lr_path)]["status"] == "ok"
