@@ -34,7 +34,8 @@ def add_to(commands) -> None:
                    help="model folder (from `srrecnn convert`), training run folder or a "
                    ".caffemodel file")
     p.add_argument("-s", "--scale", type=common.scale, required=True,
-                   help="zoom factor: one number or x,y,z (e.g. 2 or 2,2,2.5)")
+                   help="zoom factor: one number or x,y,z (e.g. 2 or 2,2,2.5); the output "
+                   "may have at most 2^32 voxels and must fit this machine's memory")
     p.add_argument("-r", "--reference", type=Path,
                    help="high-resolution image of another modality, for multimodal models; "
                    "resampled onto the output grid if it is not on it already")

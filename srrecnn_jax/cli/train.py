@@ -60,12 +60,15 @@ def add_to(commands) -> None:
                    "files listing them (train.txt; paths relative to the list file), or HR "
                    "images (NIfTI...) to cut random patches from on the fly (settings patch, "
                    "patch_scales)")
-    p.add_argument("--out", type=Path, required=True, help="run folder (created or resumed)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run folder (created or resumed; one with no checkpoint yet restarts "
+                   "with the settings given)")
     p.add_argument("--config", type=Path, help="TOML or JSON file of settings")
     p.add_argument("--from-caffe-solver", type=Path, help="Caffe solver.prototxt to import")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set learning_rate=1e-4 --set "
-                   "steps=[1000,2000] (repeatable)")
+                   "steps=[1000,2000] (repeatable); every setting is checked (type, range, "
+                   "architecture limits, fit with the data) before anything is written")
     p.add_argument("--init", type=Path, help="model folder or .caffemodel to fine-tune from")
     common.add_distributed(p, "reads its share of every batch")
     p.add_argument("--validate", type=Path, action="append", default=[], metavar="HR",
