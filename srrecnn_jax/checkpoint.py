@@ -160,6 +160,8 @@ def _load_folder(directory: Path) -> LoadedModel:
     if not config_file.is_file():
         raise SrrecnnError(f"{directory}: not a model folder (no config.json)")
     meta, config = read_meta(config_file)  # before orbax, which reports in tracebacks
+    if not (directory / "params").is_dir():
+        raise SrrecnnError(f"{directory}: not a model folder (no params/)")
     import orbax.checkpoint as ocp
 
     device = jax.local_devices()[0]
@@ -167,8 +169,6 @@ def _load_folder(directory: Path) -> LoadedModel:
                                                  sharding=jax.sharding.SingleDeviceSharding(device))
                       for leaf, shape in leaves.items()}
               for layer, leaves in model.param_shapes(config).items()}
-    if not (directory / "params").is_dir():
-        raise SrrecnnError(f"{directory}: not a model folder (no params/)")
     checkpointer = _local_checkpointer(ocp)
     try:
         # the stored shapes first: a restore into shapes that do not fit fails in

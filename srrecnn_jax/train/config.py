@@ -120,6 +120,7 @@ class TrainConfig:
 
 
 _PARTS = ("model", "optimizer", "schedule")
+
 #: The largest float32: every number setting must stay finite as float32 on the device.
 _FLOAT32_MAX = 3.4028234663852886e38
 
@@ -132,6 +133,8 @@ def _check_finite(settings: Any, *names: str) -> None:
         for v in value if isinstance(value, tuple) else (value,):
             if not abs(v) <= _FLOAT32_MAX:
                 raise ValueError(f"{name} must be a finite float32 number, got {v}")
+
+
 #: The ReCNN shorthand for the architecture.
 MODEL_KEYS = ("layers", "filters", "kernel", "in_channels", "residual")
 
