@@ -23,6 +23,7 @@ def has_zoom_device() -> bool:
     return hasattr(interpolation, "zoom_device")
 
 
+@pytest.mark.slow
 def test_smoke_run_of_every_suite_writes_json_and_a_table(tmp_path):
     out = tmp_path / "bench.json"
     result = bench("--suite", "all", "--smoke", "--json", str(out))
@@ -70,6 +71,7 @@ def test_smoke_run_of_every_suite_writes_json_and_a_table(tmp_path):
     assert infer["flop_per_output_voxel"] == 2 * 27 * (8 + 64 + 8)
 
 
+@pytest.mark.slow
 def test_timed_networks_agree_with_a_float64_reference(tmp_path):
     """What the benchmark times is the right network, with or without PyTorch: every
     smoke inference case (whole and tiled) within 1e-5 of the output range in fp32,
@@ -84,6 +86,7 @@ def test_timed_networks_agree_with_a_float64_reference(tmp_path):
         assert case["float64_max_rel_diff"] <= limit, case["name"]
 
 
+@pytest.mark.slow
 def test_torch_reference_agrees_with_jax(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "bench.json"
@@ -113,6 +116,7 @@ def test_alternating_measurement_takes_the_calls_in_turns():
     assert [len(timed[n].seconds) for n in "ab"] == [3, 3]
 
 
+@pytest.mark.slow
 def test_unknown_suite_is_a_one_line_error():
     result = bench("--suite", "bogus")
     assert result.returncode != 0
@@ -121,6 +125,7 @@ def test_unknown_suite_is_a_one_line_error():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_without_torch_the_torch_columns_give_a_reason(tmp_path):
     out = tmp_path / "bench.json"
     result = bench("--suite", "interp", "--smoke", "--no-torch", "--json", str(out))
