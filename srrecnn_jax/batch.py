@@ -166,9 +166,11 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
     if fatal:
         raise fatal[0]
     scales = resolver.model.trained_scales
+    run_notes = []  # on stderr once, and in every job's manifest row
     if scales and not all(s in scales for s in options.scale):
-        warn(f"scale {options.scale} differs from the scale(s) {scales} the model was "
-             "trained for")
+        run_notes.append(f"scale {options.scale} differs from the scale(s) {scales} the model "
+                         "was trained for")
+        warn(run_notes[-1])
 
     staging = _staging_dir(out_root)
     jobs_q: queue.Queue = queue.Queue()
@@ -194,7 +196,7 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
             except queue.Empty:
                 break
             started = time.perf_counter()
-            notes: list[str] = []
+            notes: list[str] = list(run_notes)
             try:
                 image = io.read_input(job.input, "input image")
                 notes += io.header_warnings(image, str(job.input),
@@ -210,7 +212,7 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
             except Exception as e:  # noqa: BLE001 - reported, the batch goes on
                 fail(job, e, started)
                 continue
-            for note in notes:
+            for note in notes[len(run_notes):]:
                 warn(note)
             ready_q.put((job, prepared, notes, started))
 

@@ -511,10 +511,11 @@ def header_warnings(image: sitk.Image, name: str,
         warnings.append(f"{name}: direction cosines are not orthonormal; the header may be "
                         "inconsistent")
     spacing = np.array(image.GetSpacing())
+    shown = tuple(round(float(s), 3) for s in spacing)
     if spacing.max() > 4 * spacing.min():
-        warnings.append(f"{name}: very anisotropic voxels {tuple(spacing.round(3))} mm")
+        warnings.append(f"{name}: very anisotropic voxels {shown} mm")
     if trained_spacing and np.any(np.abs(np.log(spacing / trained_spacing)) > np.log(2)):
-        warnings.append(f"{name}: spacing {tuple(spacing.round(3))} mm is far from the "
+        warnings.append(f"{name}: spacing {shown} mm is far from the "
                         f"{trained_spacing:g} mm the model was trained on")
     return warnings
 
