@@ -548,12 +548,6 @@ def test_rerun_retries_failed_jobs(small_batch):
         "skipped"] * 3
 
 
-SKIPPED_PROGRESS = (
-    "batch_cli.run_batch_command feeds manifest.records to the progress bar before "
-    "run_batch, but run_batch adds the skipped records itself and never calls progress for "
-    "them, so a resumed run's bar stops at 0/N")
-
-
 def test_rerun_progress_bar_counts_skipped(small_batch):
     """The progress bar of a rerun that skips every output reaches 3/3."""
     code, _, err = run_cli(*small_batch["args"], quiet=False)
