@@ -873,6 +873,47 @@ def test_output_that_does_not_read_back_is_a_failed_job(tmp_path, models, monkey
     assert not (out / "a_SR.mha").exists()
 
 
+# --- file names that are not UTF-8 ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_file_name_not_utf8_is_one_failed_job(tmp_path, models):
+    """A scan named with a byte that is not UTF-8 (``scan_\\xff.nii.gz``, a Latin-1 name)
+    fails alone: one error line naming it (the byte shown as ``\\xff``), an error row in
+    the manifest, exit 1; the other scan is written and no staging folder is left. (The
+    real command: SimpleITK aborted the whole process on such a name.)"""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(synthetic((6, 6, 6), 0), src / "good.nii.gz")
+    staged = save(synthetic((6, 6, 6), 1), src / "latin1.nii.gz")
+    os.rename(os.fsencode(staged), os.fsencode(src) + b"/scan_\xff.nii.gz")
+    proc = subprocess.run(command(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("srrecnn: error:") and "scan_\\xff.nii.gz" in line, line
+    assert "not valid UTF-8" in line, line
+    assert (out / "good_SR.nii.gz").is_file()
+    rows = {os.fsencode(r["input"]): r["status"] for r in manifest(out)}
+    assert rows == {os.fsencode(src) + b"/scan_\xff.nii.gz": "error",
+                    os.fsencode(src / "good.nii.gz"): "ok"}
+    assert tmp_leftovers(out) == []
+
+
+def test_list_file_not_utf8_is_one_error_line(tmp_path, models):
+    """A .txt list that is not UTF-8 text (here Latin-1) ends the batch before any work with
+    one line naming the list file; nothing is written."""
+    scan = save(synthetic((6, 6, 6), 0), tmp_path / "in" / "a.nii.gz")
+    listing = tmp_path / "scans.txt"
+    listing.write_bytes(f"{scan}\n".encode() + b"# caf\xe9\n")
+    code, _, err = run_cli(listing, "--out-dir", tmp_path / "out", "-m", models["mono"],
+                           "-s", SCALE)
+    assert code == 1
+    (line,) = err.splitlines()
+    assert line.startswith("srrecnn: error:") and str(listing) in line, line
+    assert "not UTF-8" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 # --- a read-only output folder ----------------------------------------------------------
 
 
