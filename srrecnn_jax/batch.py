@@ -39,7 +39,9 @@ from srrecnn_jax.manifest import (
     ManifestError,
     Record,
     manifest_part,
+    manifest_parts,
     merge_manifests,
+    new_run_id,
 )
 
 _DONE = object()
@@ -330,13 +332,17 @@ def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
         prototxt: Path | None = None, manifest_path: Path | None = None,
         process: int = 0, count: int = 1, stop: threading.Event | None = None,
         progress: Callable[[Record, int], None] | None = None,
-        warn: Callable[[str], None] | None = None) -> tuple[Summary, Path]:
+        warn: Callable[[str], None] | None = None,
+        run_id: str | None = None) -> tuple[Summary, Path]:
     """Load the model and run this process's ``jobs`` (see ``run_batch``) holding the
     output folder's lock (``folder_lock``).
 
-    With ``count`` processes, each writes its manifest part, waits for the others,
-    and process 0 merges the parts into ``manifest_path`` (default
-    ``out_dir/MANIFEST``). Returns the summary and this process's manifest file.
+    The run appends its rows, stamped with ``run_id`` (default: a new one), to the
+    manifest ``manifest_path`` (default ``out_dir/MANIFEST``); rows of earlier runs are
+    kept. With ``count`` processes, each appends to its manifest part, waits for the
+    others, and process 0 merges the parts into the manifest (``merge_manifests``);
+    a one-process run folds in the parts an earlier multi-process run left. Returns
+    the summary and this process's manifest file.
     """
     resolver = SuperResolver.load(model, prototxt)
     writable_folder(out_dir)
@@ -344,7 +350,7 @@ def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
     part = manifest_part(manifest_path, process, count)
     with folder_lock(out_dir, shared=count > 1, note=f"process {process} of {count}",
                      warn=warn):
-        manifest = Manifest(part, process)
+        manifest = Manifest(part, process, run_id or new_run_id())
         try:
             summary = run_batch(resolver, jobs, options, manifest, out_dir, stop,
                                 progress=progress, warn=warn)
@@ -352,7 +358,6 @@ def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
             manifest.close()
         if count > 1:
             parallel.barrier("srrecnn-batch-done")
-            if process == 0:
-                merge_manifests(sorted(part.parent.glob(  # this run's parts only
-                    f"{manifest_path.stem}.part-*-of-{count:05d}.jsonl")), manifest_path)
+        if process == 0 and manifest_parts(manifest_path):
+            merge_manifests(manifest_parts(manifest_path), manifest_path)
     return summary, part

@@ -10,7 +10,8 @@ Specification, one behaviour per test:
 * a run writes every good output, reports every bad input in one ``srrecnn: error:`` line,
   exits 1 if any job failed, and its outputs equal ``SuperResolver.run`` of the same input
   to ``RTOL`` (shape buckets must not change results);
-* the manifest (JSONL) has one line per job;
+* the manifest (JSONL) has one line per job and run; a rerun appends its rows (each
+  names its run), never losing an earlier run's;
 * a rerun skips complete outputs; SIGKILL and Ctrl-C leave only complete outputs and no
   staging files, and a rerun completes the rest;
 * memory is bounded (bounded queues), whatever the number of volumes.
@@ -93,7 +94,14 @@ def command(*args) -> list[str]:
 
 
 def manifest(out_dir: Path) -> list[dict]:
+    """Every row of the manifest: of all runs into ``out_dir``, in file order."""
     return [json.loads(line) for line in (out_dir / MANIFEST).read_text().splitlines()]
+
+
+def last_run(out_dir: Path) -> list[dict]:
+    """The rows of the latest run (its ``run`` id is the last row's)."""
+    rows = manifest(out_dir)
+    return [r for r in rows if r["run"] == rows[-1]["run"]]
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -513,7 +521,7 @@ def test_rerun_skips_complete_outputs(small_batch):
     """The same command again exits 0, marks every job skipped and leaves the files untouched."""
     code, _, err = run_cli(*small_batch["args"])
     assert code == 0, err
-    assert [r["status"] for r in manifest(small_batch["out"])] == ["skipped"] * 3
+    assert [r["status"] for r in last_run(small_batch["out"])] == ["skipped"] * 3
     assert [p.stat().st_mtime_ns for p in small_batch["outputs"]] == [1_000_000_000] * 3
 
 
@@ -521,7 +529,7 @@ def test_rerun_redoes_only_missing_outputs(small_batch):
     """A deleted output is redone; the others are skipped."""
     small_batch["outputs"][1].unlink()
     assert run_cli(*small_batch["args"])[0] == 0
-    status = {Path(r["output"]).name: r["status"] for r in manifest(small_batch["out"])}
+    status = {Path(r["output"]).name: r["status"] for r in last_run(small_batch["out"])}
     assert status == {"v0_SR.nii.gz": "skipped", "v1_SR.nii.gz": "ok",
                       "v2_SR.nii.gz": "skipped"}
     assert small_batch["outputs"][1].is_file()
@@ -530,7 +538,7 @@ def test_rerun_redoes_only_missing_outputs(small_batch):
 def test_overwrite_redoes_outputs(small_batch):
     """With --overwrite every output is written again."""
     assert run_cli(*small_batch["args"], "--overwrite")[0] == 0
-    assert [r["status"] for r in manifest(small_batch["out"])] == ["ok"] * 3
+    assert [r["status"] for r in last_run(small_batch["out"])] == ["ok"] * 3
     assert all(p.stat().st_mtime_ns != 1_000_000_000 for p in small_batch["outputs"])
 
 
@@ -544,8 +552,22 @@ def test_rerun_retries_failed_jobs(small_batch):
     assert str(bad) in line
     code, _, _ = run_cli(*small_batch["args"])
     assert code == 1
-    assert sorted(r["status"] for r in manifest(small_batch["out"])) == ["error"] + [
+    assert sorted(r["status"] for r in last_run(small_batch["out"])) == ["error"] + [
         "skipped"] * 3
+
+
+def test_rerun_keeps_the_rows_of_earlier_runs(small_batch):
+    """A rerun appends its rows under a new run id: the first run's rows (shapes, seconds,
+    times) are all still there, unchanged, before the rerun's."""
+    first = manifest(small_batch["out"])
+    assert run_cli(*small_batch["args"])[0] == 0
+    rows = manifest(small_batch["out"])
+    assert rows[:3] == first
+    assert [r["status"] for r in first] == ["ok"] * 3
+    assert all(r["shape"] and r["seconds"] > 0 and r["time"] for r in first)
+    assert len({r["run"] for r in first}) == 1
+    assert [r["status"] for r in rows[3:]] == ["skipped"] * 3
+    assert {r["run"] for r in rows[3:]} == {rows[3]["run"]} != {first[0]["run"]}
 
 
 SKIPPED_PROGRESS = (
@@ -616,7 +638,7 @@ def test_sigkill_then_rerun_equals_clean_run(tmp_path, models):
 
     code, _, err = run_cli(*args, "--out-dir", out)
     assert code == 0, err
-    assert sum(r["status"] == "skipped" for r in manifest(out)) == killed_with
+    assert sum(r["status"] == "skipped" for r in last_run(out)) == killed_with
     assert run_cli(*args, "--out-dir", clean)[0] == 0
 
     for path in inputs:
@@ -645,7 +667,7 @@ def test_sigint_exits_130_with_complete_outputs(tmp_path, models):
 
     code, _, err = run_cli(*args)
     assert code == 0, err
-    rows = manifest(out)
+    rows = last_run(out)
     assert sorted(Path(r["output"]) for r in rows if r["status"] == "skipped") == done
     assert sum(r["status"] == "ok" for r in rows) == len(inputs) - len(done)
     assert len(list(out.glob("*_SR.nii.gz"))) == len(inputs)
