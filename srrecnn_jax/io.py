@@ -394,6 +394,17 @@ def check_written_image(written: Path, image: sitk.Image, name: str | Path) -> N
         raise short(f"{max(length, 0)} bytes of voxel data, {expected} expected")
 
 
+def stored_bytes(path: Path) -> int:
+    """The bytes an image file takes with its detached voxel data, if any (the ``.img``
+    of a ``.hdr``, the ``.raw`` of a ``.mhd``, the data file of a ``.nhdr``): what a
+    rerun compares with the size recorded when it was written. Raises ``OSError``."""
+    size = path.stat().st_size
+    layout = None if path.name.endswith((".nii", ".nii.gz")) else _data_layout(path)
+    if layout is not None and layout[0] != path:
+        size += layout[0].stat().st_size
+    return size
+
+
 def _text_header(path: Path, sep: str,
                  end: Callable[[bytes], bool]) -> tuple[dict[str, str], int]:
     """The ``key SEP value`` lines of a text header up to the line ``end`` accepts

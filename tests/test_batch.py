@@ -12,7 +12,9 @@ Specification, one behaviour per test:
   to ``RTOL`` (shape buckets must not change results);
 * the manifest (JSONL) has one line per job and run; a rerun appends its rows (each
   names its run), never losing an earlier run's;
-* a rerun skips complete outputs; SIGKILL and Ctrl-C leave only complete outputs and no
+* a rerun skips an output only if the manifest records it as made from the same input by
+  the same model, scale and result-changing options, and it reads back as written;
+  anything else is made again, saying why; SIGKILL and Ctrl-C leave only complete outputs and no
   staging files, and a rerun completes the rest;
 * memory is bounded (bounded queues), whatever the number of volumes.
 
@@ -556,6 +558,96 @@ def test_rerun_retries_failed_jobs(small_batch):
         "skipped"] * 3
 
 
+@pytest.mark.parametrize("change, words", [
+    (["-s", "3"], "scale was 2,2,2, now 3,3,3"), (["--order", "1"], "order was 3, now 1"),
+    (["--no-residual"], "residual was default, now False"),
+    (["--header", "original"], "header was consistent, now original"),
+    (["--precision", "bf16"], "precision was fp32, now bf16"),
+    (["--interpolation", "scipy"], "interpolation was device, now scipy")],
+    ids=["scale", "order", "residual", "header", "precision", "interpolation"])
+def test_rerun_with_another_option_redoes_outputs(change, words, small_batch):
+    """A rerun with another scale, or another option that changes the voxels, makes every
+    output again: each row is ok, says why in ``redone``, and a warning names the output."""
+    code, _, err = run_cli(*small_batch["args"], *change, quiet=False)
+    assert code == 0, err
+    rows = last_run(small_batch["out"])
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert all(r["redone"] == words for r in rows), rows
+    for path in small_batch["outputs"]:
+        assert f"{path}: exists, but is made again: {words}" in err
+        assert path.stat().st_mtime_ns != 1_000_000_000
+
+
+def test_rerun_with_another_scale_writes_the_new_size(small_batch):
+    """After a rerun at scale 3 the outputs are the scale-3 results (3x the input size)."""
+    assert run_cli(*small_batch["args"], "-s", 3)[0] == 0
+    assert sitk.ReadImage(str(small_batch["outputs"][1])).GetSize() == (24, 24, 24)
+
+
+def test_rerun_with_options_that_keep_the_voxels_skips(small_batch):
+    """--tile, --bucket and --workers do not change the result: the outputs are kept."""
+    code, _, err = run_cli(*small_batch["args"], "--tile", 8, "--bucket", 4, "--workers", 1)
+    assert code == 0, err
+    assert [r["status"] for r in last_run(small_batch["out"])] == ["skipped"] * 3
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory) -> Path:
+    """A second tiny one-channel model, its weights drawn from another seed."""
+    import jax
+
+    from srrecnn_jax import config, model
+    from srrecnn_jax.checkpoint import LoadedModel, save_model
+
+    cfg = config.tiny()
+    return save_model(tmp_path_factory.mktemp("other") / "model",
+                      LoadedModel(model.init(jax.random.PRNGKey(1), cfg), cfg))
+
+
+def test_rerun_with_another_model_redoes_outputs(small_batch, other_model):
+    """A rerun with another model makes every output again, saying so in its row."""
+    assert run_cli(*small_batch["args"], "-m", other_model)[0] == 0
+    rows = last_run(small_batch["out"])
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert all(r["redone"].startswith("made by another model") for r in rows), rows
+
+
+def test_rerun_after_the_input_changed_redoes_its_output(small_batch):
+    """An input replaced since its output was made (another scan under the same name) is
+    done again; the others are skipped."""
+    save(synthetic((8, 8, 8), 7), small_batch["src"] / "v1.nii.gz")
+    assert run_cli(*small_batch["args"])[0] == 0
+    rows = {Path(r["output"]).name: r for r in last_run(small_batch["out"])}
+    assert rows["v1_SR.nii.gz"]["redone"] == "the input changed since"
+    assert [rows[n]["status"] for n in ("v0_SR.nii.gz", "v2_SR.nii.gz")] == ["skipped"] * 2
+
+
+@pytest.mark.parametrize("keep", [0, 0.5], ids=["empty", "truncated"])
+def test_rerun_redoes_an_output_cut_short(keep, small_batch):
+    """An output that is now empty or cut in half (a disk that filled, a copy that broke)
+    is made again, whole; the others are skipped."""
+    path = small_batch["outputs"][1]
+    whole = pixels(path)
+    os.truncate(path, int(path.stat().st_size * keep))
+    code, _, err = run_cli(*small_batch["args"])
+    assert code == 0, err
+    rows = {Path(r["output"]).name: r for r in last_run(small_batch["out"])}
+    assert rows[path.name]["status"] == "ok"
+    assert "cut short or replaced" in rows[path.name]["redone"]
+    assert [rows[n]["status"] for n in ("v0_SR.nii.gz", "v2_SR.nii.gz")] == ["skipped"] * 2
+    np.testing.assert_array_equal(pixels(path), whole)
+
+
+def test_rerun_redoes_an_output_the_manifest_does_not_know(small_batch):
+    """An output file with no manifest row (the manifest was deleted, or the file came
+    from elsewhere) is not trusted: it is made again."""
+    (small_batch["out"] / MANIFEST).unlink()
+    assert run_cli(*small_batch["args"])[0] == 0
+    rows = manifest(small_batch["out"])
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert {r["redone"] for r in rows} == {"the manifest has no record of how it was made"}
+
+
 def test_rerun_keeps_the_rows_of_earlier_runs(small_batch):
     """A rerun appends its rows under a new run id: the first run's rows (shapes, seconds,
     times) are all still there, unchanged, before the rerun's."""
@@ -624,7 +716,8 @@ def test_sigkill_then_rerun_equals_clean_run(tmp_path, models):
     """SIGKILL mid-batch, then the same command: outputs equal a clean run's, no .tmp-* left.
 
     Twelve 16^3 volumes, one reader: the run is killed as soon as its first output appears,
-    leaving its staging folder behind; the rerun removes it.
+    leaving its staging folder behind; the rerun removes it. An output the killed run wrote
+    is kept if its manifest row was written too, else made again (nothing vouches for it).
     """
     src, out, clean = tmp_path / "in", tmp_path / "out", tmp_path / "clean"
     inputs = many_volumes(src, 12)
@@ -638,7 +731,9 @@ def test_sigkill_then_rerun_equals_clean_run(tmp_path, models):
 
     code, _, err = run_cli(*args, "--out-dir", out)
     assert code == 0, err
-    assert sum(r["status"] == "skipped" for r in last_run(out)) == killed_with
+    kept = [r for r in last_run(out) if r["status"] == "skipped"
+            or r["redone"] == "the manifest has no record of how it was made"]
+    assert len(kept) == killed_with
     assert run_cli(*args, "--out-dir", clean)[0] == 0
 
     for path in inputs:
