@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 import queue
 import shutil
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from srrecnn_jax import io, locking, parallel
+from srrecnn_jax.checkpoint import fingerprint
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import SuperResolver, run_network
 from srrecnn_jax.jobs import Job
@@ -38,8 +41,11 @@ from srrecnn_jax.manifest import (
     Manifest,
     ManifestError,
     Record,
+    history,
     manifest_part,
+    manifest_parts,
     merge_manifests,
+    new_run_id,
 )
 
 _DONE = object()
@@ -64,7 +70,8 @@ class Options:
 
 @dataclasses.dataclass
 class Summary:
-    ok: int = 0
+    ok: int = 0  # outputs written (``redone`` of them replaced existing ones)
+    redone: int = 0
     skipped: int = 0
     errors: int = 0
     interrupted: bool = False
@@ -117,11 +124,111 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# --- resume: what made an output, and whether an existing one can be kept --------------
+
+
+def source_facts(path: Path | None) -> dict | None:
+    """How a rerun tells that an input (or reference) is still the one an output was made
+    from: a file's size and modification time; for a folder (DICOM series), its file
+    count and a digest of its files' names, sizes and times. None if it cannot be read."""
+    if path is None:
+        return None
+    try:
+        if path.is_dir():
+            digest, files = hashlib.sha256(), 0
+            for entry in sorted(path.iterdir()):
+                info = entry.stat()
+                digest.update(os.fsencode(entry.name) + f":{info.st_size}:"
+                              f"{info.st_mtime_ns}\n".encode())
+                files += 1
+            return {"files": files, "digest": digest.hexdigest()}
+        info = path.stat()
+        return {"bytes": info.st_size, "mtime_ns": info.st_mtime_ns}
+    except OSError:
+        return None
+
+
+def job_facts(job: Job, options: Options, model: str) -> dict:
+    """What decides an output's voxels: its input and reference (``source_facts``), the
+    model (``checkpoint.fingerprint``), the scale and the options that change the result
+    (not ``tile``, ``bucket``, ``readers``: they leave it unchanged). Recorded with each
+    output in the manifest; a rerun redoes an output whose facts differ."""
+    facts = {"input": source_facts(job.input), "reference": source_facts(job.reference),
+             "model": model, "scale": list(options.scale), "order": options.order,
+             "residual": options.residual, "header": options.header,
+             "precision": options.precision, "interpolation": options.interpolation}
+    return json.loads(json.dumps(facts))  # as a manifest row reads back (lists, not tuples)
+
+
+def _shown(value) -> str:
+    if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+        return ",".join(f"{v:g}" for v in value)
+    return "default" if value is None else str(value)
+
+
+def changed_facts(old: dict, new: dict) -> list[str]:
+    """What differs between the recorded facts of an output and this run's, in words."""
+    changes = []
+    for key, value in new.items():
+        was = old.get(key)
+        if was == value:
+            continue
+        if key in ("input", "reference"):
+            changes.append(f"the {key} changed since" if was else f"no {key} was recorded")
+        elif key == "model":
+            changes.append(f"made by another model (sha256 {str(was)[:12]}, now "
+                           f"{value[:12]})")
+        else:
+            changes.append(f"{key} was {_shown(was)}, now {_shown(value)}")
+    return changes
+
+
+def recorded_outputs(rows: Sequence[dict]) -> dict[str, dict]:
+    """The latest ``ok`` or ``skipped`` row of each output (by its real path) in manifest
+    rows ordered oldest first: what the file there was made from."""
+    latest = {}
+    for row in rows:
+        if row.get("status") in ("ok", "skipped") and row.get("output"):
+            latest[os.path.realpath(row["output"])] = row
+    return latest
+
+
+def redo_reason(output: Path, facts: dict, row: dict | None) -> str | None:
+    """Why the existing ``output`` cannot be kept, or None: it was made by ``facts``
+    (``row``, its latest manifest row, records the same facts) and still reads back as
+    written (same bytes on disk, a header with the recorded size)."""
+    if row is None or not row.get("job"):
+        return "the manifest has no record of how it was made"
+    changes = changed_facts(row["job"], facts)
+    if changes:
+        return "; ".join(changes)
+    try:
+        size = io.stored_bytes(output)
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    if size != row.get("output_bytes"):
+        return f"it is {size} bytes, {row.get('output_bytes')} were written (cut short or replaced)"
+    try:
+        shape = list(io.image_size(output, "output image"))
+    except SrrecnnError:
+        return "its header cannot be read"
+    if shape != row.get("shape"):
+        return f"its header says {_shown(shape)} voxels, {_shown(row.get('shape'))} were written"
+    return None
+
+
 def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
               manifest: Manifest, out_root: Path, stop: threading.Event | None = None,
               progress: Callable[[Record, int], None] | None = None,
-              warn: Callable[[str], None] | None = None) -> Summary:
+              warn: Callable[[str], None] | None = None,
+              recorded: dict[str, dict] | None = None) -> Summary:
     """Super-resolve every job; never raise for one bad job.
+
+    An existing output is skipped only when ``recorded`` (``recorded_outputs`` of the
+    manifest's earlier rows) says it was made from the same input and reference, by
+    the same model, scale and options, and it still reads back as written
+    (``redo_reason``); otherwise it is redone, with a warning and the reason in its
+    row. ``options.overwrite`` redoes every output.
 
     Args:
       resolver: the loaded model.
@@ -131,7 +238,8 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
       out_root: folder for the staging area of atomic writes.
       stop: when set (Ctrl-C), no new volume starts; queued writes finish.
       progress: called after each job with its record and output voxels.
-      warn: receives warnings (header, scale, reference resampling).
+      warn: receives warnings (header, scale, reference resampling, redone outputs).
+      recorded: what made the outputs already there (default: nothing known).
     """
     import jax
 
@@ -156,13 +264,26 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
             progress(row, voxels)
         return True
 
-    todo = []
+    recorded = recorded or {}
+    model = fingerprint(resolver.model)
+    todo, planned = [], {}
     for job in jobs:
-        if job.output.exists() and not options.overwrite:
-            if record(Record(str(job.input), str(job.output), "skipped")):
-                summary.skipped += 1
-        else:
-            todo.append(job)
+        facts, redo = job_facts(job, options, model), None
+        if job.output.exists():
+            row = recorded.get(os.path.realpath(job.output))
+            redo = "overwrite" if options.overwrite else redo_reason(job.output, facts, row)
+            if redo is None:
+                assert row is not None
+                if record(Record(str(job.input), str(job.output), "skipped",
+                                 str(job.reference) if job.reference else None,
+                                 row.get("shape"), row.get("spacing"), job=facts,
+                                 output_bytes=row.get("output_bytes"))):
+                    summary.skipped += 1
+                continue
+            if not options.overwrite:
+                warn(f"{job.output}: exists, but is made again: {redo}")
+        planned[job] = (facts, redo)
+        todo.append(job)
     if fatal:
         raise fatal[0]
     scales = resolver.model.trained_scales
@@ -255,12 +376,19 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
                 fail(job, e, started)
                 continue
             voxels = int(np.prod(image.GetSize()))
+            facts, redo = planned[job]
+            try:
+                size = io.stored_bytes(job.output)
+            except OSError:
+                size = None  # recorded as unknown: a rerun redoes it
             if record(Record(str(job.input), str(job.output), "ok",
                              str(job.reference) if job.reference else None,
                              list(image.GetSize()), list(image.GetSpacing()),
-                             time.perf_counter() - started, warnings=notes), voxels):
+                             time.perf_counter() - started, warnings=notes, job=facts,
+                             output_bytes=size, redone=redo), voxels):
                 with lock:
                     summary.ok += 1
+                    summary.redone += redo is not None
                     summary.voxels += voxels
 
     def guarded(body: Callable[[], None], inbox: queue.Queue | None) -> Callable[[], None]:
@@ -332,13 +460,17 @@ def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
         prototxt: Path | None = None, manifest_path: Path | None = None,
         process: int = 0, count: int = 1, stop: threading.Event | None = None,
         progress: Callable[[Record, int], None] | None = None,
-        warn: Callable[[str], None] | None = None) -> tuple[Summary, Path]:
+        warn: Callable[[str], None] | None = None,
+        run_id: str | None = None) -> tuple[Summary, Path]:
     """Load the model and run this process's ``jobs`` (see ``run_batch``) holding the
     output folder's lock (``folder_lock``).
 
-    With ``count`` processes, each writes its manifest part, waits for the others,
-    and process 0 merges the parts into ``manifest_path`` (default
-    ``out_dir/MANIFEST``). Returns the summary and this process's manifest file.
+    The run appends its rows, stamped with ``run_id`` (default: a new one), to the
+    manifest ``manifest_path`` (default ``out_dir/MANIFEST``); rows of earlier runs are
+    kept. With ``count`` processes, each appends to its manifest part, waits for the
+    others, and process 0 merges the parts into the manifest (``merge_manifests``);
+    a one-process run folds in the parts an earlier multi-process run left. Returns
+    the summary and this process's manifest file.
     """
     resolver = SuperResolver.load(model, prototxt)
     writable_folder(out_dir)
@@ -346,15 +478,15 @@ def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
     part = manifest_part(manifest_path, process, count)
     with folder_lock(out_dir, shared=count > 1, note=f"process {process} of {count}",
                      warn=warn):
-        manifest = Manifest(part, process)
+        recorded = recorded_outputs(history(manifest_path))
+        manifest = Manifest(part, process, run_id or new_run_id())
         try:
             summary = run_batch(resolver, jobs, options, manifest, out_dir, stop,
-                                progress=progress, warn=warn)
+                                progress=progress, warn=warn, recorded=recorded)
         finally:
             manifest.close()
         if count > 1:
             parallel.barrier("srrecnn-batch-done")
-            if process == 0:
-                merge_manifests(sorted(part.parent.glob(  # this run's parts only
-                    f"{manifest_path.stem}.part-*-of-{count:05d}.jsonl")), manifest_path)
+        if process == 0 and manifest_parts(manifest_path):
+            merge_manifests(manifest_parts(manifest_path), manifest_path)
     return summary, part

@@ -49,6 +49,24 @@ def split_name(path: Path) -> tuple[str, str]:
     return path.stem, path.suffix or ".nii.gz"
 
 
+def printable(path: str | Path) -> str:
+    """``path`` for a message: bytes of its name that are not UTF-8 shown as ``\\xff``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _sitk_name(path: str | Path) -> str:
+    """``path`` as SimpleITK takes it. SimpleITK aborts the whole process (it does not
+    raise) on a name that is not valid UTF-8, such as a Latin-1 name on a UTF-8 system,
+    so such a name is refused here: a ``SrrecnnError`` naming it."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SrrecnnError(f"{printable(path)}: file name is not valid UTF-8, which SimpleITK "
+                           "cannot open; rename it") from None
+    return text
+
+
 def read_list_file(path: Path) -> list[Path]:
     """The paths listed in a text file, one per line; blank lines and ``#`` lines skipped.
 
@@ -93,8 +111,9 @@ def read_image(path: str | Path, role: str = "image") -> sitk.Image:
         raise SrrecnnError(f"{path}: no such {role} file")
     if path.is_dir():
         raise SrrecnnError(f"{path}: is a folder, expected a {role} file")
+    name = _sitk_name(path)
     try:
-        image = sitk.ReadImage(str(path))
+        image = sitk.ReadImage(name)
     except RuntimeError:
         raise SrrecnnError(f"{path}: unreadable or corrupt {role} (SimpleITK could not read it)") \
             from None
@@ -325,9 +344,10 @@ def write_image_atomic(image: sitk.Image, path: str | Path,
     def verify(staged: Path) -> None:
         check_written_image(staged, image, path)
 
+    _sitk_name(path)
     with atomic_output(path, staging_root, verify, replace) as staged:
         try:
-            sitk.WriteImage(image, str(staged))
+            sitk.WriteImage(image, _sitk_name(staged))
         except RuntimeError:
             raise SrrecnnError(f"{path}: cannot write image (SimpleITK failed: unknown "
                                "extension, unwritable location, or is the disk full?)") from None
@@ -346,7 +366,7 @@ def check_written_image(written: Path, image: sitk.Image, name: str | Path) -> N
                             "is the disk full?)")
 
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(written))
+    reader.SetFileName(_sitk_name(written))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
@@ -372,6 +392,17 @@ def check_written_image(written: Path, image: sitk.Image, name: str | Path) -> N
         length = -1
     if length < expected:
         raise short(f"{max(length, 0)} bytes of voxel data, {expected} expected")
+
+
+def stored_bytes(path: Path) -> int:
+    """The bytes an image file takes with its detached voxel data, if any (the ``.img``
+    of a ``.hdr``, the ``.raw`` of a ``.mhd``, the data file of a ``.nhdr``): what a
+    rerun compares with the size recorded when it was written. Raises ``OSError``."""
+    size = path.stat().st_size
+    layout = None if path.name.endswith((".nii", ".nii.gz")) else _data_layout(path)
+    if layout is not None and layout[0] != path:
+        size += layout[0].stat().st_size
+    return size
 
 
 def _text_header(path: Path, sep: str,
@@ -457,7 +488,7 @@ def read_input(path: Path, role: str = "input image") -> sitk.Image:
     """An image file, or the DICOM series in a folder (read with GDCM's series order)."""
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
-        ids = reader.GetGDCMSeriesIDs(str(path))
+        ids = reader.GetGDCMSeriesIDs(_sitk_name(path))
         if not ids:
             raise SrrecnnError(f"{path}: folder holds no DICOM series")
         if len(ids) > 1:
@@ -477,7 +508,11 @@ def is_dicom_series(folder: Path) -> bool:
     """A folder holding DICOM files that GDCM groups into a series."""
     if not folder.is_dir() or not any(p.suffix.lower() == ".dcm" for p in folder.iterdir()):
         return False
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    try:
+        name = _sitk_name(folder)
+    except SrrecnnError:
+        return True  # GDCM cannot be asked: taken as a series, whose reading then fails
+    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(name))
 
 
 def image_size(path: Path, role: str = "image") -> tuple[int, ...]:
@@ -485,7 +520,7 @@ def image_size(path: Path, role: str = "image") -> tuple[int, ...]:
     if not path.is_file():
         raise SrrecnnError(f"{path}: no such {role} file")
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader.SetFileName(_sitk_name(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
@@ -530,9 +565,10 @@ def write_image_verified(image: sitk.Image, path: str | Path, staging_root: Path
     short data). ``before_rename`` (if given) then sees the staged file.
     """
     path = Path(path)
+    _sitk_name(path)
     with atomic_output(path, staging_root) as staged:
         try:
-            sitk.WriteImage(image, str(staged))
+            sitk.WriteImage(image, _sitk_name(staged))
         except RuntimeError:
             raise SrrecnnError(f"{path}: cannot write image (unknown extension or "
                                "unwritable location)") from None
@@ -540,7 +576,7 @@ def write_image_verified(image: sitk.Image, path: str | Path, staging_root: Path
             if staged.name.endswith((".nii", ".nii.gz")):
                 _check_nifti_complete(staged, "written image")
             else:
-                sitk.ReadImage(str(staged))
+                sitk.ReadImage(_sitk_name(staged))
         except (SrrecnnError, RuntimeError):
             raise SrrecnnError(f"{path}: cannot write image: it does not read back whole "
                                "(is the disk full?)") from None

@@ -10,8 +10,11 @@ Specification, one behaviour per test:
 * a run writes every good output, reports every bad input in one ``srrecnn: error:`` line,
   exits 1 if any job failed, and its outputs equal ``SuperResolver.run`` of the same input
   to ``RTOL`` (shape buckets must not change results);
-* the manifest (JSONL) has one line per job;
-* a rerun skips complete outputs; SIGKILL and Ctrl-C leave only complete outputs and no
+* the manifest (JSONL) has one line per job and run; a rerun appends its rows (each
+  names its run), never losing an earlier run's;
+* a rerun skips an output only if the manifest records it as made from the same input by
+  the same model, scale and result-changing options, and it reads back as written;
+  anything else is made again, saying why; SIGKILL and Ctrl-C leave only complete outputs and no
   staging files, and a rerun completes the rest;
 * memory is bounded (bounded queues), whatever the number of volumes.
 
@@ -93,7 +96,14 @@ def command(*args) -> list[str]:
 
 
 def manifest(out_dir: Path) -> list[dict]:
+    """Every row of the manifest: of all runs into ``out_dir``, in file order."""
     return [json.loads(line) for line in (out_dir / MANIFEST).read_text().splitlines()]
+
+
+def last_run(out_dir: Path) -> list[dict]:
+    """The rows of the latest run (its ``run`` id is the last row's)."""
+    rows = manifest(out_dir)
+    return [r for r in rows if r["run"] == rows[-1]["run"]]
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -513,7 +523,7 @@ def test_rerun_skips_complete_outputs(small_batch):
     """The same command again exits 0, marks every job skipped and leaves the files untouched."""
     code, _, err = run_cli(*small_batch["args"])
     assert code == 0, err
-    assert [r["status"] for r in manifest(small_batch["out"])] == ["skipped"] * 3
+    assert [r["status"] for r in last_run(small_batch["out"])] == ["skipped"] * 3
     assert [p.stat().st_mtime_ns for p in small_batch["outputs"]] == [1_000_000_000] * 3
 
 
@@ -521,7 +531,7 @@ def test_rerun_redoes_only_missing_outputs(small_batch):
     """A deleted output is redone; the others are skipped."""
     small_batch["outputs"][1].unlink()
     assert run_cli(*small_batch["args"])[0] == 0
-    status = {Path(r["output"]).name: r["status"] for r in manifest(small_batch["out"])}
+    status = {Path(r["output"]).name: r["status"] for r in last_run(small_batch["out"])}
     assert status == {"v0_SR.nii.gz": "skipped", "v1_SR.nii.gz": "ok",
                       "v2_SR.nii.gz": "skipped"}
     assert small_batch["outputs"][1].is_file()
@@ -530,7 +540,7 @@ def test_rerun_redoes_only_missing_outputs(small_batch):
 def test_overwrite_redoes_outputs(small_batch):
     """With --overwrite every output is written again."""
     assert run_cli(*small_batch["args"], "--overwrite")[0] == 0
-    assert [r["status"] for r in manifest(small_batch["out"])] == ["ok"] * 3
+    assert [r["status"] for r in last_run(small_batch["out"])] == ["ok"] * 3
     assert all(p.stat().st_mtime_ns != 1_000_000_000 for p in small_batch["outputs"])
 
 
@@ -544,8 +554,112 @@ def test_rerun_retries_failed_jobs(small_batch):
     assert str(bad) in line
     code, _, _ = run_cli(*small_batch["args"])
     assert code == 1
-    assert sorted(r["status"] for r in manifest(small_batch["out"])) == ["error"] + [
+    assert sorted(r["status"] for r in last_run(small_batch["out"])) == ["error"] + [
         "skipped"] * 3
+
+
+@pytest.mark.parametrize("change, words", [
+    (["-s", "3"], "scale was 2,2,2, now 3,3,3"), (["--order", "1"], "order was 3, now 1"),
+    (["--no-residual"], "residual was default, now False"),
+    (["--header", "original"], "header was consistent, now original"),
+    (["--precision", "bf16"], "precision was fp32, now bf16"),
+    (["--interpolation", "scipy"], "interpolation was device, now scipy")],
+    ids=["scale", "order", "residual", "header", "precision", "interpolation"])
+def test_rerun_with_another_option_redoes_outputs(change, words, small_batch):
+    """A rerun with another scale, or another option that changes the voxels, makes every
+    output again: each row is ok, says why in ``redone``, and a warning names the output."""
+    code, _, err = run_cli(*small_batch["args"], *change, quiet=False)
+    assert code == 0, err
+    rows = last_run(small_batch["out"])
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert all(r["redone"] == words for r in rows), rows
+    for path in small_batch["outputs"]:
+        assert f"{path}: exists, but is made again: {words}" in err
+        assert path.stat().st_mtime_ns != 1_000_000_000
+
+
+def test_rerun_with_another_scale_writes_the_new_size(small_batch):
+    """After a rerun at scale 3 the outputs are the scale-3 results (3x the input size)."""
+    assert run_cli(*small_batch["args"], "-s", 3)[0] == 0
+    assert sitk.ReadImage(str(small_batch["outputs"][1])).GetSize() == (24, 24, 24)
+
+
+def test_rerun_with_options_that_keep_the_voxels_skips(small_batch):
+    """--tile, --bucket and --workers do not change the result: the outputs are kept."""
+    code, _, err = run_cli(*small_batch["args"], "--tile", 8, "--bucket", 4, "--workers", 1)
+    assert code == 0, err
+    assert [r["status"] for r in last_run(small_batch["out"])] == ["skipped"] * 3
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory) -> Path:
+    """A second tiny one-channel model, its weights drawn from another seed."""
+    import jax
+
+    from srrecnn_jax import config, model
+    from srrecnn_jax.checkpoint import LoadedModel, save_model
+
+    cfg = config.tiny()
+    return save_model(tmp_path_factory.mktemp("other") / "model",
+                      LoadedModel(model.init(jax.random.PRNGKey(1), cfg), cfg))
+
+
+def test_rerun_with_another_model_redoes_outputs(small_batch, other_model):
+    """A rerun with another model makes every output again, saying so in its row."""
+    assert run_cli(*small_batch["args"], "-m", other_model)[0] == 0
+    rows = last_run(small_batch["out"])
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert all(r["redone"].startswith("made by another model") for r in rows), rows
+
+
+def test_rerun_after_the_input_changed_redoes_its_output(small_batch):
+    """An input replaced since its output was made (another scan under the same name) is
+    done again; the others are skipped."""
+    save(synthetic((8, 8, 8), 7), small_batch["src"] / "v1.nii.gz")
+    assert run_cli(*small_batch["args"])[0] == 0
+    rows = {Path(r["output"]).name: r for r in last_run(small_batch["out"])}
+    assert rows["v1_SR.nii.gz"]["redone"] == "the input changed since"
+    assert [rows[n]["status"] for n in ("v0_SR.nii.gz", "v2_SR.nii.gz")] == ["skipped"] * 2
+
+
+@pytest.mark.parametrize("keep", [0, 0.5], ids=["empty", "truncated"])
+def test_rerun_redoes_an_output_cut_short(keep, small_batch):
+    """An output that is now empty or cut in half (a disk that filled, a copy that broke)
+    is made again, whole; the others are skipped."""
+    path = small_batch["outputs"][1]
+    whole = pixels(path)
+    os.truncate(path, int(path.stat().st_size * keep))
+    code, _, err = run_cli(*small_batch["args"])
+    assert code == 0, err
+    rows = {Path(r["output"]).name: r for r in last_run(small_batch["out"])}
+    assert rows[path.name]["status"] == "ok"
+    assert "cut short or replaced" in rows[path.name]["redone"]
+    assert [rows[n]["status"] for n in ("v0_SR.nii.gz", "v2_SR.nii.gz")] == ["skipped"] * 2
+    np.testing.assert_array_equal(pixels(path), whole)
+
+
+def test_rerun_redoes_an_output_the_manifest_does_not_know(small_batch):
+    """An output file with no manifest row (the manifest was deleted, or the file came
+    from elsewhere) is not trusted: it is made again."""
+    (small_batch["out"] / MANIFEST).unlink()
+    assert run_cli(*small_batch["args"])[0] == 0
+    rows = manifest(small_batch["out"])
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert {r["redone"] for r in rows} == {"the manifest has no record of how it was made"}
+
+
+def test_rerun_keeps_the_rows_of_earlier_runs(small_batch):
+    """A rerun appends its rows under a new run id: the first run's rows (shapes, seconds,
+    times) are all still there, unchanged, before the rerun's."""
+    first = manifest(small_batch["out"])
+    assert run_cli(*small_batch["args"])[0] == 0
+    rows = manifest(small_batch["out"])
+    assert rows[:3] == first
+    assert [r["status"] for r in first] == ["ok"] * 3
+    assert all(r["shape"] and r["seconds"] > 0 and r["time"] for r in first)
+    assert len({r["run"] for r in first}) == 1
+    assert [r["status"] for r in rows[3:]] == ["skipped"] * 3
+    assert {r["run"] for r in rows[3:]} == {rows[3]["run"]} != {first[0]["run"]}
 
 
 def test_rerun_progress_bar_counts_skipped(small_batch):
@@ -596,7 +710,8 @@ def test_sigkill_then_rerun_equals_clean_run(tmp_path, models):
     """SIGKILL mid-batch, then the same command: outputs equal a clean run's, no .tmp-* left.
 
     Twelve 16^3 volumes, one reader: the run is killed as soon as its first output appears,
-    leaving its staging folder behind; the rerun removes it.
+    leaving its staging folder behind; the rerun removes it. An output the killed run wrote
+    is kept if its manifest row was written too, else made again (nothing vouches for it).
     """
     src, out, clean = tmp_path / "in", tmp_path / "out", tmp_path / "clean"
     inputs = many_volumes(src, 12)
@@ -610,7 +725,9 @@ def test_sigkill_then_rerun_equals_clean_run(tmp_path, models):
 
     code, _, err = run_cli(*args, "--out-dir", out)
     assert code == 0, err
-    assert sum(r["status"] == "skipped" for r in manifest(out)) == killed_with
+    kept = [r for r in last_run(out) if r["status"] == "skipped"
+            or r["redone"] == "the manifest has no record of how it was made"]
+    assert len(kept) == killed_with
     assert run_cli(*args, "--out-dir", clean)[0] == 0
 
     for path in inputs:
@@ -639,7 +756,7 @@ def test_sigint_exits_130_with_complete_outputs(tmp_path, models):
 
     code, _, err = run_cli(*args)
     assert code == 0, err
-    rows = manifest(out)
+    rows = last_run(out)
     assert sorted(Path(r["output"]) for r in rows if r["status"] == "skipped") == done
     assert sum(r["status"] == "ok" for r in rows) == len(inputs) - len(done)
     assert len(list(out.glob("*_SR.nii.gz"))) == len(inputs)
@@ -895,6 +1012,47 @@ def test_output_that_does_not_read_back_is_a_failed_job(tmp_path, models, monkey
     assert str(out / "a_SR.mha") in line and "disk full" in line
     assert [r["status"] for r in manifest(out)] == ["error"]
     assert not (out / "a_SR.mha").exists()
+
+
+# --- file names that are not UTF-8 ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_file_name_not_utf8_is_one_failed_job(tmp_path, models):
+    """A scan named with a byte that is not UTF-8 (``scan_\\xff.nii.gz``, a Latin-1 name)
+    fails alone: one error line naming it (the byte shown as ``\\xff``), an error row in
+    the manifest, exit 1; the other scan is written and no staging folder is left. (The
+    real command: SimpleITK aborted the whole process on such a name.)"""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(synthetic((6, 6, 6), 0), src / "good.nii.gz")
+    staged = save(synthetic((6, 6, 6), 1), src / "latin1.nii.gz")
+    os.rename(os.fsencode(staged), os.fsencode(src) + b"/scan_\xff.nii.gz")
+    proc = subprocess.run(command(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("srrecnn: error:") and "scan_\\xff.nii.gz" in line, line
+    assert "not valid UTF-8" in line, line
+    assert (out / "good_SR.nii.gz").is_file()
+    rows = {os.fsencode(r["input"]): r["status"] for r in manifest(out)}
+    assert rows == {os.fsencode(src) + b"/scan_\xff.nii.gz": "error",
+                    os.fsencode(src / "good.nii.gz"): "ok"}
+    assert tmp_leftovers(out) == []
+
+
+def test_list_file_not_utf8_is_one_error_line(tmp_path, models):
+    """A .txt list that is not UTF-8 text (here Latin-1) ends the batch before any work with
+    one line naming the list file; nothing is written."""
+    scan = save(synthetic((6, 6, 6), 0), tmp_path / "in" / "a.nii.gz")
+    listing = tmp_path / "scans.txt"
+    listing.write_bytes(f"{scan}\n".encode() + b"# caf\xe9\n")
+    code, _, err = run_cli(listing, "--out-dir", tmp_path / "out", "-m", models["mono"],
+                           "-s", SCALE)
+    assert code == 1
+    (line,) = err.splitlines()
+    assert line.startswith("srrecnn: error:") and str(listing) in line, line
+    assert "not UTF-8" in line, line
+    assert not (tmp_path / "out").exists()
 
 
 # --- a read-only output folder ----------------------------------------------------------

@@ -3,7 +3,7 @@
 Two ``srrecnn sr --out-dir ... --distributed`` processes share eight tiny
 volumes; the sorted job list is split every other job. Their results must
 equal a single-process run, and process 0 merges the manifest parts after a
-barrier.
+barrier, keeping the rows of earlier runs.
 """
 
 from __future__ import annotations
@@ -162,15 +162,43 @@ def test_part_files_list_only_their_share(data, two_process_run):
         assert {r["status"] for r in rows} == {"ok"}
 
 
-def test_merge_ignores_parts_of_another_process_count(data, tmp_path):
-    """A part left by an earlier 3-process run is not merged into a 2-process run's manifest."""
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def two_runs(data, tmp_path_factory) -> dict:
+    """Two 2-process runs into one folder that already held a part left by an earlier
+    3-process run: the stale row, and the merged manifest after each run."""
+    root = tmp_path_factory.mktemp("two_runs")
+    out = root / "out"
     out.mkdir()
     stale = {"input": str(data["in"] / "a0.nii.gz"), "output": str(out / "a0_SR.nii.gz"),
              "status": "error", "error": "from an earlier run", "process": 2}
     (out / "srrecnn_manifest.part-00002-of-00003.jsonl").write_text(json.dumps(stale) + "\n")
-    codes = run_distributed(data["in"], out, data["model"], tmp_path / "logs")
-    assert codes == [0, 0], stderr_of(tmp_path / "logs", 2)
-    rows = read_jsonl(out / MANIFEST)
-    assert len(rows) == len(NAMES)
-    assert all(r["status"] == "ok" for r in rows), rows
+    merged = []
+    for n in range(2):
+        codes = run_distributed(data["in"], out, data["model"], root / f"logs{n}")
+        assert codes == [0, 0], stderr_of(root / f"logs{n}", 2)
+        merged.append(read_jsonl(out / MANIFEST))
+    return {"stale": stale, "first": merged[0], "second": merged[1]}
+
+
+def this_runs_rows(rows: list[dict]) -> list[dict]:
+    """The rows that carry a run id (the stale hand-written row has none)."""
+    return [r for r in rows if r.get("run")]
+
+
+def test_merged_manifest_keeps_the_rows_of_earlier_runs(two_runs):
+    """The second run's merge keeps every row of the first (shapes and seconds unchanged)
+    and adds its own: one skipped row per input."""
+    first, second = this_runs_rows(two_runs["first"]), this_runs_rows(two_runs["second"])
+    assert len(first) == len(NAMES) and {r["status"] for r in first} == {"ok"}
+    assert all(r["shape"] and r["seconds"] > 0 for r in first)
+    assert all(row in second for row in first)
+    added = [r for r in second if r not in first]
+    assert sorted(r["status"] for r in added) == ["skipped"] * len(NAMES)
+    assert not {r["run"] for r in added} & {r["run"] for r in first}
+
+
+def test_merge_folds_in_a_part_of_another_process_count(two_runs):
+    """A part left by an earlier 3-process run is folded into the manifest as history:
+    its row is kept, once, whatever the later runs did."""
+    assert two_runs["first"].count(two_runs["stale"]) == 1
+    assert two_runs["second"].count(two_runs["stale"]) == 1

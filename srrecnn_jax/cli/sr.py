@@ -63,7 +63,10 @@ def add_to(commands) -> None:
                    "where the zoom puts them (default); 'original' writes spacing/scale as the "
                    "original release did")
     p.add_argument("--force", "--overwrite", dest="force", action="store_true",
-                   help="replace existing outputs (batch mode skips complete ones otherwise)")
+                   help="replace existing outputs (batch mode otherwise skips an output the "
+                   "manifest records as made from the same input and reference by the same "
+                   "model, scale and options, if it still reads back as written; any other "
+                   "existing output is made again, with a warning)")
     batch = p.add_argument_group("batch mode (--out-dir)")
     batch.add_argument("--glob", default="*.nii*",
                        help="file pattern when searching folders (default '*.nii*')")
@@ -153,7 +156,8 @@ def run_batch(args: argparse.Namespace) -> int:
                                   args.manifest, process, count, stop, progress, warn)
     rate = summary.voxels / summary.seconds if summary.seconds else 0.0
     if not args.quiet:
-        print(f"srrecnn: {summary.ok} written, {summary.skipped} skipped (complete), "
+        redone = f" ({summary.redone} made again)" if summary.redone else ""
+        print(f"srrecnn: {summary.ok} written{redone}, {summary.skipped} skipped (complete), "
               f"{summary.errors} failed in {summary.seconds:.1f} s; {rate:.3g} voxels/s; "
               f"device busy {summary.utilisation:.0%}; manifest {part}", file=sys.stderr)
     if args.json:
