@@ -28,6 +28,22 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def detach(values) -> np.ndarray:
+    """Leave the multi-process job: wait here for every process, hand each process 0's
+    ``values`` (integers), then shut ``jax.distributed`` down, after which the processes
+    go on independently on their local devices.
+
+    For work that needs no collective after this point (batch super-resolution): while
+    joined, the death of one process makes JAX's coordination service terminate all
+    the others, losing their work in flight.
+    """
+    from jax.experimental import multihost_utils
+
+    shared = np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(values, np.int64)))
+    jax.distributed.shutdown()
+    return shared
+
+
 def data_mesh() -> jax.sharding.Mesh:
     """A one-axis ``data`` mesh of every device of every process."""
     devices = jax.devices()
