@@ -21,13 +21,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return jax.process_index(), jax.process_count()
 
 
-def barrier(name: str) -> None:
-    """Wait until every process reaches ``name``."""
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
-
-
 def detach(values) -> np.ndarray:
     """Leave the multi-process job: wait here for every process, hand each process 0's
     ``values`` (integers), then shut ``jax.distributed`` down, after which the processes

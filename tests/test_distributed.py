@@ -146,7 +146,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_both_processes_exit_zero(two_process_run):
-    """Both processes finish their share, pass the barrier and exit 0."""
+    """Both processes finish their share, wait for each other and exit 0."""
     _, codes, stderr = two_process_run
     assert codes == [0, 0], stderr
 
@@ -174,6 +174,13 @@ def test_merged_manifest_one_ok_line_per_input(data, two_process_run):
     assert all(r["status"] == "ok" for r in rows), rows
     assert {r["input"]: r["process"] for r in rows} == expected_split(data["in"])
     assert sorted(r["process"] for r in rows) == [0] * 4 + [1] * 4
+
+
+def test_rows_of_both_processes_name_one_run(two_process_run):
+    """The processes of one run agree on its id: every row of the merged manifest has it."""
+    out, codes, stderr = two_process_run
+    assert codes == [0, 0], stderr
+    assert len({r["run"] for r in read_jsonl(out / MANIFEST)}) == 1
 
 
 def test_part_files_list_only_their_share(data, two_process_run):
