@@ -733,6 +733,21 @@ def test_merge_manifest_without_parts_is_one_error_line(tmp_path):
     assert line.startswith("srrecnn: error:") and str(tmp_path) in line, line
 
 
+def test_merge_manifest_is_refused_while_a_run_writes_the_folder(sharded):
+    """While a one-process run holds the output folder (here: the test, through its lock
+    file), merge-manifest would replace the manifest under the rows that run appends:
+    refused, one line naming the folder; the manifest untouched."""
+    before = (sharded["out"] / MANIFEST).read_bytes()
+    err = StringIO()
+    with open(sharded["out"] / ".srrecnn.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with contextlib.redirect_stderr(err):
+            assert cli.main(["merge-manifest", str(sharded["out"])]) == 1
+    (line,) = err.getvalue().splitlines()
+    assert line.startswith("srrecnn: error:") and str(sharded["out"]) in line, line
+    assert (sharded["out"] / MANIFEST).read_bytes() == before
+
+
 @pytest.mark.parametrize("shard", ["2/2", "1", "a/b", "-1/2"])
 def test_bad_shard_is_a_usage_error(shard, tmp_path, models):
     """--shard must be I/N with 0 <= I < N: otherwise exit 2, one line naming --shard."""

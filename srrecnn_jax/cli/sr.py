@@ -104,8 +104,9 @@ def add_to(commands) -> None:
                             description="Fold the manifest parts that --distributed or "
                             "--shard processes left in a batch's output folder "
                             "(srrecnn_manifest.part-I-of-N.jsonl) into its manifest, keeping "
-                            "every row already there. Safe to repeat, and while processes "
-                            "still run (each run also does this when it ends).")
+                            "every row already there. Safe to repeat, and while --distributed "
+                            "or --shard processes still run (each run also does this when it "
+                            "ends); refused while a one-process run writes to the folder.")
     m.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="the batch's --out-dir")
     m.add_argument("--manifest", type=Path,
                    help="the batch's --manifest (default OUT_DIR/srrecnn_manifest.jsonl)")
@@ -229,7 +230,8 @@ def run_merge(args: argparse.Namespace) -> int:
     if not args.out_dir.is_dir():
         raise SrrecnnError(f"{args.out_dir}: no such output folder")
     manifest = args.manifest or args.out_dir / batch.MANIFEST
-    parts = batch.merge(manifest)
+    with batch.folder_lock(args.out_dir, shared=True, note="merge-manifest"):
+        parts = batch.merge(manifest)  # not while a one-process run appends to the manifest
     if not parts:
         raise SrrecnnError(f"{args.out_dir}: no manifest parts ({manifest.stem}.part-*.jsonl) "
                            "to merge")
