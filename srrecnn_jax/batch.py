@@ -7,9 +7,14 @@ stays flat however many volumes there are:
   devices (a thread per local device)  the network, in shape buckets or tiles
   writer (thread)    de-normalise, clamp, write atomically, log to the manifest
 
-Across hosts, ``jax.distributed`` gives each process its index; the job list
-is sorted and process i takes every n-th job. Each process writes its own
-manifest part; process 0 merges them after a barrier.
+Across hosts, ``jax.distributed`` (or ``--shard I/N``) gives each process its
+index; the job list is sorted and process i takes every n-th job. Each process
+appends to its own manifest part, and folds the parts that exist into the
+manifest when it ends. The processes of a ``jax.distributed`` batch leave it
+once all have started (``start_together``), so that one that dies does not take
+the others down; each waits at the end until the others have ended, seen
+through lock files in the output folder (``Presence``), and reports those that
+ended without finishing their share.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import json
 import os
 import queue
+import secrets
 import shutil
 import socket
 import sys
@@ -35,7 +41,7 @@ from srrecnn_jax import io, locking, parallel
 from srrecnn_jax.checkpoint import fingerprint
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import SuperResolver, run_network
-from srrecnn_jax.jobs import Job
+from srrecnn_jax.jobs import Job, shard
 from srrecnn_jax.manifest import (
     MANIFEST,
     Manifest,
@@ -46,6 +52,7 @@ from srrecnn_jax.manifest import (
     manifest_parts,
     merge_manifests,
     new_run_id,
+    read_rows,
 )
 
 _DONE = object()
@@ -79,6 +86,7 @@ class Summary:
     device_seconds: float = 0.0
     devices: int = 1
     voxels: int = 0
+    missing: list[str] = dataclasses.field(default_factory=list)  # processes that died
 
     @property
     def utilisation(self) -> float:
@@ -456,37 +464,170 @@ def folder_lock(out_dir: Path, shared: bool = False, note: str = "",
         yield
 
 
+#: Process I of an N-process run holds this lock file in the output folder while it runs.
+PRESENCE = ".srrecnn-process-{process:05d}-of-{count:05d}.lock"
+
+
+class Presence:
+    """How the processes of one ``jax.distributed`` batch see each other in the output
+    folder: each holds its lock file (``PRESENCE``) until its share is done; the kernel
+    drops the lock of a process that dies, so the others see at once that it ended."""
+
+    def __init__(self, out_dir: Path, process: int, count: int,
+                 warn: Callable[[str], None] | None = None):
+        self.out_dir, self.process, self.count, self.warn = out_dir, process, count, warn
+        self._held = contextlib.ExitStack()
+
+    def path(self, process: int) -> Path:
+        return self.out_dir / PRESENCE.format(process=process, count=self.count)
+
+    def enter(self) -> None:
+        """Hold this process's lock file; refused if another process holds it."""
+        writable_folder(self.out_dir)
+        try:
+            self._held.enter_context(locking.hold(
+                self.path(self.process), note=f"process {self.process} of {self.count}",
+                warn=self.warn))
+        except locking.LockBusy as e:
+            raise SrrecnnError(f"{self.out_dir}: process {self.process} of {self.count} of "
+                               f"another run is writing to this folder ({e.holder})") from None
+
+    def leave(self) -> None:
+        """Let go of the lock file (again: nothing happens)."""
+        self._held.close()
+
+    def wait(self, stop: threading.Event | None = None, poll: float = 0.2) -> list[int]:
+        """Wait until every other process has left (or ``stop`` is set); return those whose
+        state cannot be seen (a file system without locks), which are not waited for."""
+        others, unknown = set(range(self.count)) - {self.process}, []
+        while others and not (stop and stop.is_set()):
+            for other in sorted(others):
+                state = locking.held(self.path(other))
+                if state is None:
+                    unknown.append(other)
+                if not state:
+                    others.discard(other)
+            if others:
+                time.sleep(poll)
+        return unknown
+
+
+def start_together(out_dir: Path, process: int, count: int,
+                   warn: Callable[[str], None] | None = None) -> tuple[Presence, str]:
+    """Start process ``process`` of a ``jax.distributed`` batch of ``count``: enter its
+    ``Presence``, then, once every process has (``parallel.detach``: a collective), take
+    process 0's run id and leave ``jax.distributed``, so that a process that dies later
+    does not bring the others down with it. A failure to enter is raised only after the
+    collective, so that the others do not wait for this process there."""
+    presence, error = Presence(out_dir, process, count, warn), None
+    try:
+        presence.enter()
+    except SrrecnnError as e:
+        error = e
+    micros, tag = parallel.detach([time.time_ns() // 1000, secrets.randbits(24)])
+    if error is not None:
+        presence.leave()
+        raise error
+    return presence, new_run_id(int(micros), int(tag))
+
+
+def unfinished(jobs: Sequence[Job], rows: Sequence[dict], run_id: str) -> int:
+    """How many of ``jobs`` have no final row (ok, skipped, error) of run ``run_id``."""
+    done = {r["input"] for r in rows
+            if r.get("run") == run_id and r.get("status") in ("ok", "skipped", "error")}
+    return sum(str(job.input) not in done for job in jobs)
+
+
+def merge(manifest_path: Path) -> list[Path]:
+    """Fold every manifest part beside ``manifest_path`` into it (``merge_manifests``);
+    safe to repeat, and to run while other processes still write their parts (what they
+    add later is folded in by the next merge). Returns the parts merged."""
+    parts = manifest_parts(manifest_path)
+    if parts:
+        merge_manifests(parts, manifest_path)
+    return parts
+
+
 def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
         prototxt: Path | None = None, manifest_path: Path | None = None,
         process: int = 0, count: int = 1, stop: threading.Event | None = None,
         progress: Callable[[Record, int], None] | None = None,
         warn: Callable[[str], None] | None = None,
-        run_id: str | None = None) -> tuple[Summary, Path]:
-    """Load the model and run this process's ``jobs`` (see ``run_batch``) holding the
-    output folder's lock (``folder_lock``).
+        run_id: str | None = None, presence: Presence | None = None) -> tuple[Summary, Path]:
+    """Load the model and run this process's share of ``jobs`` (``jobs.shard``: every
+    ``count``-th from ``process``; see ``run_batch``) holding the output folder's lock
+    (``folder_lock``).
 
     The run appends its rows, stamped with ``run_id`` (default: a new one), to the
-    manifest ``manifest_path`` (default ``out_dir/MANIFEST``); rows of earlier runs are
-    kept. With ``count`` processes, each appends to its manifest part, waits for the
-    others, and process 0 merges the parts into the manifest (``merge_manifests``);
-    a one-process run folds in the parts an earlier multi-process run left. Returns
-    the summary and this process's manifest file.
+    manifest ``manifest_path`` (default ``out_dir/MANIFEST``), or with ``count``
+    processes to this process's part of it; rows of earlier runs are kept. At the end
+    the parts that exist are folded into the manifest (``merge``), whatever the
+    process count they came from.
+
+    With ``presence`` (a ``jax.distributed`` batch, see ``start_together``), the process
+    leaves its presence when its share is done, waits until every other process has
+    left too, and lists in ``Summary.missing`` those that left without finishing
+    their share (they died or failed): a rerun does their jobs. Without it (``--shard``
+    style: independent processes), nothing is waited for.
+
+    Returns the summary and this process's manifest file.
     """
-    resolver = SuperResolver.load(model, prototxt)
-    writable_folder(out_dir)
+    share = shard(jobs, process, count)
     manifest_path = manifest_path or out_dir / MANIFEST
     part = manifest_part(manifest_path, process, count)
-    with folder_lock(out_dir, shared=count > 1, note=f"process {process} of {count}",
-                     warn=warn):
-        recorded = recorded_outputs(history(manifest_path))
-        manifest = Manifest(part, process, run_id or new_run_id())
-        try:
-            summary = run_batch(resolver, jobs, options, manifest, out_dir, stop,
-                                progress=progress, warn=warn, recorded=recorded)
-        finally:
-            manifest.close()
-        if count > 1:
-            parallel.barrier("srrecnn-batch-done")
-        if process == 0 and manifest_parts(manifest_path):
-            merge_manifests(manifest_parts(manifest_path), manifest_path)
+    try:
+        resolver = SuperResolver.load(model, prototxt)
+        writable_folder(out_dir)
+        with folder_lock(out_dir, shared=count > 1, note=f"process {process} of {count}",
+                         warn=warn):
+            if count == 1:  # no other process can be running here: tidy up after dead ones
+                _remove_dead_presences(out_dir)
+            recorded = recorded_outputs(history(manifest_path))
+            manifest = Manifest(part, process, run_id or new_run_id())
+            try:
+                summary = run_batch(resolver, share, options, manifest, out_dir, stop,
+                                    progress=progress, warn=warn, recorded=recorded)
+            finally:
+                manifest.close()
+                if presence is not None:
+                    presence.leave()
+            if presence is not None:
+                summary.missing = _missing(presence, jobs, manifest_path, manifest.run, stop,
+                                           warn)
+            merge(manifest_path)
+    finally:
+        if presence is not None:
+            presence.leave()
     return summary, part
+
+
+def _remove_dead_presences(out_dir: Path) -> None:
+    """Remove the presence lock files that killed processes left (nobody holds them)."""
+    for path in out_dir.glob(PRESENCE.replace("{process:05d}", "*").replace("{count:05d}", "*")):
+        if locking.held(path) is False:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _missing(presence: Presence, jobs: Sequence[Job], manifest_path: Path, run_id: str,
+             stop: threading.Event | None, warn: Callable[[str], None] | None) -> list[str]:
+    """Wait for the other processes of the run; describe those that ended before
+    finishing their share."""
+    count, missing = presence.count, []
+    unknown = presence.wait(stop)
+    for other in unknown:
+        if warn:
+            warn(f"{presence.out_dir}: cannot tell whether process {other} of {count} is "
+                 "still running (this file system cannot lock files); not waiting for it")
+    if stop is not None and stop.is_set():
+        return missing
+    for other in range(count):
+        if other == presence.process or other in unknown:
+            continue
+        share = shard(jobs, other, count)
+        left = unfinished(share, read_rows(manifest_part(manifest_path, other, count)),
+                          run_id)
+        if left:
+            missing.append(f"process {other} of {count} ended before finishing its share "
+                           f"({left} of {len(share)} jobs not done)")
+    return missing

@@ -669,6 +669,91 @@ def test_rerun_progress_bar_counts_skipped(small_batch):
     assert "3/3" in err, err.replace("\r", "\n")
 
 
+# --- --shard I/N: independent processes (a Slurm job array) ------------------------------
+
+
+@pytest.fixture
+def sharded(tmp_path, models):
+    """Five inputs run as --shard 0/2, then --shard 1/2, one after the other (no coordinator:
+    each runs alone). The manifest after each."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    for n in range(5):
+        save(synthetic((6, 7, 6), n), src / f"v{n}.nii.gz")
+    args = [src, "--out-dir", out, "-m", models["mono"], "-s", SCALE]
+    after = []
+    for i in range(2):
+        code, _, err = run_cli(*args, "--shard", f"{i}/2")
+        assert code == 0, err
+        after.append(manifest(out))
+    return {"src": src, "out": out, "after": after}
+
+
+def test_shards_cover_every_job_once(sharded):
+    """Shard 0 takes inputs 0, 2, 4 and shard 1 inputs 1, 3 of the sorted list: together
+    every output is written exactly once, and the merged manifest has one ok row per input
+    from the shard that took it."""
+    rows = sharded["after"][1]
+    assert sorted((Path(r["input"]).name, r["process"]) for r in rows) == [
+        ("v0.nii.gz", 0), ("v1.nii.gz", 1), ("v2.nii.gz", 0), ("v3.nii.gz", 1),
+        ("v4.nii.gz", 0)]
+    assert {r["status"] for r in rows} == {"ok"}
+    assert sorted(p.name for p in sharded["out"].glob("*_SR.nii.gz")) == [
+        f"v{n}_SR.nii.gz" for n in range(5)]
+
+
+def test_a_shard_alone_merges_what_exists(sharded):
+    """Shard 0 does not wait for shard 1: when it ends, the manifest holds its own rows."""
+    assert sorted(Path(r["input"]).name for r in sharded["after"][0]) == [
+        "v0.nii.gz", "v2.nii.gz", "v4.nii.gz"]
+
+
+def test_merge_manifest_rebuilds_the_manifest_from_its_parts(sharded):
+    """``srrecnn merge-manifest OUT_DIR`` alone folds the parts into the manifest again
+    (here after the manifest was lost): the same rows."""
+    (sharded["out"] / MANIFEST).unlink()
+    out, err = StringIO(), StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert cli.main(["merge-manifest", str(sharded["out"])]) == 0
+    assert sorted(map(json.dumps, manifest(sharded["out"]))) == sorted(
+        map(json.dumps, sharded["after"][1]))
+
+
+def test_merge_manifest_without_parts_is_one_error_line(tmp_path):
+    """A folder with no manifest parts: exit 1, one line naming the folder."""
+    err = StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli.main(["merge-manifest", str(tmp_path)]) == 1
+    (line,) = err.getvalue().splitlines()
+    assert line.startswith("srrecnn: error:") and str(tmp_path) in line, line
+
+
+def test_merge_manifest_is_refused_while_a_run_writes_the_folder(sharded):
+    """While a one-process run holds the output folder (here: the test, through its lock
+    file), merge-manifest would replace the manifest under the rows that run appends:
+    refused, one line naming the folder; the manifest untouched."""
+    before = (sharded["out"] / MANIFEST).read_bytes()
+    err = StringIO()
+    with open(sharded["out"] / ".srrecnn.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with contextlib.redirect_stderr(err):
+            assert cli.main(["merge-manifest", str(sharded["out"])]) == 1
+    (line,) = err.getvalue().splitlines()
+    assert line.startswith("srrecnn: error:") and str(sharded["out"]) in line, line
+    assert (sharded["out"] / MANIFEST).read_bytes() == before
+
+
+@pytest.mark.parametrize("shard", ["2/2", "1", "a/b", "-1/2"])
+def test_bad_shard_is_a_usage_error(shard, tmp_path, models):
+    """--shard must be I/N with 0 <= I < N: otherwise exit 2, one line naming --shard."""
+    err = StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
+        cli.main(["sr", str(tmp_path), "--out-dir", str(tmp_path / "out"), "-m",
+                  str(models["mono"]), "-s", "2", "--shard", shard])
+    assert info.value.code == 2
+    (line,) = err.getvalue().splitlines()
+    assert "--shard" in line, line
+
+
 # --- output folder inside the input folder ----------------------------------------------
 
 
