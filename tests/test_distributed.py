@@ -1,7 +1,9 @@
 """Batch mode over two processes on one machine: ``jax.distributed`` on loopback, CPU (gloo).
 
 Two ``srrecnn sr --out-dir ... --distributed`` processes share eight tiny
-volumes; the sorted job list is split every other job. Their results must
+volumes; the sorted job list is split every other job. The first run finds its
+peers as on a cluster, from Slurm's variables alone (no coordinator options);
+the others name the coordinator. Their results must
 equal a single-process run, and the manifest parts are merged at the end,
 keeping the rows of earlier runs. When one process dies (SIGKILL) or fails at
 once, the other finishes its share, ends promptly (not after JAX's 100 s
@@ -31,6 +33,9 @@ from conftest import write
 from srrecnn_jax import config, model
 from srrecnn_jax.checkpoint import LoadedModel, save_model
 
+#: Every test here starts fresh interpreters.
+pytestmark = pytest.mark.slow
+
 TIMEOUT_S = 120
 MANIFEST = "srrecnn_manifest.jsonl"
 # Two of the eight in a sub-folder, so outputs mirror the input tree across processes.
@@ -50,11 +55,13 @@ def sr_command(in_dir: Path, out_dir: Path, model_dir: Path) -> list[str]:
 
 def run_processes(commands: list[list[str]], logs: Path, timeout: float = TIMEOUT_S,
                   watch: Callable[[list[subprocess.Popen]], None] | None = None,
-                  ended: list[float] | None = None) -> list[int]:
+                  ended: list[float] | None = None,
+                  envs: list[dict[str, str]] | None = None) -> list[int]:
     """Start all commands at once, wait for all (killing all on a timeout); exit statuses.
 
     ``watch`` is called with the running processes once all have started (to kill one
-    mid-run); ``ended`` receives the time (``time.time()``) at which each one exited.
+    mid-run); ``ended`` receives the time (``time.time()``) at which each one exited;
+    ``envs`` adds variables to each command's environment.
     """
     env = dict(os.environ, JAX_PLATFORMS="cpu")  # XLA_FLAGS (2 devices each) from conftest
     logs.mkdir(parents=True, exist_ok=True)
@@ -62,7 +69,8 @@ def run_processes(commands: list[list[str]], logs: Path, timeout: float = TIMEOU
     for i, command in enumerate(commands):
         out, err = open(logs / f"{i}.out", "w"), open(logs / f"{i}.err", "w")  # noqa: SIM115
         files += [out, err]
-        procs.append(subprocess.Popen(command, stdout=out, stderr=err, env=env))
+        procs.append(subprocess.Popen(command, stdout=out, stderr=err,
+                                      env=env | (envs[i] if envs else {})))
     deadline = time.monotonic() + timeout
     times: list[float | None] = [None] * len(procs)
     try:
@@ -94,14 +102,41 @@ def stderr_of(logs: Path, count: int) -> str:
 
 def run_distributed(in_dir: Path, out_dir: Path, model_dir: Path | list[Path], logs: Path,
                     **kwargs) -> list[int]:
-    """The 2-process batch (``model_dir``: one for both, or one per process);
-    ``kwargs`` go to ``run_processes``."""
+    """The 2-process batch (``model_dir``: one for both, or one per process) with the
+    coordinator named on the command line; ``kwargs`` go to ``run_processes``."""
     port = free_port()
     models = model_dir if isinstance(model_dir, list) else [model_dir] * 2
     commands = [sr_command(in_dir, out_dir, models[i])
                 + ["--distributed", "--coordinator", f"127.0.0.1:{port}",
                    "--num-processes", "2", "--process-id", str(i)] for i in range(2)]
     return run_processes(commands, logs, **kwargs)
+
+
+#: Slurm puts a job's coordinator on a port of this range picked by its job id.
+SLURM_PORTS = range(65536 - 2**12, 65536)
+
+
+def slurm_job_id() -> int:
+    """A Slurm job id whose coordinator port (JAX: ``id % 4096 + 61440``) is free now."""
+    for port in SLURM_PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port - SLURM_PORTS.start
+    pytest.skip("no free port in Slurm's coordinator range")
+
+
+def run_as_slurm_tasks(in_dir: Path, out_dir: Path, model_dir: Path, logs: Path) -> list[int]:
+    """The 2-process batch as ``srun -n 2 srrecnn sr ... --distributed`` would start it on
+    one node: only Slurm's variables say who is who, no coordinator options."""
+    job = str(slurm_job_id())
+    envs = [{"SLURM_JOB_ID": job, "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+             "SLURM_STEP_NUM_NODES": "1", "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}
+            for i in range(2)]
+    commands = [sr_command(in_dir, out_dir, model_dir) + ["--distributed"]] * 2
+    return run_processes(commands, logs, envs=envs)
 
 
 @pytest.fixture(scope="module")
@@ -118,12 +153,34 @@ def data(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "in": root / "in", "model": root / "model"}
 
 
+#: A manifest part an earlier 3-process run left in the output folder.
+STALE = {"input": "a0.nii.gz", "output": "a0_SR.nii.gz", "status": "error",
+         "error": "from an earlier run", "process": 2}
+
+
 @pytest.fixture(scope="module")
-def two_process_run(data) -> tuple[Path, list[int], str]:
-    """The 2-process batch: output folder, exit statuses, both stderrs."""
+def two_process_run(data) -> dict:
+    """The 2-process batch started as Slurm tasks, into a folder holding a stale part:
+    output folder, exit statuses, both stderrs, and the merged manifest and both parts
+    as they were right after it (a later run appends to them)."""
     out, logs = data["root"] / "out2", data["root"] / "logs2"
-    codes = run_distributed(data["in"], out, data["model"], logs)
-    return out, codes, stderr_of(logs, 2)
+    out.mkdir()
+    (out / "srrecnn_manifest.part-00002-of-00003.jsonl").write_text(json.dumps(STALE) + "\n")
+    codes = run_as_slurm_tasks(data["in"], out, data["model"], logs)
+    assert codes == [0, 0], stderr_of(logs, 2)
+    return {"out": out, "codes": codes, "stderr": stderr_of(logs, 2),
+            "merged": read_jsonl(out / MANIFEST),
+            "parts": [read_jsonl(out / f"srrecnn_manifest.part-{i:05d}-of-00002.jsonl")
+                      for i in range(2)]}
+
+
+@pytest.fixture(scope="module")
+def second_run(data, two_process_run) -> list[dict]:
+    """The same batch again into the same folder (coordinator named): its merged manifest."""
+    logs = data["root"] / "logs2-again"
+    codes = run_distributed(data["in"], two_process_run["out"], data["model"], logs)
+    assert codes == [0, 0], stderr_of(logs, 2)
+    return read_jsonl(two_process_run["out"] / MANIFEST)
 
 
 @pytest.fixture(scope="module")
@@ -145,16 +202,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_both_processes_exit_zero(two_process_run):
-    """Both processes finish their share, wait for each other and exit 0."""
-    _, codes, stderr = two_process_run
-    assert codes == [0, 0], stderr
+def test_slurm_tasks_find_each_other_and_exit_zero(two_process_run):
+    """Started with Slurm's variables only, the two processes join one run (no coordinator
+    options), finish their shares and exit 0 with no error line."""
+    assert two_process_run["codes"] == [0, 0]
+    assert "srrecnn: error" not in two_process_run["stderr"]
 
 
 def test_outputs_written_once_and_equal_single_process(data, two_process_run, one_process_out):
     """Every input has exactly one output, voxel for voxel the single-process result."""
-    out, codes, stderr = two_process_run
-    assert codes == [0, 0], stderr
+    out = two_process_run["out"]
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*.nii.gz"))
     assert written == sorted(f"{name}_SR.nii.gz" for name in NAMES)
     assert not list(out.glob(".tmp-*")), "staging folders left behind"
@@ -166,10 +223,9 @@ def test_outputs_written_once_and_equal_single_process(data, two_process_run, on
 
 
 def test_merged_manifest_one_ok_line_per_input(data, two_process_run):
-    """Process 0's merged manifest: one "ok" line per input, from the process that owns it."""
-    out, codes, stderr = two_process_run
-    assert codes == [0, 0], stderr
-    rows = read_jsonl(out / MANIFEST)
+    """Process 0's merged manifest: one "ok" line per input, from the process that owns it
+    (and the stale part's row, kept as history)."""
+    rows = [r for r in two_process_run["merged"] if r != STALE]
     assert sorted(r["input"] for r in rows) == sorted(expected_split(data["in"]))
     assert all(r["status"] == "ok" for r in rows), rows
     assert {r["input"]: r["process"] for r in rows} == expected_split(data["in"])
@@ -178,39 +234,16 @@ def test_merged_manifest_one_ok_line_per_input(data, two_process_run):
 
 def test_rows_of_both_processes_name_one_run(two_process_run):
     """The processes of one run agree on its id: every row of the merged manifest has it."""
-    out, codes, stderr = two_process_run
-    assert codes == [0, 0], stderr
-    assert len({r["run"] for r in read_jsonl(out / MANIFEST)}) == 1
+    assert len({r["run"] for r in two_process_run["merged"] if r != STALE}) == 1
 
 
 def test_part_files_list_only_their_share(data, two_process_run):
     """Each process's manifest part lists exactly its own jobs."""
-    out, codes, stderr = two_process_run
-    assert codes == [0, 0], stderr
     split = expected_split(data["in"])
-    for i in range(2):
-        rows = read_jsonl(out / f"srrecnn_manifest.part-{i:05d}-of-00002.jsonl")
+    for i, rows in enumerate(two_process_run["parts"]):
         assert sorted(r["input"] for r in rows) == sorted(p for p, k in split.items() if k == i)
         assert {r["process"] for r in rows} == {i}
         assert {r["status"] for r in rows} == {"ok"}
-
-
-@pytest.fixture(scope="module")
-def two_runs(data, tmp_path_factory) -> dict:
-    """Two 2-process runs into one folder that already held a part left by an earlier
-    3-process run: the stale row, and the merged manifest after each run."""
-    root = tmp_path_factory.mktemp("two_runs")
-    out = root / "out"
-    out.mkdir()
-    stale = {"input": str(data["in"] / "a0.nii.gz"), "output": str(out / "a0_SR.nii.gz"),
-             "status": "error", "error": "from an earlier run", "process": 2}
-    (out / "srrecnn_manifest.part-00002-of-00003.jsonl").write_text(json.dumps(stale) + "\n")
-    merged = []
-    for n in range(2):
-        codes = run_distributed(data["in"], out, data["model"], root / f"logs{n}")
-        assert codes == [0, 0], stderr_of(root / f"logs{n}", 2)
-        merged.append(read_jsonl(out / MANIFEST))
-    return {"stale": stale, "first": merged[0], "second": merged[1]}
 
 
 def this_runs_rows(rows: list[dict]) -> list[dict]:
@@ -218,10 +251,10 @@ def this_runs_rows(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("run")]
 
 
-def test_merged_manifest_keeps_the_rows_of_earlier_runs(two_runs):
+def test_merged_manifest_keeps_the_rows_of_earlier_runs(two_process_run, second_run):
     """The second run's merge keeps every row of the first (shapes and seconds unchanged)
     and adds its own: one skipped row per input."""
-    first, second = this_runs_rows(two_runs["first"]), this_runs_rows(two_runs["second"])
+    first, second = this_runs_rows(two_process_run["merged"]), this_runs_rows(second_run)
     assert len(first) == len(NAMES) and {r["status"] for r in first} == {"ok"}
     assert all(r["shape"] and r["seconds"] > 0 for r in first)
     assert all(row in second for row in first)
@@ -230,11 +263,11 @@ def test_merged_manifest_keeps_the_rows_of_earlier_runs(two_runs):
     assert not {r["run"] for r in added} & {r["run"] for r in first}
 
 
-def test_merge_folds_in_a_part_of_another_process_count(two_runs):
+def test_merge_folds_in_a_part_of_another_process_count(two_process_run, second_run):
     """A part left by an earlier 3-process run is folded into the manifest as history:
     its row is kept, once, whatever the later runs did."""
-    assert two_runs["first"].count(two_runs["stale"]) == 1
-    assert two_runs["second"].count(two_runs["stale"]) == 1
+    assert two_process_run["merged"].count(STALE) == 1
+    assert second_run.count(STALE) == 1
 
 
 # --- a process that dies -----------------------------------------------------------------
