@@ -791,6 +791,7 @@ def start_until_first_output(args: list, out: Path, log: Path) -> subprocess.Pop
     return proc
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_clean_run(tmp_path, models):
     """SIGKILL mid-batch, then the same command: outputs equal a clean run's, no .tmp-* left.
 
@@ -821,6 +822,7 @@ def test_sigkill_then_rerun_equals_clean_run(tmp_path, models):
     assert tmp_leftovers(out) == []
 
 
+@pytest.mark.slow
 def test_sigint_exits_130_with_complete_outputs(tmp_path, models):
     """Ctrl-C: exit 130, each output present is complete and readable, no .tmp-* left,
     fewer than all written; a rerun completes the rest and skips what was done."""
@@ -1152,6 +1154,7 @@ def unprivileged(argv: list[str]) -> list[str]:
     return ["setpriv", "--inh-caps=-all", "--bounding-set=-all", *argv]
 
 
+@pytest.mark.slow
 def test_read_only_out_dir_is_one_error_line(tmp_path, models):
     """A read-only --out-dir ends the batch with one `srrecnn: error:` line naming it,
     exit 1, no traceback, nothing written (the real command: permissions are the point)."""
