@@ -183,10 +183,10 @@ def test_every_test_the_readme_names_exists():
     """The README's guarantees name the tests that prove them (``FILE::TEST``): each such
     test is defined in that file, so a renamed or deleted test cannot leave a promise
     unproven."""
-    readme = (PACKAGE.parent / "README.md").read_text()
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
     named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", readme)
     assert len(named) >= 20
     tests = PACKAGE.parent / "tests"
     missing = [f"{file}::{name}" for file, name in named
-               if f"def {name}(" not in (tests / file).read_text()]
+               if f"def {name}(" not in (tests / file).read_text(encoding="utf-8")]
     assert missing == []
