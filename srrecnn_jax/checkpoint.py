@@ -15,6 +15,7 @@ A run's checkpoint is read knowing only the ``ModelConfig`` saved beside it
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -49,6 +50,19 @@ class LoadedModel:
     trained_scales: list[float] | None = None
     trained_spacing: float | None = None  # mm, of the training inputs' LR grid, if known
     origin: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def fingerprint(loaded: LoadedModel) -> str:
+    """SHA-256 of a model's architecture and parameters (as float32): the same for one
+    network in any form (model folder, run folder, ``.caffemodel``), different for any
+    other, so that a batch rerun knows whether an output was made by this model."""
+    digest = hashlib.sha256(json.dumps(loaded.config.to_dict(), sort_keys=True).encode())
+    for layer in sorted(loaded.params):
+        for leaf in sorted(loaded.params[layer]):
+            array = np.ascontiguousarray(loaded.params[layer][leaf], dtype=np.float32)
+            digest.update(f"{layer}/{leaf}{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def check_params(params: dict, config: ModelConfig, name: str) -> None:

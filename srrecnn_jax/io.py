@@ -87,6 +87,24 @@ def split_name(path: Path) -> tuple[str, str]:
     return path.stem, path.suffix or ".nii.gz"
 
 
+def printable(path: str | Path) -> str:
+    """``path`` for a message: bytes of its name that are not UTF-8 shown as ``\\xff``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _sitk_name(path: str | Path) -> str:
+    """``path`` as SimpleITK takes it. SimpleITK aborts the whole process (it does not
+    raise) on a name that is not valid UTF-8, such as a Latin-1 name on a UTF-8 system,
+    so such a name is refused here: a ``SrrecnnError`` naming it."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SrrecnnError(f"{printable(path)}: file name is not valid UTF-8, which SimpleITK "
+                           "cannot open; rename it") from None
+    return text
+
+
 def read_list_file(path: Path) -> list[Path]:
     """The paths listed in a text file, one per line; blank lines and ``#`` lines skipped.
 
@@ -147,7 +165,7 @@ def read_image(path: str | Path, role: str = "image") -> sitk.Image:
     if path.is_dir():
         raise SrrecnnError(f"{path}: is a folder, expected a {role} file")
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader.SetFileName(_sitk_name(path))
     try:
         reader.ReadImageInformation()  # the header only: check the size before the voxels
         _check_declared_size(reader, path, role)
@@ -408,9 +426,10 @@ def write_image_atomic(image: sitk.Image, path: str | Path,
     def verify(staged: Path) -> None:
         check_written_image(staged, image, path)
 
+    _sitk_name(path)
     with atomic_output(path, staging_root, verify, replace) as staged:
         try:
-            sitk.WriteImage(image, str(staged))
+            sitk.WriteImage(image, _sitk_name(staged))
         except RuntimeError:
             raise SrrecnnError(f"{path}: cannot write image (SimpleITK failed: unknown "
                                "extension, unwritable location, or is the disk full?)") from None
@@ -429,7 +448,7 @@ def check_written_image(written: Path, image: sitk.Image, name: str | Path) -> N
                             "is the disk full?)")
 
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(written))
+    reader.SetFileName(_sitk_name(written))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
@@ -455,6 +474,17 @@ def check_written_image(written: Path, image: sitk.Image, name: str | Path) -> N
         length = -1
     if length < expected:
         raise short(f"{max(length, 0)} bytes of voxel data, {expected} expected")
+
+
+def stored_bytes(path: Path) -> int:
+    """The bytes an image file takes with its detached voxel data, if any (the ``.img``
+    of a ``.hdr``, the ``.raw`` of a ``.mhd``, the data file of a ``.nhdr``): what a
+    rerun compares with the size recorded when it was written. Raises ``OSError``."""
+    size = path.stat().st_size
+    layout = None if path.name.endswith((".nii", ".nii.gz")) else _data_layout(path)
+    if layout is not None and layout[0] != path:
+        size += layout[0].stat().st_size
+    return size
 
 
 def _text_header(path: Path, sep: str,
@@ -540,7 +570,7 @@ def read_input(path: Path, role: str = "input image") -> sitk.Image:
     """An image file, or the DICOM series in a folder (read with GDCM's series order)."""
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
-        ids = reader.GetGDCMSeriesIDs(str(path))
+        ids = reader.GetGDCMSeriesIDs(_sitk_name(path))
         if not ids:
             raise SrrecnnError(f"{path}: folder holds no DICOM series")
         if len(ids) > 1:
@@ -560,7 +590,11 @@ def is_dicom_series(folder: Path) -> bool:
     """A folder holding DICOM files that GDCM groups into a series."""
     if not folder.is_dir() or not any(p.suffix.lower() == ".dcm" for p in folder.iterdir()):
         return False
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    try:
+        name = _sitk_name(folder)
+    except SrrecnnError:
+        return True  # GDCM cannot be asked: taken as a series, whose reading then fails
+    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(name))
 
 
 def image_size(path: Path, role: str = "image") -> tuple[int, ...]:
@@ -568,7 +602,7 @@ def image_size(path: Path, role: str = "image") -> tuple[int, ...]:
     if not path.is_file():
         raise SrrecnnError(f"{path}: no such {role} file")
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader.SetFileName(_sitk_name(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
@@ -594,10 +628,11 @@ def header_warnings(image: sitk.Image, name: str,
         warnings.append(f"{name}: direction cosines are not orthonormal; the header may be "
                         "inconsistent")
     spacing = np.array(image.GetSpacing())
+    shown = tuple(round(float(s), 3) for s in spacing)
     if spacing.max() > 4 * spacing.min():
-        warnings.append(f"{name}: very anisotropic voxels {tuple(spacing.round(3))} mm")
+        warnings.append(f"{name}: very anisotropic voxels {shown} mm")
     if trained_spacing and np.any(np.abs(np.log(spacing / trained_spacing)) > np.log(2)):
-        warnings.append(f"{name}: spacing {tuple(spacing.round(3))} mm is far from the "
+        warnings.append(f"{name}: spacing {shown} mm is far from the "
                         f"{trained_spacing:g} mm the model was trained on")
     return warnings
 
@@ -612,9 +647,10 @@ def write_image_verified(image: sitk.Image, path: str | Path, staging_root: Path
     short data). ``before_rename`` (if given) then sees the staged file.
     """
     path = Path(path)
+    _sitk_name(path)
     with atomic_output(path, staging_root) as staged:
         try:
-            sitk.WriteImage(image, str(staged))
+            sitk.WriteImage(image, _sitk_name(staged))
         except RuntimeError:
             raise SrrecnnError(f"{path}: cannot write image (unknown extension or "
                                "unwritable location)") from None
@@ -622,7 +658,7 @@ def write_image_verified(image: sitk.Image, path: str | Path, staging_root: Path
             if staged.name.endswith((".nii", ".nii.gz")):
                 _check_nifti_complete(staged, "written image", to_end=True)
             else:
-                sitk.ReadImage(str(staged))
+                sitk.ReadImage(_sitk_name(staged))
         except (SrrecnnError, RuntimeError):
             raise SrrecnnError(f"{path}: cannot write image: it does not read back whole "
                                "(is the disk full?)") from None

@@ -64,6 +64,26 @@ def hold(path: Path, shared: bool = False, blocking: bool = False, note: str = "
         os.close(fd)
 
 
+def held(path: Path) -> bool | None:
+    """Whether another process holds the lock ``path`` now (a missing file is not held);
+    None when this file system cannot tell (no ``flock``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: a holder's exclusive lock
+    except BlockingIOError:                          # refuses it
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # drops our lock, if we took it
+    return False
+
+
 def _lock(path: Path, mode: int, warn: Callable[[str], None] | None) -> int | None:
     """An open descriptor of the lock file ``path``, locked in ``mode``; None when the file
     system cannot lock."""

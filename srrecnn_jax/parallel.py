@@ -21,11 +21,20 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return jax.process_index(), jax.process_count()
 
 
-def barrier(name: str) -> None:
-    """Wait until every process reaches ``name``."""
+def detach(values) -> np.ndarray:
+    """Leave the multi-process job: wait here for every process, hand each process 0's
+    ``values`` (integers), then shut ``jax.distributed`` down, after which the processes
+    go on independently on their local devices.
+
+    For work that needs no collective after this point (batch super-resolution): while
+    joined, the death of one process makes JAX's coordination service terminate all
+    the others, losing their work in flight.
+    """
     from jax.experimental import multihost_utils
 
-    multihost_utils.sync_global_devices(name)
+    shared = np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(values, np.int64)))
+    jax.distributed.shutdown()
+    return shared
 
 
 def data_mesh() -> jax.sharding.Mesh:

@@ -10,8 +10,11 @@ Specification, one behaviour per test:
 * a run writes every good output, reports every bad input in one ``srrecnn: error:`` line,
   exits 1 if any job failed, and its outputs equal ``SuperResolver.run`` of the same input
   to ``RTOL`` (shape buckets must not change results);
-* the manifest (JSONL) has one line per job;
-* a rerun skips complete outputs; SIGKILL and Ctrl-C leave only complete outputs and no
+* the manifest (JSONL) has one line per job and run; a rerun appends its rows (each
+  names its run), never losing an earlier run's;
+* a rerun skips an output only if the manifest records it as made from the same input by
+  the same model, scale and result-changing options, and it reads back as written;
+  anything else is made again, saying why; SIGKILL and Ctrl-C leave only complete outputs and no
   staging files, and a rerun completes the rest;
 * memory is bounded (bounded queues), whatever the number of volumes.
 
@@ -93,7 +96,14 @@ def command(*args) -> list[str]:
 
 
 def manifest(out_dir: Path) -> list[dict]:
+    """Every row of the manifest: of all runs into ``out_dir``, in file order."""
     return [json.loads(line) for line in (out_dir / MANIFEST).read_text().splitlines()]
+
+
+def last_run(out_dir: Path) -> list[dict]:
+    """The rows of the latest run (its ``run`` id is the last row's)."""
+    rows = manifest(out_dir)
+    return [r for r in rows if r["run"] == rows[-1]["run"]]
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -513,7 +523,7 @@ def test_rerun_skips_complete_outputs(small_batch):
     """The same command again exits 0, marks every job skipped and leaves the files untouched."""
     code, _, err = run_cli(*small_batch["args"])
     assert code == 0, err
-    assert [r["status"] for r in manifest(small_batch["out"])] == ["skipped"] * 3
+    assert [r["status"] for r in last_run(small_batch["out"])] == ["skipped"] * 3
     assert [p.stat().st_mtime_ns for p in small_batch["outputs"]] == [1_000_000_000] * 3
 
 
@@ -521,7 +531,7 @@ def test_rerun_redoes_only_missing_outputs(small_batch):
     """A deleted output is redone; the others are skipped."""
     small_batch["outputs"][1].unlink()
     assert run_cli(*small_batch["args"])[0] == 0
-    status = {Path(r["output"]).name: r["status"] for r in manifest(small_batch["out"])}
+    status = {Path(r["output"]).name: r["status"] for r in last_run(small_batch["out"])}
     assert status == {"v0_SR.nii.gz": "skipped", "v1_SR.nii.gz": "ok",
                       "v2_SR.nii.gz": "skipped"}
     assert small_batch["outputs"][1].is_file()
@@ -530,7 +540,7 @@ def test_rerun_redoes_only_missing_outputs(small_batch):
 def test_overwrite_redoes_outputs(small_batch):
     """With --overwrite every output is written again."""
     assert run_cli(*small_batch["args"], "--overwrite")[0] == 0
-    assert [r["status"] for r in manifest(small_batch["out"])] == ["ok"] * 3
+    assert [r["status"] for r in last_run(small_batch["out"])] == ["ok"] * 3
     assert all(p.stat().st_mtime_ns != 1_000_000_000 for p in small_batch["outputs"])
 
 
@@ -544,14 +554,112 @@ def test_rerun_retries_failed_jobs(small_batch):
     assert str(bad) in line
     code, _, _ = run_cli(*small_batch["args"])
     assert code == 1
-    assert sorted(r["status"] for r in manifest(small_batch["out"])) == ["error"] + [
+    assert sorted(r["status"] for r in last_run(small_batch["out"])) == ["error"] + [
         "skipped"] * 3
 
 
-SKIPPED_PROGRESS = (
-    "batch_cli.run_batch_command feeds manifest.records to the progress bar before "
-    "run_batch, but run_batch adds the skipped records itself and never calls progress for "
-    "them, so a resumed run's bar stops at 0/N")
+@pytest.mark.parametrize("change, words", [
+    (["-s", "3"], "scale was 2,2,2, now 3,3,3"), (["--order", "1"], "order was 3, now 1"),
+    (["--no-residual"], "residual was default, now False"),
+    (["--header", "original"], "header was consistent, now original"),
+    (["--precision", "bf16"], "precision was fp32, now bf16"),
+    (["--interpolation", "scipy"], "interpolation was device, now scipy")],
+    ids=["scale", "order", "residual", "header", "precision", "interpolation"])
+def test_rerun_with_another_option_redoes_outputs(change, words, small_batch):
+    """A rerun with another scale, or another option that changes the voxels, makes every
+    output again: each row is ok, says why in ``redone``, and a warning names the output."""
+    code, _, err = run_cli(*small_batch["args"], *change, quiet=False)
+    assert code == 0, err
+    rows = last_run(small_batch["out"])
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert all(r["redone"] == words for r in rows), rows
+    for path in small_batch["outputs"]:
+        assert f"{path}: exists, but is made again: {words}" in err
+        assert path.stat().st_mtime_ns != 1_000_000_000
+
+
+def test_rerun_with_another_scale_writes_the_new_size(small_batch):
+    """After a rerun at scale 3 the outputs are the scale-3 results (3x the input size)."""
+    assert run_cli(*small_batch["args"], "-s", 3)[0] == 0
+    assert sitk.ReadImage(str(small_batch["outputs"][1])).GetSize() == (24, 24, 24)
+
+
+def test_rerun_with_options_that_keep_the_voxels_skips(small_batch):
+    """--tile, --bucket and --workers do not change the result: the outputs are kept."""
+    code, _, err = run_cli(*small_batch["args"], "--tile", 8, "--bucket", 4, "--workers", 1)
+    assert code == 0, err
+    assert [r["status"] for r in last_run(small_batch["out"])] == ["skipped"] * 3
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory) -> Path:
+    """A second tiny one-channel model, its weights drawn from another seed."""
+    import jax
+
+    from srrecnn_jax import config, model
+    from srrecnn_jax.checkpoint import LoadedModel, save_model
+
+    cfg = config.tiny()
+    return save_model(tmp_path_factory.mktemp("other") / "model",
+                      LoadedModel(model.init(jax.random.PRNGKey(1), cfg), cfg))
+
+
+def test_rerun_with_another_model_redoes_outputs(small_batch, other_model):
+    """A rerun with another model makes every output again, saying so in its row."""
+    assert run_cli(*small_batch["args"], "-m", other_model)[0] == 0
+    rows = last_run(small_batch["out"])
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert all(r["redone"].startswith("made by another model") for r in rows), rows
+
+
+def test_rerun_after_the_input_changed_redoes_its_output(small_batch):
+    """An input replaced since its output was made (another scan under the same name) is
+    done again; the others are skipped."""
+    save(synthetic((8, 8, 8), 7), small_batch["src"] / "v1.nii.gz")
+    assert run_cli(*small_batch["args"])[0] == 0
+    rows = {Path(r["output"]).name: r for r in last_run(small_batch["out"])}
+    assert rows["v1_SR.nii.gz"]["redone"] == "the input changed since"
+    assert [rows[n]["status"] for n in ("v0_SR.nii.gz", "v2_SR.nii.gz")] == ["skipped"] * 2
+
+
+@pytest.mark.parametrize("keep", [0, 0.5], ids=["empty", "truncated"])
+def test_rerun_redoes_an_output_cut_short(keep, small_batch):
+    """An output that is now empty or cut in half (a disk that filled, a copy that broke)
+    is made again, whole; the others are skipped."""
+    path = small_batch["outputs"][1]
+    whole = pixels(path)
+    os.truncate(path, int(path.stat().st_size * keep))
+    code, _, err = run_cli(*small_batch["args"])
+    assert code == 0, err
+    rows = {Path(r["output"]).name: r for r in last_run(small_batch["out"])}
+    assert rows[path.name]["status"] == "ok"
+    assert "cut short or replaced" in rows[path.name]["redone"]
+    assert [rows[n]["status"] for n in ("v0_SR.nii.gz", "v2_SR.nii.gz")] == ["skipped"] * 2
+    np.testing.assert_array_equal(pixels(path), whole)
+
+
+def test_rerun_redoes_an_output_the_manifest_does_not_know(small_batch):
+    """An output file with no manifest row (the manifest was deleted, or the file came
+    from elsewhere) is not trusted: it is made again."""
+    (small_batch["out"] / MANIFEST).unlink()
+    assert run_cli(*small_batch["args"])[0] == 0
+    rows = manifest(small_batch["out"])
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert {r["redone"] for r in rows} == {"the manifest has no record of how it was made"}
+
+
+def test_rerun_keeps_the_rows_of_earlier_runs(small_batch):
+    """A rerun appends its rows under a new run id: the first run's rows (shapes, seconds,
+    times) are all still there, unchanged, before the rerun's."""
+    first = manifest(small_batch["out"])
+    assert run_cli(*small_batch["args"])[0] == 0
+    rows = manifest(small_batch["out"])
+    assert rows[:3] == first
+    assert [r["status"] for r in first] == ["ok"] * 3
+    assert all(r["shape"] and r["seconds"] > 0 and r["time"] for r in first)
+    assert len({r["run"] for r in first}) == 1
+    assert [r["status"] for r in rows[3:]] == ["skipped"] * 3
+    assert {r["run"] for r in rows[3:]} == {rows[3]["run"]} != {first[0]["run"]}
 
 
 def test_rerun_progress_bar_counts_skipped(small_batch):
@@ -559,6 +667,91 @@ def test_rerun_progress_bar_counts_skipped(small_batch):
     code, _, err = run_cli(*small_batch["args"], quiet=False)
     assert code == 0
     assert "3/3" in err, err.replace("\r", "\n")
+
+
+# --- --shard I/N: independent processes (a Slurm job array) ------------------------------
+
+
+@pytest.fixture
+def sharded(tmp_path, models):
+    """Five inputs run as --shard 0/2, then --shard 1/2, one after the other (no coordinator:
+    each runs alone). The manifest after each."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    for n in range(5):
+        save(synthetic((6, 7, 6), n), src / f"v{n}.nii.gz")
+    args = [src, "--out-dir", out, "-m", models["mono"], "-s", SCALE]
+    after = []
+    for i in range(2):
+        code, _, err = run_cli(*args, "--shard", f"{i}/2")
+        assert code == 0, err
+        after.append(manifest(out))
+    return {"src": src, "out": out, "after": after}
+
+
+def test_shards_cover_every_job_once(sharded):
+    """Shard 0 takes inputs 0, 2, 4 and shard 1 inputs 1, 3 of the sorted list: together
+    every output is written exactly once, and the merged manifest has one ok row per input
+    from the shard that took it."""
+    rows = sharded["after"][1]
+    assert sorted((Path(r["input"]).name, r["process"]) for r in rows) == [
+        ("v0.nii.gz", 0), ("v1.nii.gz", 1), ("v2.nii.gz", 0), ("v3.nii.gz", 1),
+        ("v4.nii.gz", 0)]
+    assert {r["status"] for r in rows} == {"ok"}
+    assert sorted(p.name for p in sharded["out"].glob("*_SR.nii.gz")) == [
+        f"v{n}_SR.nii.gz" for n in range(5)]
+
+
+def test_a_shard_alone_merges_what_exists(sharded):
+    """Shard 0 does not wait for shard 1: when it ends, the manifest holds its own rows."""
+    assert sorted(Path(r["input"]).name for r in sharded["after"][0]) == [
+        "v0.nii.gz", "v2.nii.gz", "v4.nii.gz"]
+
+
+def test_merge_manifest_rebuilds_the_manifest_from_its_parts(sharded):
+    """``srrecnn merge-manifest OUT_DIR`` alone folds the parts into the manifest again
+    (here after the manifest was lost): the same rows."""
+    (sharded["out"] / MANIFEST).unlink()
+    out, err = StringIO(), StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert cli.main(["merge-manifest", str(sharded["out"])]) == 0
+    assert sorted(map(json.dumps, manifest(sharded["out"]))) == sorted(
+        map(json.dumps, sharded["after"][1]))
+
+
+def test_merge_manifest_without_parts_is_one_error_line(tmp_path):
+    """A folder with no manifest parts: exit 1, one line naming the folder."""
+    err = StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli.main(["merge-manifest", str(tmp_path)]) == 1
+    (line,) = err.getvalue().splitlines()
+    assert line.startswith("srrecnn: error:") and str(tmp_path) in line, line
+
+
+def test_merge_manifest_is_refused_while_a_run_writes_the_folder(sharded):
+    """While a one-process run holds the output folder (here: the test, through its lock
+    file), merge-manifest would replace the manifest under the rows that run appends:
+    refused, one line naming the folder; the manifest untouched."""
+    before = (sharded["out"] / MANIFEST).read_bytes()
+    err = StringIO()
+    with open(sharded["out"] / ".srrecnn.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with contextlib.redirect_stderr(err):
+            assert cli.main(["merge-manifest", str(sharded["out"])]) == 1
+    (line,) = err.getvalue().splitlines()
+    assert line.startswith("srrecnn: error:") and str(sharded["out"]) in line, line
+    assert (sharded["out"] / MANIFEST).read_bytes() == before
+
+
+@pytest.mark.parametrize("shard", ["2/2", "1", "a/b", "-1/2"])
+def test_bad_shard_is_a_usage_error(shard, tmp_path, models):
+    """--shard must be I/N with 0 <= I < N: otherwise exit 2, one line naming --shard."""
+    err = StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
+        cli.main(["sr", str(tmp_path), "--out-dir", str(tmp_path / "out"), "-m",
+                  str(models["mono"]), "-s", "2", "--shard", shard])
+    assert info.value.code == 2
+    (line,) = err.getvalue().splitlines()
+    assert "--shard" in line, line
 
 
 # --- output folder inside the input folder ----------------------------------------------
@@ -598,11 +791,13 @@ def start_until_first_output(args: list, out: Path, log: Path) -> subprocess.Pop
     return proc
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_clean_run(tmp_path, models):
     """SIGKILL mid-batch, then the same command: outputs equal a clean run's, no .tmp-* left.
 
     Twelve 16^3 volumes, one reader: the run is killed as soon as its first output appears,
-    leaving its staging folder behind; the rerun removes it.
+    leaving its staging folder behind; the rerun removes it. An output the killed run wrote
+    is kept if its manifest row was written too, else made again (nothing vouches for it).
     """
     src, out, clean = tmp_path / "in", tmp_path / "out", tmp_path / "clean"
     inputs = many_volumes(src, 12)
@@ -616,7 +811,9 @@ def test_sigkill_then_rerun_equals_clean_run(tmp_path, models):
 
     code, _, err = run_cli(*args, "--out-dir", out)
     assert code == 0, err
-    assert sum(r["status"] == "skipped" for r in manifest(out)) == killed_with
+    kept = [r for r in last_run(out) if r["status"] == "skipped"
+            or r["redone"] == "the manifest has no record of how it was made"]
+    assert len(kept) == killed_with
     assert run_cli(*args, "--out-dir", clean)[0] == 0
 
     for path in inputs:
@@ -625,6 +822,7 @@ def test_sigkill_then_rerun_equals_clean_run(tmp_path, models):
     assert tmp_leftovers(out) == []
 
 
+@pytest.mark.slow
 def test_sigint_exits_130_with_complete_outputs(tmp_path, models):
     """Ctrl-C: exit 130, each output present is complete and readable, no .tmp-* left,
     fewer than all written; a rerun completes the rest and skips what was done."""
@@ -645,7 +843,7 @@ def test_sigint_exits_130_with_complete_outputs(tmp_path, models):
 
     code, _, err = run_cli(*args)
     assert code == 0, err
-    rows = manifest(out)
+    rows = last_run(out)
     assert sorted(Path(r["output"]) for r in rows if r["status"] == "skipped") == done
     assert sum(r["status"] == "ok" for r in rows) == len(inputs) - len(done)
     assert len(list(out.glob("*_SR.nii.gz"))) == len(inputs)
@@ -703,6 +901,36 @@ def dicom_series(tmp_path) -> Path:
     folder = tmp_path / "in" / "sub-01" / "t1_series"
     write_dicom_series(values, folder)
     return folder
+
+
+def test_dicom_series_reads_back_as_written(tmp_path):
+    """A series whose file names run against its slice positions reads back as written:
+    the same (x, y, z) voxels exactly, slices in Image Position order, the spacing and
+    origin of the series (to 1e-6 mm and 1e-4 mm)."""
+    values = np.random.default_rng(5).integers(10, 1000, (7, 6, 5))
+    folder = tmp_path / "series"
+    write_dicom_series(values, folder, spacing=(0.9, 1.1, 2.0), origin=(-5.0, 3.0, 10.0))
+    files = sorted(folder.iterdir())
+    for k, path in enumerate(files):  # z = 0 becomes the last name, z = 4 the first
+        path.rename(folder / f"tmp{len(files) - 1 - k:03d}")
+    for path in folder.iterdir():
+        path.rename(folder / f"{path.name.replace('tmp', 'slice')}.dcm")
+    image = io.read_input(folder)
+    np.testing.assert_array_equal(io.to_array(image, np.float64), values)
+    np.testing.assert_allclose(image.GetSpacing(), (0.9, 1.1, 2.0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(image.GetOrigin(), (-5.0, 3.0, 10.0), rtol=0, atol=1e-4)
+
+
+def test_dicom_series_gives_the_result_of_the_same_volume_as_nifti(dicom_series, tmp_path,
+                                                                     models):
+    """``sr FOLDER`` equals ``sr`` of the series' voxels and geometry written as NIfTI:
+    same grid, voxels to 1e-6 of the largest."""
+    nifti = save(io.read_input(dicom_series), tmp_path / "series.nii.gz")
+    from_series, from_nifti = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    for source, output in ((dicom_series, from_series), (nifti, from_nifti)):
+        code, _, err = run_cli(source, "-o", output, "-m", models["mono"], "-s", SCALE)
+        assert code == 0, err
+    assert_same_result(sitk.ReadImage(str(from_series)), sitk.ReadImage(str(from_nifti)))
 
 
 def test_dicom_series_single_input(dicom_series, tmp_path, models):
@@ -873,6 +1101,47 @@ def test_output_that_does_not_read_back_is_a_failed_job(tmp_path, models, monkey
     assert not (out / "a_SR.mha").exists()
 
 
+# --- file names that are not UTF-8 ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_file_name_not_utf8_is_one_failed_job(tmp_path, models):
+    """A scan named with a byte that is not UTF-8 (``scan_\\xff.nii.gz``, a Latin-1 name)
+    fails alone: one error line naming it (the byte shown as ``\\xff``), an error row in
+    the manifest, exit 1; the other scan is written and no staging folder is left. (The
+    real command: SimpleITK aborted the whole process on such a name.)"""
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(synthetic((6, 6, 6), 0), src / "good.nii.gz")
+    staged = save(synthetic((6, 6, 6), 1), src / "latin1.nii.gz")
+    os.rename(os.fsencode(staged), os.fsencode(src) + b"/scan_\xff.nii.gz")
+    proc = subprocess.run(command(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("srrecnn: error:") and "scan_\\xff.nii.gz" in line, line
+    assert "not valid UTF-8" in line, line
+    assert (out / "good_SR.nii.gz").is_file()
+    rows = {os.fsencode(r["input"]): r["status"] for r in manifest(out)}
+    assert rows == {os.fsencode(src) + b"/scan_\xff.nii.gz": "error",
+                    os.fsencode(src / "good.nii.gz"): "ok"}
+    assert tmp_leftovers(out) == []
+
+
+def test_list_file_not_utf8_is_one_error_line(tmp_path, models):
+    """A .txt list that is not UTF-8 text (here Latin-1) ends the batch before any work with
+    one line naming the list file; nothing is written."""
+    scan = save(synthetic((6, 6, 6), 0), tmp_path / "in" / "a.nii.gz")
+    listing = tmp_path / "scans.txt"
+    listing.write_bytes(f"{scan}\n".encode() + b"# caf\xe9\n")
+    code, _, err = run_cli(listing, "--out-dir", tmp_path / "out", "-m", models["mono"],
+                           "-s", SCALE)
+    assert code == 1
+    (line,) = err.splitlines()
+    assert line.startswith("srrecnn: error:") and str(listing) in line, line
+    assert "not UTF-8" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 # --- a read-only output folder ----------------------------------------------------------
 
 
@@ -885,6 +1154,7 @@ def unprivileged(argv: list[str]) -> list[str]:
     return ["setpriv", "--inh-caps=-all", "--bounding-set=-all", *argv]
 
 
+@pytest.mark.slow
 def test_read_only_out_dir_is_one_error_line(tmp_path, models):
     """A read-only --out-dir ends the batch with one `srrecnn: error:` line naming it,
     exit 1, no traceback, nothing written (the real command: permissions are the point)."""

@@ -23,6 +23,7 @@ def has_zoom_device() -> bool:
     return hasattr(interpolation, "zoom_device")
 
 
+@pytest.mark.slow
 def test_smoke_run_of_every_suite_writes_json_and_a_table(tmp_path):
     out = tmp_path / "bench.json"
     result = bench("--suite", "all", "--smoke", "--json", str(out))
@@ -70,6 +71,7 @@ def test_smoke_run_of_every_suite_writes_json_and_a_table(tmp_path):
     assert infer["flop_per_output_voxel"] == 2 * 27 * (8 + 64 + 8)
 
 
+@pytest.mark.slow
 def test_timed_networks_agree_with_a_float64_reference(tmp_path):
     """What the benchmark times is the right network, with or without PyTorch: every
     smoke inference case (whole and tiled) within 1e-5 of the output range in fp32,
@@ -84,6 +86,7 @@ def test_timed_networks_agree_with_a_float64_reference(tmp_path):
         assert case["float64_max_rel_diff"] <= limit, case["name"]
 
 
+@pytest.mark.slow
 def test_torch_reference_agrees_with_jax(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "bench.json"
@@ -113,6 +116,7 @@ def test_alternating_measurement_takes_the_calls_in_turns():
     assert [len(timed[n].seconds) for n in "ab"] == [3, 3]
 
 
+@pytest.mark.slow
 def test_unknown_suite_is_a_one_line_error():
     result = bench("--suite", "bogus")
     assert result.returncode != 0
@@ -121,6 +125,7 @@ def test_unknown_suite_is_a_one_line_error():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_without_torch_the_torch_columns_give_a_reason(tmp_path):
     out = tmp_path / "bench.json"
     result = bench("--suite", "interp", "--smoke", "--no-torch", "--json", str(out))
@@ -128,3 +133,27 @@ def test_without_torch_the_torch_columns_give_a_reason(tmp_path):
     data = json.loads(out.read_text())
     assert data["options"]["torch_skipped"] == "disabled with --no-torch"
     assert [c["name"] for c in data["cases"]] == ["interp_20_x2"]
+
+
+@pytest.mark.slow
+def test_whole_brain_smoke_runs_both_pipelines_and_records_start_up(tmp_path):
+    """``python -m benchmarks.whole_brain --smoke``: a 16^3 MNI crop through ``srrecnn sr``
+    (and the PyTorch script when installed), output 16^3 and finite, the two agreeing to
+    1e-4 of the range, start-up measured cold and warm; timings not checked."""
+    out = tmp_path / "whole.json"
+    result = subprocess.run([sys.executable, "-m", "benchmarks.whole_brain", "--smoke",
+                             "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["output_shape"] == [16, 16, 16] and data["output_finite"]
+    assert data["startup_32cube_launch_to_output"]["cold_s"] > 0
+    assert data["startup_32cube_launch_to_output"]["warm_s"] > 0
+    ours = data["runs"]["srrecnn"]
+    assert len(ours["seconds"]) == 1 and ours["peak_rss_gib"] > 0
+    if "torch" in data["runs"]:
+        assert data["agreement_max_rel_diff"] < 1e-4
+        assert data["time_ratio"] == pytest.approx(
+            ours["median_s"] / data["runs"]["torch"]["median_s"], rel=1e-9)
+    else:
+        assert data["time_ratio"] is None and data["agreement_max_rel_diff"] is None

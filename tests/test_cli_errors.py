@@ -296,6 +296,7 @@ def test_monomodal_model_takes_no_reference(good, lr_path, out_dir, capfd):
 
 
 
+@pytest.mark.slow
 def test_reference_without_overlap(good, models, in_dir, out_dir):
     """A same-size reference 1000 mm away from the input (no physical overlap) is named.
 
@@ -444,6 +445,7 @@ def _commands() -> list[list[str]]:
 
 
 @pytest.mark.parametrize("command", _commands(), ids=lambda c: Path(c[-1]).name)
+@pytest.mark.slow
 def test_subprocess_missing_input(command, good, in_dir, out_dir):
     """The real command (module and console script): exit 1, one stderr line, no traceback."""
     missing = str(in_dir / "nope.nii.gz")

@@ -1,18 +1,27 @@
 """Batch mode over two processes on one machine: ``jax.distributed`` on loopback, CPU (gloo).
 
 Two ``srrecnn sr --out-dir ... --distributed`` processes share eight tiny
-volumes; the sorted job list is split every other job. Their results must
-equal a single-process run, and process 0 merges the manifest parts after a
-barrier.
+volumes; the sorted job list is split every other job. The first run finds its
+peers as on a cluster, from Slurm's variables alone (no coordinator options);
+the others name the coordinator. Their results must
+equal a single-process run, and the manifest parts are merged at the end,
+keeping the rows of earlier runs. When one process dies (SIGKILL) or fails at
+once, the other finishes its share, ends promptly (not after JAX's 100 s
+heartbeat timeout) with one error line naming the missing process, and a rerun
+completes the batch.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import jax
@@ -23,6 +32,9 @@ from conftest import write
 
 from srrecnn_jax import config, model
 from srrecnn_jax.checkpoint import LoadedModel, save_model
+
+#: Every test here starts fresh interpreters.
+pytestmark = pytest.mark.slow
 
 TIMEOUT_S = 120
 MANIFEST = "srrecnn_manifest.jsonl"
@@ -41,27 +53,45 @@ def sr_command(in_dir: Path, out_dir: Path, model_dir: Path) -> list[str]:
             str(out_dir), "-m", str(model_dir), "-s", "2", "--quiet"]
 
 
-def run_processes(commands: list[list[str]], logs: Path) -> list[int]:
-    """Start all commands at once, wait for all (killing all on a timeout); exit statuses."""
+def run_processes(commands: list[list[str]], logs: Path, timeout: float = TIMEOUT_S,
+                  watch: Callable[[list[subprocess.Popen]], None] | None = None,
+                  ended: list[float] | None = None,
+                  envs: list[dict[str, str]] | None = None) -> list[int]:
+    """Start all commands at once, wait for all (killing all on a timeout); exit statuses.
+
+    ``watch`` is called with the running processes once all have started (to kill one
+    mid-run); ``ended`` receives the time (``time.time()``) at which each one exited;
+    ``envs`` adds variables to each command's environment.
+    """
     env = dict(os.environ, JAX_PLATFORMS="cpu")  # XLA_FLAGS (2 devices each) from conftest
     logs.mkdir(parents=True, exist_ok=True)
     procs, files = [], []
     for i, command in enumerate(commands):
         out, err = open(logs / f"{i}.out", "w"), open(logs / f"{i}.err", "w")  # noqa: SIM115
         files += [out, err]
-        procs.append(subprocess.Popen(command, stdout=out, stderr=err, env=env))
+        procs.append(subprocess.Popen(command, stdout=out, stderr=err,
+                                      env=env | (envs[i] if envs else {})))
+    deadline = time.monotonic() + timeout
+    times: list[float | None] = [None] * len(procs)
     try:
-        for proc in procs:
-            proc.wait(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            proc.kill()
-        for proc in procs:
-            proc.wait()
-        pytest.fail(f"timed out after {TIMEOUT_S} s\n{stderr_of(logs, len(procs))}")
+        if watch is not None:
+            watch(procs)
+        while None in times:
+            for i, proc in enumerate(procs):
+                if times[i] is None and proc.poll() is not None:
+                    times[i] = time.time()
+            if time.monotonic() > deadline:
+                for proc in procs:
+                    proc.kill()
+                for proc in procs:
+                    proc.wait()
+                pytest.fail(f"timed out after {timeout} s\n{stderr_of(logs, len(procs))}")
+            time.sleep(0.05)
     finally:
         for f in files:
             f.close()
+    if ended is not None:
+        ended[:] = times
     return [proc.returncode for proc in procs]
 
 
@@ -70,12 +100,43 @@ def stderr_of(logs: Path, count: int) -> str:
                      for i in range(count))
 
 
-def run_distributed(in_dir: Path, out_dir: Path, model_dir: Path, logs: Path) -> list[int]:
+def run_distributed(in_dir: Path, out_dir: Path, model_dir: Path | list[Path], logs: Path,
+                    **kwargs) -> list[int]:
+    """The 2-process batch (``model_dir``: one for both, or one per process) with the
+    coordinator named on the command line; ``kwargs`` go to ``run_processes``."""
     port = free_port()
-    commands = [sr_command(in_dir, out_dir, model_dir)
+    models = model_dir if isinstance(model_dir, list) else [model_dir] * 2
+    commands = [sr_command(in_dir, out_dir, models[i])
                 + ["--distributed", "--coordinator", f"127.0.0.1:{port}",
                    "--num-processes", "2", "--process-id", str(i)] for i in range(2)]
-    return run_processes(commands, logs)
+    return run_processes(commands, logs, **kwargs)
+
+
+#: Slurm puts a job's coordinator on a port of this range picked by its job id.
+SLURM_PORTS = range(65536 - 2**12, 65536)
+
+
+def slurm_job_id() -> int:
+    """A Slurm job id whose coordinator port (JAX: ``id % 4096 + 61440``) is free now."""
+    for port in SLURM_PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port - SLURM_PORTS.start
+    pytest.skip("no free port in Slurm's coordinator range")
+
+
+def run_as_slurm_tasks(in_dir: Path, out_dir: Path, model_dir: Path, logs: Path) -> list[int]:
+    """The 2-process batch as ``srun -n 2 srrecnn sr ... --distributed`` would start it on
+    one node: only Slurm's variables say who is who, no coordinator options."""
+    job = str(slurm_job_id())
+    envs = [{"SLURM_JOB_ID": job, "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+             "SLURM_STEP_NUM_NODES": "1", "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}
+            for i in range(2)]
+    commands = [sr_command(in_dir, out_dir, model_dir) + ["--distributed"]] * 2
+    return run_processes(commands, logs, envs=envs)
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +153,34 @@ def data(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "in": root / "in", "model": root / "model"}
 
 
+#: A manifest part an earlier 3-process run left in the output folder.
+STALE = {"input": "a0.nii.gz", "output": "a0_SR.nii.gz", "status": "error",
+         "error": "from an earlier run", "process": 2}
+
+
 @pytest.fixture(scope="module")
-def two_process_run(data) -> tuple[Path, list[int], str]:
-    """The 2-process batch: output folder, exit statuses, both stderrs."""
+def two_process_run(data) -> dict:
+    """The 2-process batch started as Slurm tasks, into a folder holding a stale part:
+    output folder, exit statuses, both stderrs, and the merged manifest and both parts
+    as they were right after it (a later run appends to them)."""
     out, logs = data["root"] / "out2", data["root"] / "logs2"
-    codes = run_distributed(data["in"], out, data["model"], logs)
-    return out, codes, stderr_of(logs, 2)
+    out.mkdir()
+    (out / "srrecnn_manifest.part-00002-of-00003.jsonl").write_text(json.dumps(STALE) + "\n")
+    codes = run_as_slurm_tasks(data["in"], out, data["model"], logs)
+    assert codes == [0, 0], stderr_of(logs, 2)
+    return {"out": out, "codes": codes, "stderr": stderr_of(logs, 2),
+            "merged": read_jsonl(out / MANIFEST),
+            "parts": [read_jsonl(out / f"srrecnn_manifest.part-{i:05d}-of-00002.jsonl")
+                      for i in range(2)]}
+
+
+@pytest.fixture(scope="module")
+def second_run(data, two_process_run) -> list[dict]:
+    """The same batch again into the same folder (coordinator named): its merged manifest."""
+    logs = data["root"] / "logs2-again"
+    codes = run_distributed(data["in"], two_process_run["out"], data["model"], logs)
+    assert codes == [0, 0], stderr_of(logs, 2)
+    return read_jsonl(two_process_run["out"] / MANIFEST)
 
 
 @pytest.fixture(scope="module")
@@ -119,16 +202,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_both_processes_exit_zero(two_process_run):
-    """Both processes finish their share, pass the barrier and exit 0."""
-    _, codes, stderr = two_process_run
-    assert codes == [0, 0], stderr
+def test_slurm_tasks_find_each_other_and_exit_zero(two_process_run):
+    """Started with Slurm's variables only, the two processes join one run (no coordinator
+    options), finish their shares and exit 0 with no error line."""
+    assert two_process_run["codes"] == [0, 0]
+    assert "srrecnn: error" not in two_process_run["stderr"]
 
 
 def test_outputs_written_once_and_equal_single_process(data, two_process_run, one_process_out):
     """Every input has exactly one output, voxel for voxel the single-process result."""
-    out, codes, stderr = two_process_run
-    assert codes == [0, 0], stderr
+    out = two_process_run["out"]
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*.nii.gz"))
     assert written == sorted(f"{name}_SR.nii.gz" for name in NAMES)
     assert not list(out.glob(".tmp-*")), "staging folders left behind"
@@ -140,37 +223,160 @@ def test_outputs_written_once_and_equal_single_process(data, two_process_run, on
 
 
 def test_merged_manifest_one_ok_line_per_input(data, two_process_run):
-    """Process 0's merged manifest: one "ok" line per input, from the process that owns it."""
-    out, codes, stderr = two_process_run
-    assert codes == [0, 0], stderr
-    rows = read_jsonl(out / MANIFEST)
+    """Process 0's merged manifest: one "ok" line per input, from the process that owns it
+    (and the stale part's row, kept as history)."""
+    rows = [r for r in two_process_run["merged"] if r != STALE]
     assert sorted(r["input"] for r in rows) == sorted(expected_split(data["in"]))
     assert all(r["status"] == "ok" for r in rows), rows
     assert {r["input"]: r["process"] for r in rows} == expected_split(data["in"])
     assert sorted(r["process"] for r in rows) == [0] * 4 + [1] * 4
 
 
+def test_rows_of_both_processes_name_one_run(two_process_run):
+    """The processes of one run agree on its id: every row of the merged manifest has it."""
+    assert len({r["run"] for r in two_process_run["merged"] if r != STALE}) == 1
+
+
 def test_part_files_list_only_their_share(data, two_process_run):
     """Each process's manifest part lists exactly its own jobs."""
-    out, codes, stderr = two_process_run
-    assert codes == [0, 0], stderr
     split = expected_split(data["in"])
-    for i in range(2):
-        rows = read_jsonl(out / f"srrecnn_manifest.part-{i:05d}-of-00002.jsonl")
+    for i, rows in enumerate(two_process_run["parts"]):
         assert sorted(r["input"] for r in rows) == sorted(p for p, k in split.items() if k == i)
         assert {r["process"] for r in rows} == {i}
         assert {r["status"] for r in rows} == {"ok"}
 
 
-def test_merge_ignores_parts_of_another_process_count(data, tmp_path):
-    """A part left by an earlier 3-process run is not merged into a 2-process run's manifest."""
-    out = tmp_path / "out"
-    out.mkdir()
-    stale = {"input": str(data["in"] / "a0.nii.gz"), "output": str(out / "a0_SR.nii.gz"),
-             "status": "error", "error": "from an earlier run", "process": 2}
-    (out / "srrecnn_manifest.part-00002-of-00003.jsonl").write_text(json.dumps(stale) + "\n")
-    codes = run_distributed(data["in"], out, data["model"], tmp_path / "logs")
-    assert codes == [0, 0], stderr_of(tmp_path / "logs", 2)
-    rows = read_jsonl(out / MANIFEST)
-    assert len(rows) == len(NAMES)
-    assert all(r["status"] == "ok" for r in rows), rows
+def this_runs_rows(rows: list[dict]) -> list[dict]:
+    """The rows that carry a run id (the stale hand-written row has none)."""
+    return [r for r in rows if r.get("run")]
+
+
+def test_merged_manifest_keeps_the_rows_of_earlier_runs(two_process_run, second_run):
+    """The second run's merge keeps every row of the first (shapes and seconds unchanged)
+    and adds its own: one skipped row per input."""
+    first, second = this_runs_rows(two_process_run["merged"]), this_runs_rows(second_run)
+    assert len(first) == len(NAMES) and {r["status"] for r in first} == {"ok"}
+    assert all(r["shape"] and r["seconds"] > 0 for r in first)
+    assert all(row in second for row in first)
+    added = [r for r in second if r not in first]
+    assert sorted(r["status"] for r in added) == ["skipped"] * len(NAMES)
+    assert not {r["run"] for r in added} & {r["run"] for r in first}
+
+
+def test_merge_folds_in_a_part_of_another_process_count(two_process_run, second_run):
+    """A part left by an earlier 3-process run is folded into the manifest as history:
+    its row is kept, once, whatever the later runs did."""
+    assert two_process_run["merged"].count(STALE) == 1
+    assert second_run.count(STALE) == 1
+
+
+# --- a process that dies -----------------------------------------------------------------
+
+#: A survivor ends within this many seconds of its last job and of the other process's
+#: end (JAX's coordination service takes 100 s to declare a process dead).
+PROMPT_S = 30
+
+
+def row_times(rows: list[dict]) -> list[float]:
+    return [datetime.fromisoformat(r["time"]).timestamp() for r in rows]
+
+
+def srrecnn_lines(stderr: str) -> list[str]:
+    """The command's own stderr lines (JAX and gloo add theirs)."""
+    return [line for line in stderr.splitlines() if line.startswith("srrecnn:")]
+
+
+def share_of(data, process: int) -> list[str]:
+    return sorted(path for path, k in expected_split(data["in"]).items() if k == process)
+
+
+def output_of(data, out: Path, path: str) -> Path:
+    return out / Path(path).relative_to(data["in"]).as_posix().replace(".nii.gz",
+                                                                      "_SR.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def killed(data) -> dict:
+    """Process 0 is killed (SIGKILL) as soon as one of its outputs is in place; process 1
+    goes on alone. What they left, then a one-process rerun of the same batch."""
+    root = data["root"] / "killed"
+    out = root / "out"
+    mine = [output_of(data, out, path) for path in share_of(data, 0)]
+    killed_at: list[float] = []
+
+    def kill_process_0(procs: list[subprocess.Popen]) -> None:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not any(p.exists() for p in mine):
+            if procs[0].poll() is not None or time.monotonic() > deadline:
+                return  # it ended on its own: the exit statuses tell
+            time.sleep(0.005)
+        procs[0].send_signal(signal.SIGKILL)
+        killed_at.append(time.time())
+
+    ended: list[float] = []
+    codes = run_distributed(data["in"], out, data["model"], root / "logs",
+                            watch=kill_process_0, ended=ended)
+    part = read_jsonl(out / "srrecnn_manifest.part-00001-of-00002.jsonl")
+    merged = read_jsonl(out / MANIFEST)
+    rerun = run_processes([sr_command(data["in"], out, data["model"])], root / "rerun")
+    return {"out": out, "codes": codes, "ended": ended, "killed_at": killed_at,
+            "stderr": (root / "logs" / "1.err").read_text(), "part": part, "merged": merged,
+            "rerun": rerun, "rerun_stderr": stderr_of(root / "rerun", 1),
+            "after": read_jsonl(out / MANIFEST)}
+
+
+def test_survivor_of_a_killed_process_ends_promptly_naming_it(killed):
+    """Process 1 outlives the SIGKILL of process 0 (JAX's coordination service used to
+    terminate it), finishes, and ends soon after with exit status 1 and one error line
+    naming process 0."""
+    assert killed["killed_at"], "process 0 ended before it could be killed"
+    assert killed["codes"] == [-signal.SIGKILL, 1], killed["stderr"]
+    (line,) = srrecnn_lines(killed["stderr"])
+    assert line.startswith("srrecnn: error:") and "process 0 of 2" in line, line
+    last = max(row_times(killed["part"]) + killed["killed_at"])
+    assert killed["ended"][1] - last < PROMPT_S
+
+
+def test_survivor_of_a_killed_process_keeps_its_outputs_and_part(data, killed):
+    """The survivor's share is all written and recorded: its manifest part lists each of
+    its inputs once, ok, and so does the merged manifest; every output reads back."""
+    share = share_of(data, 1)
+    assert sorted(r["input"] for r in killed["part"]) == share
+    assert {r["status"] for r in killed["part"]} == {"ok"}
+    assert all(row in killed["merged"] for row in killed["part"])
+    for path in share:
+        assert sitk.ReadImage(str(output_of(data, killed["out"], path))).GetDimension() == 3
+
+
+def test_rerun_after_a_killed_process_completes_the_batch(data, killed, one_process_out):
+    """A one-process rerun keeps the survivor's outputs and makes the rest: every output
+    then equals the single-process run's, and nothing the dead process left (staging
+    folder, lock file) remains."""
+    assert killed["rerun"] == [0], killed["rerun_stderr"]
+    assert [p.name for p in killed["out"].iterdir() if p.name.startswith(".")] == []
+    rows = [r for r in killed["after"] if r["run"] == killed["after"][-1]["run"]]
+    assert sorted(r["input"] for r in rows) == sorted(expected_split(data["in"]))
+    assert {r["status"] for r in rows if r["input"] in share_of(data, 1)} == {"skipped"}
+    for name in NAMES:
+        got = sitk.ReadImage(str(killed["out"] / f"{name}_SR.nii.gz"))
+        want = sitk.ReadImage(str(one_process_out / f"{name}_SR.nii.gz"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(want))
+
+
+def test_survivor_of_a_process_that_fails_at_once_ends_promptly_naming_it(data):
+    """Process 1 fails at once (its model folder does not exist) and exits 1 naming it;
+    process 0 does its share, then ends soon after with exit status 1 and one error line
+    naming process 1 (it used to wait at a barrier for JAX's timeout)."""
+    root = data["root"] / "early"
+    ended: list[float] = []
+    codes = run_distributed(data["in"], root / "out", [data["model"], root / "no-model"],
+                            root / "logs", ended=ended)
+    stderr = [(root / "logs" / f"{i}.err").read_text() for i in range(2)]
+    assert codes == [1, 1], stderr
+    (failed,) = srrecnn_lines(stderr[1])
+    assert failed.startswith("srrecnn: error:") and str(root / "no-model") in failed
+    (line,) = srrecnn_lines(stderr[0])
+    assert line.startswith("srrecnn: error:") and "process 1 of 2" in line, line
+    part = read_jsonl(root / "out" / "srrecnn_manifest.part-00000-of-00002.jsonl")
+    assert sorted(r["input"] for r in part) == share_of(data, 0)
+    assert ended[0] - max(row_times(part) + [ended[1]]) < PROMPT_S

@@ -36,6 +36,7 @@ def patches(tmp_path_factory) -> Path:
     return folder / "p.h5"
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(patches, tmp_path):
     run = tmp_path / "two"
     port = free_port()

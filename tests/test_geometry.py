@@ -290,6 +290,7 @@ def test_reference_on_another_grid_is_resampled(multi, scale):
     np.testing.assert_allclose(io.to_array(out), io.to_array(expected), rtol=1e-5, atol=0)
 
 
+@pytest.mark.slow
 def test_reference_coverage_on_a_large_grid():
     """Resampling onto a 340 x 340 x 300 grid reports the exact covered fraction (1/8).
 

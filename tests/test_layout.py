@@ -177,3 +177,16 @@ def test_tests_use_no_private_name_of_the_package_or_of_jax():
 def test_private_name_scan_finds_an_attribute_and_an_import():
     tree = ast.parse("from srrecnn_jax.caffe import _convolutions\nf._cache_size()\n")
     assert private_names_used(tree) == [(1, "_convolutions"), (2, "_cache_size")]
+
+
+def test_every_test_the_readme_names_exists():
+    """The README's guarantees name the tests that prove them (``FILE::TEST``): each such
+    test is defined in that file, so a renamed or deleted test cannot leave a promise
+    unproven."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", readme)
+    assert len(named) >= 20
+    tests = PACKAGE.parent / "tests"
+    missing = [f"{file}::{name}" for file, name in named
+               if f"def {name}(" not in (tests / file).read_text(encoding="utf-8")]
+    assert missing == []

@@ -431,6 +431,7 @@ def finished_steps(run: Path) -> list[int]:
         if folder.is_dir() else []
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_an_uninterrupted_run(patches_h5, tmp_path):
     """A run SIGKILLed once its step-10 checkpoint exists, rerun with the same command,
     ends bitwise equal (params and optimizer state) to an uninterrupted run."""

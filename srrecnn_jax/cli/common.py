@@ -83,6 +83,18 @@ def order(text: str) -> int:
     return value
 
 
+def shard(text: str) -> tuple[int, int]:
+    """``I/N`` with 0 <= I < N: share I of N."""
+    index, slash, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N (e.g. 0/4)") from None
+    if not slash or n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= I < N")
+    return i, n
+
+
 def add_distributed(group, share: str) -> None:
     """--distributed and its explicit coordinator options (sr batch mode, train)."""
     group.add_argument("--distributed", action="store_true",

@@ -64,7 +64,10 @@ def add_to(commands) -> None:
                    "where the zoom puts them (default); 'original' writes spacing/scale as the "
                    "original release did")
     p.add_argument("--force", "--overwrite", dest="force", action="store_true",
-                   help="replace existing outputs (batch mode skips complete ones otherwise)")
+                   help="replace existing outputs (batch mode otherwise skips an output the "
+                   "manifest records as made from the same input and reference by the same "
+                   "model, scale and options, if it still reads back as written; any other "
+                   "existing output is made again, with a warning)")
     batch = p.add_argument_group("batch mode (--out-dir)")
     batch.add_argument("--glob", default="*.nii*",
                        help="file pattern when searching folders (default '*.nii*')")
@@ -74,7 +77,10 @@ def add_to(commands) -> None:
                        help="output path below --out-dir, with {dir} {stem} {ext} {suffix}, "
                        "e.g. '{dir}/{stem}_x2{ext}'")
     batch.add_argument("--manifest", type=Path,
-                       help="JSONL record of the run (default OUT_DIR/srrecnn_manifest.jsonl)")
+                       help="JSONL record of the runs, one row per job and run, each run "
+                       "appending its rows under its run id (default "
+                       "OUT_DIR/srrecnn_manifest.jsonl); a rerun trusts an existing output "
+                       "only as this records it")
     batch.add_argument("--workers", type=common.positive_int, default=2,
                        help="threads reading and interpolating ahead of the device (default 2)")
     batch.add_argument("--bucket", type=common.positive_int, default=8,
@@ -83,8 +89,29 @@ def add_to(commands) -> None:
     batch.add_argument("--dry-run", action="store_true", help="list the work and stop")
     batch.add_argument("--quiet", action="store_true", help="no progress bar or warnings")
     batch.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    common.add_distributed(batch, "takes its share of the files")
+    common.add_distributed(batch, "takes its share of the files; all wait at the end until "
+                           "every process has ended, and one that ended before finishing "
+                           "its share is named in an error (exit status 1)")
+    batch.add_argument("--shard", type=common.shard, metavar="I/N",
+                       help="take share I of N (0 <= I < N) of the sorted jobs, every N-th "
+                       "from the I-th, with no coordinator and no waiting (a Slurm job "
+                       "array --array=0-3: --shard $SLURM_ARRAY_TASK_ID/4); each "
+                       "share appends to its own manifest part, and every run folds the "
+                       "parts that exist into the manifest")
     p.set_defaults(run=run)
+
+    m = commands.add_parser("merge-manifest", help="fold a batch's manifest parts into its "
+                            "manifest",
+                            description="Fold the manifest parts that --distributed or "
+                            "--shard processes left in a batch's output folder "
+                            "(srrecnn_manifest.part-I-of-N.jsonl) into its manifest, keeping "
+                            "every row already there. Safe to repeat, and while --distributed "
+                            "or --shard processes still run (each run also does this when it "
+                            "ends); refused while a one-process run writes to the folder.")
+    m.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="the batch's --out-dir")
+    m.add_argument("--manifest", type=Path,
+                   help="the batch's --manifest (default OUT_DIR/srrecnn_manifest.jsonl)")
+    m.set_defaults(run=run_merge)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,17 +144,40 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    """Batch mode; exit status 0, 1 if any job failed, 130 if interrupted."""
-    process, count = common.join_processes(args)
+    """Batch mode; exit status 0, 1 if any job failed or another process of the run ended
+    before finishing its share, 130 if interrupted."""
+    if args.shard is not None:
+        if args.distributed:
+            raise SrrecnnError("--shard: give either --shard or --distributed, not both")
+        process, count = args.shard
+    else:
+        process, count = common.join_processes(args)
+    from srrecnn_jax import batch
+
+    def say(message: str) -> None:
+        if not args.quiet:
+            print(f"srrecnn: warning: {message}", file=sys.stderr)
+
+    presence, run_id = None, None
+    if args.distributed and count > 1:  # before anything that can fail: see start_together
+        presence, run_id = batch.start_together(args.out_dir, process, count, warn=say)
+    try:
+        return _run_batch(args, process, count, presence, run_id)
+    finally:
+        if presence is not None:
+            presence.leave()
+
+
+def _run_batch(args: argparse.Namespace, process: int, count: int, presence,
+               run_id: str | None) -> int:
     from srrecnn_jax import batch
     from srrecnn_jax import jobs as planning
 
     jobs = planning.plan(args.inputs, args.out_dir, args.glob, args.suffix,
-                         args.output_template,
-                         args.reference_pattern, process, count,
-                         args.manifest or args.out_dir / batch.MANIFEST)
+                         args.output_template, args.reference_pattern,
+                         manifest=args.manifest or args.out_dir / batch.MANIFEST)
     if args.dry_run:
-        for job in jobs:
+        for job in planning.shard(jobs, process, count):
             ref = f"  [reference {job.reference}]" if job.reference else ""
             print(f"{job.input} -> {job.output}{ref}")
         return 0
@@ -136,8 +186,9 @@ def run_batch(args: argparse.Namespace) -> int:
                             precision=args.precision, interpolation=args.interpolation,
                             bucket=args.bucket, overwrite=args.force, readers=args.workers)
     start, done_voxels = time.perf_counter(), [0]
-    with common.stoppable(len(jobs), "vol", args.quiet, "srrecnn: stopping after the volumes "
-                          "in flight are written") as (stop, bar):
+    with common.stoppable(len(planning.shard(jobs, process, count)), "vol", args.quiet,
+                          "srrecnn: stopping after the volumes in flight are written") \
+            as (stop, bar):
         def progress(record: batch.Record, voxels: int) -> None:
             if record.status == "error":
                 bar.write(f"srrecnn: error: {record.error}", file=sys.stderr)
@@ -151,10 +202,12 @@ def run_batch(args: argparse.Namespace) -> int:
                 bar.write(f"srrecnn: warning: {message}", file=sys.stderr)
 
         summary, part = batch.run(jobs, args.model, options, args.out_dir, args.prototxt,
-                                  args.manifest, process, count, stop, progress, warn)
+                                  args.manifest, process, count, stop, progress, warn,
+                                  run_id=run_id, presence=presence)
     rate = summary.voxels / summary.seconds if summary.seconds else 0.0
     if not args.quiet:
-        print(f"srrecnn: {summary.ok} written, {summary.skipped} skipped (complete), "
+        redone = f" ({summary.redone} made again)" if summary.redone else ""
+        print(f"srrecnn: {summary.ok} written{redone}, {summary.skipped} skipped (complete), "
               f"{summary.errors} failed in {summary.seconds:.1f} s; {rate:.3g} voxels/s; "
               f"device busy {summary.utilisation:.0%}; manifest {part}", file=sys.stderr)
     if args.json:
@@ -162,6 +215,26 @@ def run_batch(args: argparse.Namespace) -> int:
                                                "voxels_per_s": rate, "manifest": str(part),
                                                "process": process, "processes": count}
         print(json.dumps(facts))
+    if summary.missing:
+        print(f"srrecnn: error: {args.out_dir}: {'; '.join(summary.missing)}; run the "
+              "same command again to do those jobs", file=sys.stderr)
     if summary.interrupted:
         return 130
-    return 1 if summary.errors else 0
+    return 1 if summary.errors or summary.missing else 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """``srrecnn merge-manifest``: fold the manifest parts in a batch's output folder into
+    its manifest."""
+    from srrecnn_jax import batch
+
+    if not args.out_dir.is_dir():
+        raise SrrecnnError(f"{args.out_dir}: no such output folder")
+    manifest = args.manifest or args.out_dir / batch.MANIFEST
+    with batch.folder_lock(args.out_dir, shared=True, note="merge-manifest"):
+        parts = batch.merge(manifest)  # not while a one-process run appends to the manifest
+    if not parts:
+        raise SrrecnnError(f"{args.out_dir}: no manifest parts ({manifest.stem}.part-*.jsonl) "
+                           "to merge")
+    print(f"srrecnn: {len(parts)} manifest parts merged into {manifest}", file=sys.stderr)
+    return 0
