@@ -823,14 +823,16 @@ def test_sigkill_then_rerun_equals_clean_run(tmp_path, models):
 
 
 @pytest.mark.slow
-def test_sigint_exits_130_with_complete_outputs(tmp_path, models):
-    """Ctrl-C: exit 130, each output present is complete and readable, no .tmp-* left,
-    fewer than all written; a rerun completes the rest and skips what was done."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_sigint_exits_130_with_complete_outputs(stop, tmp_path, models):
+    """Ctrl-C, or SIGTERM (what a cluster's scheduler sends): exit 130, each output present
+    is complete and readable, no .tmp-* left, fewer than all written; a rerun completes
+    the rest and skips what was done."""
     src, out = tmp_path / "in", tmp_path / "out"
     inputs = many_volumes(src, 16)
     args = [src, "--out-dir", out, "-m", models["mono"], "-s", SCALE, "--workers", "1"]
     proc = start_until_first_output(args, out, tmp_path / "log")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     assert proc.wait(timeout=60) == 130, (tmp_path / "log").read_text()[-2000:]
     done = sorted(out.glob("*_SR.nii.gz"))
     assert 1 <= len(done) < len(inputs)

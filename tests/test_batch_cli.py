@@ -5,7 +5,7 @@ puts the manifest there (and nowhere else); ``--bucket`` makes volumes of nearby
 share one compilation; the warnings (a scale the model was not trained for, direction
 cosines that are not orthonormal, very anisotropic voxels) reach stderr and the manifest
 row of their volume; ``--json`` prints the summary's facts, each consistent with the
-outputs; SIGTERM stops a run with exit status 130 and complete outputs only.
+outputs (SIGTERM: see test_batch's Ctrl-C test).
 
 Inputs are tiny random volumes; the model is the session's 3-layer, 4-filter ReCNN.
 """
@@ -13,7 +13,6 @@ Inputs are tiny random volumes; the model is the session's 3-layer, 4-filter ReC
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import jax
@@ -25,12 +24,10 @@ from test_batch import (
     manifest,
     run_cli,
     save,
-    start_until_first_output,
     synthetic,
-    tmp_leftovers,
 )
 
-from srrecnn_jax import io, tiling
+from srrecnn_jax import tiling
 from srrecnn_jax.checkpoint import LoadedModel, load_model, save_model
 
 
@@ -135,20 +132,3 @@ def test_json_facts_agree_with_the_outputs(two_inputs, tmp_path, models):
     assert 0 < facts["utilisation"] <= 1
     assert facts["manifest"] == str(out / "srrecnn_manifest.jsonl")
     assert (facts["process"], facts["processes"], facts["interrupted"]) == (0, 1, False)
-
-
-@pytest.mark.slow
-def test_sigterm_exits_130_with_complete_outputs(tmp_path, models):
-    """SIGTERM (what a cluster's scheduler sends): exit 130, every output present complete,
-    no staging left, fewer than all written."""
-    src, out = tmp_path / "in", tmp_path / "out"
-    inputs = [save(synthetic((16, 16, 16), n), src / f"v{n:02d}.nii.gz") for n in range(16)]
-    args = [src, "--out-dir", out, "-m", models["mono"], "-s", SCALE, "--workers", "1"]
-    proc = start_until_first_output(args, out, tmp_path / "log")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 130, (tmp_path / "log").read_text()[-2000:]
-    done = sorted(out.glob("*_SR.nii.gz"))
-    assert 1 <= len(done) < len(inputs)
-    for path in done:
-        assert io.to_array(sitk.ReadImage(str(path))).shape == (32, 32, 32)
-    assert tmp_leftovers(out) == []
