@@ -564,10 +564,11 @@ def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
     the parts that exist are folded into the manifest (``merge``), whatever the
     process count they came from.
 
-    With ``presence`` (a ``jax.distributed`` batch, see ``start_together``), the process
-    leaves its presence when its share is done, waits until every other process has
-    left too, and lists in ``Summary.missing`` those that left without finishing
-    their share (they died or failed): a rerun does their jobs. Without it (``--shard``
+    With ``presence`` (a ``jax.distributed`` batch, see ``start_together``; its caller
+    leaves it on any way out), the process leaves its presence when its share is done,
+    waits until every other process has left too, and lists in ``Summary.missing``
+    those that left without finishing their share (they died or failed): a rerun does
+    their jobs. Without it (``--shard``
     style: independent processes), nothing is waited for.
 
     Returns the summary and this process's manifest file.
@@ -575,29 +576,25 @@ def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
     share = shard(jobs, process, count)
     manifest_path = manifest_path or out_dir / MANIFEST
     part = manifest_part(manifest_path, process, count)
-    try:
-        resolver = SuperResolver.load(model, prototxt)
-        writable_folder(out_dir)
-        with folder_lock(out_dir, shared=count > 1, note=f"process {process} of {count}",
-                         warn=warn):
-            if count == 1:  # no other process can be running here: tidy up after dead ones
-                _remove_dead_presences(out_dir)
-            recorded = recorded_outputs(history(manifest_path))
-            manifest = Manifest(part, process, run_id or new_run_id())
-            try:
-                summary = run_batch(resolver, share, options, manifest, out_dir, stop,
-                                    progress=progress, warn=warn, recorded=recorded)
-            finally:
-                manifest.close()
-                if presence is not None:
-                    presence.leave()
+    resolver = SuperResolver.load(model, prototxt)
+    writable_folder(out_dir)
+    with folder_lock(out_dir, shared=count > 1, note=f"process {process} of {count}",
+                     warn=warn):
+        if count == 1:  # no other process can be running here: tidy up after dead ones
+            _remove_dead_presences(out_dir)
+        recorded = recorded_outputs(history(manifest_path))
+        manifest = Manifest(part, process, run_id)
+        try:
+            summary = run_batch(resolver, share, options, manifest, out_dir, stop,
+                                progress=progress, warn=warn, recorded=recorded)
+        finally:
+            manifest.close()
             if presence is not None:
-                summary.missing = _missing(presence, jobs, manifest_path, manifest.run, stop,
-                                           warn)
-            merge(manifest_path)
-    finally:
+                presence.leave()
         if presence is not None:
-            presence.leave()
+            summary.missing = _missing(presence, jobs, manifest_path, manifest.run, stop,
+                                       warn)
+        merge(manifest_path)
     return summary, part
 
 
