@@ -170,46 +170,43 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
     return y + volume[..., 0] if residual else y
 
 
-def _slab_layer(params: model.Params, config: ModelConfig, x: jax.Array,
-                carries: list[jax.Array], plane: jax.Array, depth: jax.Array,
-                in_plane: jax.Array | None, precision: str) -> tuple[jax.Array, list[jax.Array]]:
-    """The network on one slab of ``c`` new z planes; see ``run_slabs``.
+def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Array,
+                start: jax.Array, depth: jax.Array, in_plane: jax.Array | None, *,
+                same: bool, last: bool, precision: str, record: bool
+                ) -> tuple[jax.Array, jax.Array]:
+    """One layer of the network on one slab of ``c`` z planes; see ``run_slabs``.
 
-    ``x``: ``(X, Y, c, C_in)``, input planes ``plane .. plane + c - 1`` (volume
-    coordinates). ``carries[l]``: the last ``k_l - 1`` planes of layer l's input
-    from the previous slab. Layer l's output starts ``sum(h)`` planes (h = (k - 1) / 2
-    of the layers so far) before ``plane``; for ``same`` models hidden planes
-    outside ``0 .. depth - 1`` and voxels outside ``in_plane`` are zeroed, which is
-    the whole volume's per-layer zero padding. Returns the last layer's ``(X', Y', c)``
-    and the new carries.
+    ``x``: ``(X, Y, c, C_in)``, the layer's input planes from ``start`` on (volume
+    coordinates); ``carry``: the last ``k - 1`` planes of its input from the previous
+    slab. The output starts ``h = (k - 1) / 2`` planes before ``start``; for ``same``
+    models hidden planes outside ``0 .. depth - 1`` and voxels outside ``in_plane``
+    are zeroed, which is the whole volume's per-layer zero padding. Returns the
+    layer's ``(X', Y', c, C_out)`` (``(X', Y', c)`` for the ``last``) and the new
+    carry. One function per layer, not per network, so that the hidden layers of one
+    shape share one trace and one compilation: a tenth of the start-up work.
     """
-    _traced.append((1, *x.shape))  # once per trace, as _network
-    same = config.padding == "same"
-    names = model.layer_names(config)
-    start, new_carries = plane, []
-    for i, name in enumerate(names):
-        kernel, bias = params[name]["kernel"], params[name]["bias"]
-        k = kernel.shape[0]
-        h = k // 2
-        x = jnp.concatenate([carries[i], x], axis=2)  # (X, Y, k - 1 + c, C)
-        new_carries.append(x[:, :, x.shape[2] - (k - 1):])
-        if same:
-            x = jnp.pad(x, ((h, h), (h, h), (0, 0), (0, 0)))
-        x = conv.conv3d(x[None], kernel, "VALID", conv.layer_precision(precision, i))[0]
-        x = x + bias.astype(jnp.float32)
-        start = start - h
-        if i < len(names) - 1:
-            x = jax.nn.relu(x)
-            if same:
-                index = start + jnp.arange(x.shape[2])
-                inside = ((index >= 0) & (index < depth)).astype(x.dtype)[:, None]
-                x = x * inside
-                if in_plane is not None:
-                    x = x * in_plane
-    return x[..., 0], new_carries
+    if record:  # the first layer: once per trace of a network input shape, as _network
+        _traced.append((1, *x.shape))
+    k = kernel.shape[0]
+    h = k // 2
+    x = jnp.concatenate([carry, x], axis=2)  # (X, Y, k - 1 + c, C)
+    carry = x[:, :, x.shape[2] - (k - 1):]
+    if same:
+        x = jnp.pad(x, ((h, h), (h, h), (0, 0), (0, 0)))
+    x = conv.conv3d(x[None], kernel, "VALID", precision)[0] + bias.astype(jnp.float32)
+    if last:
+        return x[..., 0], carry
+    x = jax.nn.relu(x)
+    if same:
+        index = start - h + jnp.arange(x.shape[2])
+        x = x * ((index >= 0) & (index < depth)).astype(x.dtype)[:, None]
+        if in_plane is not None:
+            x = x * in_plane
+    return x, carry
 
 
-_slab = jax.jit(_slab_layer, static_argnames=("config", "precision"), donate_argnums=(3,))
+_slab = jax.jit(_slab_layer, static_argnames=("same", "last", "precision", "record"),
+                donate_argnums=(3,))
 
 
 def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
@@ -225,6 +222,7 @@ def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
     """
     shape, channels = volume.shape[:3], volume.shape[3]
     names = model.layer_names(config)
+    params = jax.device_put(params)  # once, not at each layer's call
     halo = sum(params[n]["kernel"].shape[0] // 2 for n in names)  # the receptive radius
     same = config.padding == "same"
     full = _round_up(shape[:2], bucket)
@@ -253,8 +251,13 @@ def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
     out = np.zeros((*full, steps * planes), np.float32)
     lag = first - halo  # volume index of the first output plane of slab 0
     for step in range(steps):
-        y, carries = _slab(params, config, x[:, :, step * planes:(step + 1) * planes],
-                           carries, first + step * planes, shape[2], in_plane, precision)
+        y, start = x[:, :, step * planes:(step + 1) * planes], first + step * planes
+        for i, name in enumerate(names):
+            kernel = params[name]["kernel"]
+            y, carries[i] = _slab(kernel, params[name]["bias"], y, carries[i], start, shape[2],
+                                  in_plane, same=same, last=i == len(names) - 1,
+                                  precision=conv.layer_precision(precision, i), record=i == 0)
+            start -= kernel.shape[0] // 2
         lo = lag + step * planes
         keep = slice(max(lo, 0), min(lo + planes, shape[2]))
         if keep.start < keep.stop:

@@ -115,11 +115,16 @@ def configure_jax() -> None:
     """Before JAX starts: add ``XLA_FLAGS`` the user has not set, and keep compiled
     networks in a persistent cache (``$XDG_CACHE_HOME/srrecnn-jax/xla``, default
     ``~/.cache``) unless ``JAX_COMPILATION_CACHE_DIR`` names one, so that a repeated run
-    of a shape skips compiling. A cache folder that cannot be made is skipped."""
+    of a shape skips compiling (every compilation is kept unless
+    ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise). A cache folder
+    that cannot be made is skipped."""
     flags = os.environ.get("XLA_FLAGS", "")
     missing = [f for f in XLA_FLAGS if f.split("=")[0] not in flags]
     if missing:
         os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+    # Every compilation, however quick, is kept (JAX keeps only those over 1 s by
+    # default): a warm start then compiles nothing, the zoom's small programs included.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
                                                                  ".cache")
