@@ -20,12 +20,25 @@ def modcrop(volume: np.ndarray, scale: Sequence[float]) -> np.ndarray:
     return volume[tuple(slice(0, k) for k in keep)]
 
 
-def degrade(hr: np.ndarray, scale: Sequence[float], sigma: float = 1.0,
+#: FWHM of a Gaussian over its sigma, 2 sqrt(2 ln 2).
+FWHM_PER_SIGMA = 2.0 * float(np.sqrt(2.0 * np.log(2.0)))
+
+
+def slice_profile(scale: Sequence[float]) -> tuple[float, ...]:
+    """Per-axis blur sigma of thick slices: a Gaussian slice profile whose FWHM is the
+    slice thickness ``s`` voxels along each axis with ``s > 1``, none along the others
+    (``(1, 1, 4)`` -> ``(0, 0, 4 / 2.355)``). The isotropic observation model of the
+    original training data is ``sigma = 1`` along every axis instead."""
+    return tuple(s / FWHM_PER_SIGMA if s > 1 else 0.0 for s in scale)
+
+
+def degrade(hr: np.ndarray, scale: Sequence[float], sigma: float | Sequence[float] = 1.0,
             order: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Simulate a low-resolution scan from an (x, y, z) high-resolution one.
 
-    ``blur = gaussian_filter(hr, sigma)`` (truncate 4, reflect), modcrop both
-    to multiples of ``scale``, then ``lr = zoom(blur, 1 / scale, order)``.
+    ``blur = gaussian_filter(hr, sigma)`` (truncate 4, reflect; ``sigma`` one value
+    or one per axis, 0 for none: see ``slice_profile``), modcrop both to multiples of
+    ``scale``, then ``lr = zoom(blur, 1 / scale, order)``.
 
     Returns:
       ``(lr, hr_cropped)``: the low-resolution volume and the high-resolution

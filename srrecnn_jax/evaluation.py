@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage
 import SimpleITK as sitk
 
 from srrecnn_jax import io, model
@@ -66,6 +67,14 @@ def score(sr: np.ndarray, hr: np.ndarray, lr: np.ndarray | None = None,
         if with_ssim:
             scores[name]["ssim"] = ssim(estimate, truth, span, region)
     return scores
+
+
+def head_mask(hr: np.ndarray, level: float = 0.1) -> np.ndarray:
+    """The head in an (x, y, z) scan: voxels above ``level`` times the maximum, with the
+    holes inside filled (ventricles, dark CSF), as a bool array. Background and the
+    air around the head, where any method scores well, are left out."""
+    truth = np.asarray(hr, np.float64)
+    return scipy.ndimage.binary_fill_holes(truth > level * truth.max())
 
 
 def validate(params: model.Params, config: ModelConfig, scale: float,

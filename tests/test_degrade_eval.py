@@ -12,7 +12,8 @@ from conftest import crop, write
 
 from srrecnn_jax import io
 from srrecnn_jax.cli import main
-from srrecnn_jax.degradation import degrade
+from srrecnn_jax.degradation import FWHM_PER_SIGMA, degrade, slice_profile
+from srrecnn_jax.evaluation import head_mask
 from srrecnn_jax.metrics import psnr, ssim
 
 
@@ -132,3 +133,41 @@ def test_eval_refuses_grids_that_do_not_match(tmp_path, capsys):
     assert run("eval", a, b) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "b.nii.gz" in err
+
+
+def test_slice_profile_is_a_gaussian_of_fwhm_s_along_thick_axes_only():
+    """1 x 1 x 4 -> sigma (0, 0, 4 / 2.3548): half the peak 2 voxels either side."""
+    sigma = slice_profile((1, 1, 4))
+    assert sigma[:2] == (0.0, 0.0)
+    assert np.exp(-0.5 * (2 / sigma[2]) ** 2) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_thick_slice_degradation_leaves_the_planes_unblurred(hr_path):
+    """1 x 1 x 2 on a scan whose planes are all alike: every LR plane is the HR plane
+    (no in-plane blur, 1e-9 of the range); z alone is halved."""
+    plane = io.to_array(sitk.ReadImage(str(hr_path)), np.float64)[:, :, 6]
+    hr = np.repeat(plane[:, :, None], 13, axis=2)
+    lr, truth = degrade(hr, (1, 1, 2), slice_profile((1, 1, 2)))
+    assert lr.shape == (17, 15, 6) and truth.shape == (17, 15, 12)
+    np.testing.assert_allclose(lr, truth[:, :, :6], rtol=0, atol=1e-9 * hr.max())
+
+
+def test_thick_slice_degradation_blurs_along_z_by_the_slice_profile(hr_path):
+    """The LR equals the spline downsampling of the HR blurred along z only, with FWHM
+    2 voxels (1e-9 of the range)."""
+    hr = io.to_array(sitk.ReadImage(str(hr_path)), np.float64)
+    lr, _ = degrade(hr, (1, 1, 2), slice_profile((1, 1, 2)))
+    blurred = scipy.ndimage.gaussian_filter1d(hr, 2 / FWHM_PER_SIGMA, axis=2)[:, :, :12]
+    np.testing.assert_allclose(lr, scipy.ndimage.zoom(blurred, (1, 1, 0.5), order=3),
+                               rtol=0, atol=1e-9 * hr.max())
+
+
+def test_head_mask_fills_the_dark_inside_and_leaves_out_the_background():
+    """A bright shell around a dark core on a zero background: the core is head, the
+    corners are not."""
+    grid = np.stack(np.meshgrid(*[np.arange(21)] * 3, indexing="ij")) - 10
+    radius = np.sqrt((grid ** 2).sum(0))
+    scan = np.where(radius < 9, np.where(radius < 5, 2.0, 100.0), 0.0)
+    mask = head_mask(scan)
+    assert mask[10, 10, 10] and not mask[0, 0, 0]
+    np.testing.assert_array_equal(mask, radius < 9)
