@@ -1,4 +1,9 @@
-"""``srrecnn demo``: degrade the installed MNI T1 by 2, restore it, score it, show it."""
+"""``srrecnn demo``: degrade a brain no shipped model saw by 2, restore it, score it, show it.
+
+The scan is Colin27 (Debian's ``mricron-data``, one real person) when installed, else
+the slab of the MNI T1 that ``checkpoints/mni_x2`` held out of its training: a demo
+never scores a model on what it was trained on.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,20 @@ import SimpleITK as sitk
 from srrecnn_jax import io
 from srrecnn_jax.degradation import degrade_image
 from srrecnn_jax.errors import SrrecnnError
-from srrecnn_jax.evaluation import score, spline_baseline
+from srrecnn_jax.evaluation import head_mask, score, spline_baseline
 from srrecnn_jax.inference import SuperResolver
 from srrecnn_jax.plots import draw_montage
 
 MNI_T1 = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+#: z index range of the MNI T1 that checkpoints/mni_x2 never trained on (split_mni.py).
+MNI_HELD_OUT = (100, 140)
+#: Colin27 from Debian's mricron-data (BSD-3): a real single-subject 1 mm T1.
+COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 CROP_SHAVE = 6  # HR voxels left out at each face of a crop when scoring
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "mni_x2" / "model"
+#: The original release's monomodal x2 weights, where the source tree has them beside it.
+ORIGINAL = (Path(__file__).resolve().parents[2] / "shared" / "caffe"
+            / "SRReCNN3D_10Layers_IsoScalex2.caffemodel")
 
 
 def mni_t1() -> sitk.Image:
@@ -30,8 +42,20 @@ def mni_t1() -> sitk.Image:
     return io.read_image(Path(str(path)), "MNI T1")
 
 
+def unseen_scan() -> tuple[sitk.Image, str]:
+    """The demo's HR scan and what it is: Colin27 when installed, else the MNI slab held
+    out of the shipped checkpoint's training."""
+    if COLIN27.is_file():
+        return (io.read_image(COLIN27, "Colin27"),
+                f"Colin27 ({COLIN27}), a real brain no shipped model was trained on")
+    low, high = MNI_HELD_OUT
+    return (mni_t1()[:, :, low:high],
+            f"MNI T1 z {low}-{high - 1}, held out of checkpoints/mni_x2's training "
+            "(apt-get install mricron-data to score Colin27, a real brain, instead)")
+
+
 def run_demo(out_dir: Path, model: Path | None = None, crop: int | None = None,
-             tile: int | None = None) -> dict[str, float]:
+             tile: int | None = None) -> dict:
     """Write lr/spline/sr/hr volumes and ``montage.png`` to ``out_dir``; return the scores.
 
     Args:
@@ -40,12 +64,19 @@ def run_demo(out_dir: Path, model: Path | None = None, crop: int | None = None,
       crop: use only a centred crop of this many HR voxels per axis (quick runs);
         scores then leave out ``CROP_SHAVE`` voxels at each face.
       tile: passed to the network (see ``srrecnn sr --tile``).
+
+    The original release's x2 weights are scored too where ``ORIGINAL`` exists.
+
+    Returns:
+      ``{"data": what was scored, "psnr_spline", "psnr_sr", "psnr_spline_head",
+      "psnr_sr_head", "ssim_spline", "ssim_sr"}``, and ``"psnr_original"`` /
+      ``"ssim_original"`` with the original weights.
     """
     model = model or SHIPPED
     if not model.exists():
         raise SrrecnnError(f"no shipped checkpoint at {model}; give a model", "model")
     resolver = SuperResolver.load(model)
-    hr = mni_t1()
+    hr, data = unseen_scan()
     if crop:
         size = [min(crop, n) for n in hr.GetSize()]
         start = [(n - c) // 2 for n, c in zip(hr.GetSize(), size)]
@@ -59,10 +90,16 @@ def run_demo(out_dir: Path, model: Path | None = None, crop: int | None = None,
     # score the interior only. The whole volume has background at its faces.
     shave = CROP_SHAVE if crop else 0
     whole = score(estimate, truth, lr, shave=shave)
-    head = score(estimate, truth, lr, mask=truth > 0, shave=shave, with_ssim=False)
-    scores = {"psnr_spline": whole["spline"]["psnr"], "psnr_sr": whole["sr"]["psnr"],
+    head = score(estimate, truth, lr, mask=head_mask(truth), shave=shave, with_ssim=False)
+    scores = {"data": data,
+              "psnr_spline": whole["spline"]["psnr"], "psnr_sr": whole["sr"]["psnr"],
               "psnr_spline_head": head["spline"]["psnr"], "psnr_sr_head": head["sr"]["psnr"],
               "ssim_spline": whole["spline"]["ssim"], "ssim_sr": whole["sr"]["ssim"]}
+    if ORIGINAL.is_file():
+        theirs = io.to_array(SuperResolver.load(ORIGINAL).run(images["lr"], 2, tile=tile),
+                             np.float64)
+        scored = score(theirs, truth, shave=shave)["sr"]
+        scores |= {"psnr_original": scored["psnr"], "ssim_original": scored["ssim"]}
     spline = spline_baseline(lr, truth.shape)
     out_dir.mkdir(parents=True, exist_ok=True)
     geometry = (images["hr"].GetSpacing(), images["hr"].GetOrigin(), images["hr"].GetDirection())

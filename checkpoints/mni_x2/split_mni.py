@@ -14,9 +14,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from srrecnn_jax.demo import MNI_HELD_OUT as HELD_OUT  # z range, MNI voxel indices
 from srrecnn_jax.demo import mni_t1
-
-HELD_OUT = (100, 140)  # z range, MNI voxel indices
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])

@@ -64,11 +64,16 @@ def add_to(commands) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(run=run_export_caffe)
 
-    p = commands.add_parser("demo", help="super-resolve the installed MNI T1 degraded x2",
-                            description="Degrade nilearn's 1 mm MNI T1 by 2 (observation "
-                            "model), super-resolve it with the project's shipped checkpoint "
-                            "(or --model), print spline vs SR PSNR, and write the volumes and a "
-                            "montage.png (three planes: spline, SR, HR, error).")
+    p = commands.add_parser("demo", help="super-resolve a brain no shipped model saw, "
+                            "degraded x2",
+                            description="Degrade a 1 mm brain no shipped model was trained on "
+                            "by 2 (observation model): Colin27 when Debian's mricron-data is "
+                            "installed, else the slab of nilearn's MNI T1 held out of the "
+                            "shipped checkpoint's training. Super-resolve it with that "
+                            "checkpoint (or --model), print spline vs SR PSNR (and the "
+                            "original release's x2 weights' when ../shared/caffe is beside the "
+                            "source tree) and which data was scored, and write the volumes and "
+                            "a montage.png (three planes: spline, SR, HR, error).")
     p.add_argument("--out", type=Path, default=Path("srrecnn_demo"),
                    help="output folder (default ./srrecnn_demo)")
     p.add_argument("-m", "--model", type=Path, help="model instead of the shipped checkpoint")
@@ -131,10 +136,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     scores = run_demo(args.out, args.model, args.crop, args.tile)
+    original = ""
+    if "psnr_original" in scores:
+        original = (f"original x2   PSNR {scores['psnr_original']:.2f} dB "
+                    f"SSIM {scores['ssim_original']:.4f} (the 2019 release's weights)\n")
     print(f"cubic spline  PSNR {scores['psnr_spline']:.2f} dB "
           f"(head {scores['psnr_spline_head']:.2f})  SSIM {scores['ssim_spline']:.4f}\n"
           f"SRReCNN3D     PSNR {scores['psnr_sr']:.2f} dB "
           f"(head {scores['psnr_sr_head']:.2f})  SSIM {scores['ssim_sr']:.4f}\n"
+          f"{original}data: {scores['data']}\n"
           f"wrote {args.out}/{{lr,spline,sr,hr}}.nii.gz and {args.out}/montage.png "
           f"({time.perf_counter() - start:.0f} s)")
     return 0
