@@ -37,6 +37,8 @@ Arrays are channels-last ``(B, X, Y, Z, C)``; kernels ``(k, k, k, C_in, C_out)``
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -121,8 +123,10 @@ def conv3d(x: jax.Array, kernel: jax.Array, padding: str, precision: str = "fp32
     impl = pick(impl)
     if impl == "winograd" and winograd_applies(kernel):
         # Transforms in float32 on the unrounded operands; products at ``precision``.
-        x = _padded(x.astype(jnp.float32), kernel, padding)
-        return jax.vmap(lambda v: _volume_winograd(v, kernel.astype(jnp.float32), precision))(x)
+        x, kernel = x.astype(jnp.float32), kernel.astype(jnp.float32)
+        if padding == "SAME":
+            return _winograd_same(x, kernel, precision)
+        return _winograd_valid(_padded(x, kernel, padding), kernel, precision)
     x, kernel, arithmetic = _operands(x, kernel, precision)
     if impl == "xla":
         return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), padding,
@@ -130,6 +134,41 @@ def conv3d(x: jax.Array, kernel: jax.Array, padding: str, precision: str = "fp32
     # One volume at a time: the batch axis may be split over devices.
     x = _padded(x, kernel, padding)
     return jax.vmap(lambda v: _volume_matmul(v, kernel, arithmetic))(x)
+
+
+def _winograd_valid(x: jax.Array, kernel: jax.Array, precision: str) -> jax.Array:
+    return jax.vmap(lambda v: _volume_winograd(v, kernel, precision))(x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _winograd_same(x: jax.Array, kernel: jax.Array, precision: str) -> jax.Array:
+    """SAME 3x3x3 convolution by Winograd, with a gradient of its own (see ``_same_vjp``)."""
+    return _winograd_valid(_padded(x, kernel, "SAME"), kernel, precision)
+
+
+def _same_forward(x: jax.Array, kernel: jax.Array, precision: str):
+    return _winograd_same(x, kernel, precision), (x, kernel)
+
+
+def _same_vjp(precision: str, residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Gradients of a SAME convolution: the input's is the SAME convolution of ``g`` by
+    the kernel flipped along x, y, z with C_in and C_out swapped, by Winograd too (2.25x
+    fewer products than differentiating XLA's); the kernel's is XLA's own, a sum over
+    voxels of input times ``g`` products, so that an entry that is exactly zero through
+    the direct convolution (a dead channel) stays exactly zero: through the Winograd
+    transforms it would come out as rounding noise, which Adam's normalised step turns
+    into an update."""
+    x, kernel = residuals
+    dx = _winograd_same(g, jnp.flip(kernel, (0, 1, 2)).swapaxes(3, 4), precision)
+    operand, _, arithmetic = _operands(x, kernel, precision)
+    _, pull = jax.vjp(lambda w: jax.lax.conv_general_dilated(
+        operand, w, (1, 1, 1), "SAME", dimension_numbers=_DIMS, **arithmetic), kernel.astype(
+            operand.dtype))
+    (dk,) = pull(g)
+    return dx, dk.astype(kernel.dtype)
+
+
+_winograd_same.defvjp(_same_forward, _same_vjp)
 
 
 def _padded(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:

@@ -53,7 +53,8 @@ def param_count(params: Params) -> int:
 
 
 def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None = None,
-            precision: str = "fp32", impl: str = "auto") -> jax.Array:
+            precision: str = "fp32", impl: str = "auto",
+            differentiable: bool = False) -> jax.Array:
     """The convolution chain alone: ReLU after every layer but the last.
 
     Args:
@@ -69,6 +70,9 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
       impl: convolution formulation, one of ``conv.IMPLEMENTATIONS``; ``auto``
         picks Winograd (hidden layers) and shifted matrix products (first and
         last) on CPU, XLA's convolution elsewhere.
+      differentiable: for gradients (training): every layer is one ``conv.conv3d``,
+        whose Winograd form has a gradient of its own, instead of the fused chain of
+        zero-bordered hidden layers (faster for inference, slow to differentiate).
 
     Returns:
       ``(B, X', Y', Z', C_out)`` float32; X' = X for SAME, X - sum(k - 1) for VALID.
@@ -77,6 +81,7 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
     # SAME 3x3x3 layers on CPU: the activations keep a zero border between the
     # Winograd hidden layers instead of being padded again for each (see conv).
     bordered = (padding == "SAME" and mask is None and conv.pick(impl) == "winograd"
+                and not differentiable
                 and all(params[n]["kernel"].shape[:3] == (3, 3, 3) for n in names))
     if bordered:
         x = _border(x)
@@ -130,18 +135,21 @@ def _border(x: jax.Array) -> jax.Array:
 
 
 def apply(params: Params, x: jax.Array, config: ModelConfig, precision: str = "fp32",
-          impl: str = "auto") -> jax.Array:
+          impl: str = "auto", differentiable: bool = False) -> jax.Array:
     """The whole model on ``(B, X, Y, Z, C_in)``; returns ``(B, X, Y, Z, C_out)``.
 
     ``same`` models pad every layer with zeros; ``edge_valid`` models (SRCNN3D)
     edge-replicate the input by the receptive radius and use valid
     convolutions. With ``residual`` the input's channel 0 (the interpolated
-    image) is added to the output, in float32. ``precision``, ``impl``: see ``forward``.
+    image) is added to the output, in float32. ``precision``, ``impl``,
+    ``differentiable``: see ``forward``.
     """
     if config.padding == "edge_valid":
-        y = forward(params, pad_input(x, config), "VALID", precision=precision, impl=impl)
+        y = forward(params, pad_input(x, config), "VALID", precision=precision, impl=impl,
+                    differentiable=differentiable)
     else:
-        y = forward(params, x, "SAME", precision=precision, impl=impl)
+        y = forward(params, x, "SAME", precision=precision, impl=impl,
+                    differentiable=differentiable)
     if config.residual:
         y = y + x[..., :1]
     return y
