@@ -38,9 +38,12 @@ def detach(values) -> np.ndarray:
 
 
 def data_mesh() -> jax.sharding.Mesh:
-    """A one-axis ``data`` mesh of every device of every process."""
+    """A one-axis ``data`` mesh of every device of every process. Its sharding is
+    propagated by XLA (``Auto``), not typed into every operation (``Explicit``, JAX's
+    default), which the Winograd layers' blocked, vmapped loops do not support."""
     devices = jax.devices()
-    return jax.make_mesh((len(devices),), ("data",), devices=devices)
+    return jax.make_mesh((len(devices),), ("data",), devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def mesh_shardings(mesh: jax.sharding.Mesh) -> tuple[jax.sharding.Sharding,
