@@ -178,10 +178,10 @@ def _load_folder(directory: Path) -> LoadedModel:
         raise SrrecnnError(f"{directory}: not a model folder (no params/)")
     import orbax.checkpoint as ocp
 
-    device = jax.local_devices()[0]
-    target = {layer: {leaf: jax.ShapeDtypeStruct(shape, np.float32,
-                                                 sharding=jax.sharding.SingleDeviceSharding(device))
-                      for leaf, shape in leaves.items()}
+    # NumPy arrays, as a caffemodel and a run checkpoint give: committed device arrays
+    # would change the jit signature of the network (in-memory and persistent caches
+    # miss), and the second z slab, whose carries come back committed, compiles again.
+    target = {layer: {leaf: np.zeros(shape, np.float32) for leaf, shape in leaves.items()}
               for layer, leaves in model.param_shapes(config).items()}
     checkpointer = _local_checkpointer(ocp)
     try:

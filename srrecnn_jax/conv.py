@@ -206,12 +206,22 @@ def _input_shifts(flat: jax.Array, kernel: jax.Array, offsets: list[int], arithm
     k, c_in, c_out = kernel.shape[0], kernel.shape[3], kernel.shape[4]
     fold = k ** 3 if c_in < _MIN_MATMUL_CHANNELS else k
     weights = kernel.reshape(k ** 3 // fold, fold * c_in, c_out)
-    outer, inner = offsets[::fold], offsets[:fold]
+    outer = offsets[::fold]
     span = _BLOCK_ROWS + outer[-1]
+    # Row strides of the folded axes, innermost (z) first: the k z offsets, then (all k^3)
+    # the y and x ones. Each fold shifts the previous one's columns k times, so the
+    # columns come out in the kernel's (x, y, z) order, as ``offsets`` lists them. The
+    # same matrix as k^3 slices of the block, but XLA compiles 3k slices far faster
+    # (SRCNN3D's 9^3 first layer: 46 s against 4 s on 2 CPU cores, and runs 2x faster).
+    strides = [1, offsets[k], offsets[k * k]] if fold == k ** 3 > k else [1]
 
     def block(i: jax.Array) -> jax.Array:
         part = jax.lax.dynamic_slice_in_dim(flat, i * _BLOCK_ROWS, _BLOCK_ROWS + offsets[-1])
-        folded = jnp.concatenate([part[o:o + span] for o in inner], axis=1)
+        folded = part
+        for level, stride in enumerate(strides):
+            rows = span + sum((k - 1) * s for s in strides[level + 1:])
+            folded = jnp.concatenate([folded[j * stride:j * stride + rows] for j in range(k)],
+                                     axis=1)
         total = None
         for w, offset in zip(weights, outer):
             term = jnp.dot(folded[offset:offset + _BLOCK_ROWS], w, **arithmetic)

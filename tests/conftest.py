@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -96,13 +97,21 @@ _CACHE: list[str] = []
 
 
 def pytest_configure(config) -> None:
-    """One compilation cache for the whole session, inherited by every subprocess the
-    tests start (fresh interpreters would otherwise compile the same tiny networks
-    again). Set before any test module imports JAX; a user's own cache is kept."""
+    """One compilation cache for the whole session, inherited by the xdist workers and
+    every subprocess the tests start (fresh interpreters would otherwise compile the
+    same tiny networks again). Set before any test module imports JAX (the workers start
+    after this, with this environment); a user's own cache is kept.
+
+    JAX writes a cache entry in place, unlocked, unless the cache has a size limit: a
+    process reading an entry another one is writing gets it truncated (JAX warns on
+    stderr and compiles again). With a limit (never reached here) JAX holds a file lock
+    (the filelock package) around every read and write of the cache."""
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         _CACHE.append(tempfile.mkdtemp(prefix="srrecnn-jax-cache-"))
         os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE[0]
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+        if importlib.util.find_spec("filelock") is not None:
+            os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(64 << 30))
 
 
 def pytest_unconfigure(config) -> None:

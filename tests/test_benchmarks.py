@@ -23,12 +23,19 @@ def has_zoom_device() -> bool:
     return hasattr(interpolation, "zoom_device")
 
 
-@pytest.mark.slow
-def test_smoke_run_of_every_suite_writes_json_and_a_table(tmp_path):
-    out = tmp_path / "bench.json"
+@pytest.fixture(scope="module")
+def smoke_all(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    """``run --suite all --smoke`` (with PyTorch when installed), once for the tests that
+    read it: the finished process and its JSON."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
     result = bench("--suite", "all", "--smoke", "--json", str(out))
     assert result.returncode == 0, result.stderr
-    data = json.loads(out.read_text())
+    return result, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_smoke_run_of_every_suite_writes_json_and_a_table(smoke_all):
+    result, data = smoke_all
 
     for key in ("command", "date_utc", "machine", "versions", "devices", "flop_convention",
                 "ceilings", "cases"):
@@ -72,14 +79,12 @@ def test_smoke_run_of_every_suite_writes_json_and_a_table(tmp_path):
 
 
 @pytest.mark.slow
-def test_timed_networks_agree_with_a_float64_reference(tmp_path):
-    """What the benchmark times is the right network, with or without PyTorch: every
-    smoke inference case (whole and tiled) within 1e-5 of the output range in fp32,
-    1e-2 in bf16, of an independent float64 NumPy network."""
-    out = tmp_path / "bench.json"
-    result = bench("--suite", "inference", "--smoke", "--no-torch", "--json", str(out))
-    assert result.returncode == 0, result.stderr
-    cases = json.loads(out.read_text())["cases"]
+def test_timed_networks_agree_with_a_float64_reference(smoke_all):
+    """What the benchmark times is the right network, with or without PyTorch (the float64
+    comparison does not use it; CI has none): every smoke inference case (whole and
+    tiled) within 1e-5 of the output range in fp32, 1e-2 in bf16, of an independent
+    float64 NumPy network."""
+    cases = [c for c in smoke_all[1]["cases"] if c["suite"] == "inference"]
     assert {c["precision"] for c in cases} == {"fp32", "bf16"} and any(c["tile"] for c in cases)
     for case in cases:
         limit = 1e-5 if case["precision"] == "fp32" else 1e-2
@@ -87,12 +92,11 @@ def test_timed_networks_agree_with_a_float64_reference(tmp_path):
 
 
 @pytest.mark.slow
-def test_torch_reference_agrees_with_jax(tmp_path):
+def test_torch_reference_agrees_with_jax(smoke_all):
+    """Where PyTorch is installed: every whole-volume fp32 inference case agrees with it."""
     pytest.importorskip("torch")
-    out = tmp_path / "bench.json"
-    result = bench("--suite", "inference", "--smoke", "--precision", "fp32", "--json", str(out))
-    assert result.returncode == 0, result.stderr
-    cases = [c for c in json.loads(out.read_text())["cases"] if not c["tile"]]
+    cases = [c for c in smoke_all[1]["cases"] if c["suite"] == "inference" and not c["tile"]
+             and c["precision"] == "fp32"]
     assert cases
     for case in cases:
         assert case["torch"]["agreement_max_rel_diff"] < 1e-4

@@ -22,7 +22,9 @@ def _relative(a, b) -> float:
     (9, 8, 8, "VALID", (1, 11, 12, 13)),
     (3, 1, 16, "SAME", (1, 10, 9, 8)),     # first layer: one channel in
     (3, 16, 1, "SAME", (2, 10, 9, 8)),     # last layer: one channel out
-    (9, 1, 64, "VALID", (1, 12, 12, 12)),  # SRCNN3D's first layer
+    # SRCNN3D's first layer, on the input test_srcnn3d_layers_run_through_the_cpu_formulation
+    # gives it (14^3 edge-padded by 6): its slow compilation is shared.
+    (9, 1, 64, "VALID", (1, 26, 26, 26)),
 ])
 @pytest.mark.parametrize("impl", ["matmul", "winograd"])
 def test_cpu_formulations_equal_xla_convolution(kernel, c_in, c_out, padding, shape, impl):
@@ -109,8 +111,9 @@ def test_winograd_network_gradient_equals_xla_gradient():
     params = model.init(jax.random.key(1), cfg)
     x = jnp.asarray(np.random.default_rng(8).random((2, 7, 8, 9, 1)), jnp.float32)
 
-    def grads(impl):
-        return jax.grad(lambda p: jnp.sum(model.apply(p, x, cfg, impl=impl) ** 2))(params)
+    def grads(impl):  # jit-compiled, as the training step is
+        return jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, x, cfg, impl=impl) ** 2)))(
+            params)
 
     for a, b in zip(jax.tree.leaves(grads("winograd")), jax.tree.leaves(grads("xla"))):
         assert _relative(a, b) < 1e-5  # sums over every voxel: float32 order differences
@@ -144,6 +147,7 @@ def test_unknown_precision_or_formulation_is_refused(bad):
 
 
 def test_srcnn3d_layers_run_through_the_cpu_formulation():
+    # 14^3, edge-padded by 6: the first layer's input is test_cpu_formulations_...'s 26^3.
     cfg = srcnn3d()
     params = model.init(jax.random.key(0), cfg)
     x = jnp.asarray(np.random.default_rng(4).random((1, 14, 14, 14, 1)), jnp.float32)

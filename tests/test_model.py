@@ -31,6 +31,20 @@ def test_init_is_he_fan_in_gaussian_with_zero_bias():
     assert not np.any(np.asarray(params["conv2"]["bias"]))
 
 
+def test_init_kernels_are_normal_draws_of_the_kernel_shape():
+    """Each kernel is ``jax.random.normal(its key, its shape)`` times the He std, bitwise:
+    the draw made flat (fast to compile) gives the numbers of the 5-D draw."""
+    cfg = ModelConfig(kernels=(3, 1), filters=(2, 1))
+    key = jax.random.PRNGKey(4)
+    params = model.init(key, cfg)
+    for (name, shapes), sub in zip(model.param_shapes(cfg).items(),
+                                   jax.random.split(key, cfg.layers)):
+        shape = shapes["kernel"]
+        std = np.sqrt(2.0 / np.prod(shape[:4]))
+        expected = jax.random.normal(sub, shape, jnp.float32) * np.float32(std)
+        np.testing.assert_array_equal(params[name]["kernel"], expected, err_msg=name)
+
+
 def test_parameter_count_of_the_published_10_layer_net():
     """1*64*27+64 + 8*(64*64*27+64) + 64*27+1 = 888,769."""
     params = jax.eval_shape(lambda key: model.init(key, configs.recnn()), jax.random.PRNGKey(0))

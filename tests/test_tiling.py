@@ -7,6 +7,7 @@ volume borders change the result. Tolerance: 1e-5 of the output's range.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import jax
@@ -16,6 +17,7 @@ import pytest
 
 from srrecnn_jax import config as configs
 from srrecnn_jax import inference, model, tiling
+from srrecnn_jax.checkpoint import LoadedModel, load_model, save_model
 from srrecnn_jax.config import ModelConfig
 
 TOLERANCE = 1e-5
@@ -153,6 +155,22 @@ def test_volumes_of_any_depth_share_one_slab_compilation():
             tiling.run_slabs(params, SAME, lr_volume(shape)[..., None] / 200, 6, bucket=16)
 
     assert new_compilations(run) == [(1, 16, 16, 6, 1)]
+
+
+def test_a_model_folder_shares_the_slab_compilation_of_its_parameters(tmp_path, caplog):
+    """A model folder loads as NumPy arrays, as a caffemodel does: its volume, three slabs
+    deep, runs on the one compilation the same parameters in memory made (device arrays
+    changed the call's signature: two more compilations, the second slab's own)."""
+    params = random_params(SAME, seed=6)
+    loaded = load_model(save_model(tmp_path / "m", LoadedModel(params, SAME))).params
+    volume = lr_volume((9, 8, 14))[..., None] / 200
+    jax.clear_caches()
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
+        expected = tiling.run_slabs(params, SAME, volume, 6)
+        np.testing.assert_array_equal(tiling.run_slabs(loaded, SAME, volume, 6), expected)
+    compiled = [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("Compiling") and "_slab_layer" in r.getMessage()]
+    assert len(compiled) == 1, compiled
 
 
 def test_plan_on_cpu_is_slabs_of_slab_planes_or_fewer_when_memory_is_short():
