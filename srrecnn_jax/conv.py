@@ -262,8 +262,27 @@ def relu_layer_bordered(x: jax.Array, kernel: jax.Array, bias: jax.Array,
                                                bias=bias.astype(jnp.float32)))(x)
 
 
+def relu_layer_slab(x: jax.Array, kernel: jax.Array, bias: jax.Array, planes: jax.Array,
+                    in_plane: jax.Array | None = None, precision: str = "fp32") -> jax.Array:
+    """A hidden layer on a z slab whose x and y borders are zeros: ``relu_layer_bordered``
+    without a border along z, and with the slab's masks applied as each block is written.
+
+    ``x``: float32 ``(X + 2, Y + 2, Z + 2, C_in)``, zero in the outer x and y planes
+    (the z neighbours are real planes: the previous slab's last two, then this
+    slab's); ``planes``: ``(Z,)`` 0/1, which output planes lie inside the volume;
+    ``in_plane``: optional ``(X, Y, 1, 1)`` 0/1, which in-plane voxels do. Returns
+    ``(X + 2, Y + 2, Z, C_out)``, ``relu(conv + bias) * planes * in_plane`` inside a
+    zero x and y border, ready for the next layer without a copy to pad it.
+    """
+    return _volume_winograd(x.astype(jnp.float32), kernel.astype(jnp.float32), precision,
+                            bias=bias.astype(jnp.float32), z_border=False, planes=planes,
+                            in_plane=in_plane)
+
+
 def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
-                     bias: jax.Array | None = None) -> jax.Array:
+                     bias: jax.Array | None = None, z_border: bool = True,
+                     planes: jax.Array | None = None,
+                     in_plane: jax.Array | None = None) -> jax.Array:
     """VALID 3x3x3 convolution of one float32 ``(X, Y, Z, C_in)`` volume, Winograd
     F(2, 3) along x and y, the z taps folded into the products' depth.
 
@@ -277,7 +296,10 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
 
     With ``bias``, returns ``relu(conv + bias)`` inside a zero border one voxel
     wide, ``(X, Y, Z, C_out)`` for an input ``(X, Y, Z, C_in)`` (see
-    ``relu_layer_bordered``); without, the convolution ``(X - 2, Y - 2, Z - 2, C_out)``.
+    ``relu_layer_bordered``), without a z border ``(X, Y, Z - 2, C_out)`` when not
+    ``z_border``, times the ``planes`` ``(Z - 2,)`` and ``in_plane``
+    ``(X - 2, Y - 2, 1, 1)`` masks when given (see ``relu_layer_slab``); without
+    ``bias``, the convolution ``(X - 2, Y - 2, Z - 2, C_out)``.
     """
     c_in, c_out = kernel.shape[3], kernel.shape[4]
     ox, oy, oz = (n - 2 for n in x.shape[:3])
@@ -287,6 +309,9 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
     tx, nx = _split(-(-ox // 2), WINOGRAD_BLOCK_VOXELS / (ty * oz))
     # Odd sizes and partial last blocks: zeros beyond the volume, outputs dropped.
     x = jnp.pad(x, ((0, 2 * tx * nx - ox), (0, 2 * ty * ny - oy), (0, 0), (0, 0)))
+    if in_plane is not None:
+        in_plane = jnp.pad(in_plane, ((0, 2 * tx * nx - ox), (0, 2 * ty * ny - oy), (0, 0),
+                                      (0, 0)))
     g = jnp.asarray(_WINOGRAD_G, jnp.float32)
     taps = jnp.einsum("pa,qb,abzio->pqzio", g, g, kernel,
                       precision=jax.lax.Precision.HIGHEST).reshape(4, 4, 3 * c_in, c_out)
@@ -294,6 +319,7 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
     taps = taps.astype(dtype)
     rows = tx * ty * oz
     border = 0 if bias is None else 1
+    z_border = border if z_border else 0
 
     def block(i: jax.Array, j: jax.Array) -> jax.Array:
         part = jax.lax.dynamic_slice(x, (i * 2 * tx, j * 2 * ty, 0, 0),
@@ -314,14 +340,21 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
             outputs = {key: jax.nn.relu(value + bias) for key, value in outputs.items()}
         y = jnp.stack([jnp.stack([outputs[r, 0], outputs[r, 1]], axis=2) for r in (0, 1)],
                       axis=1)  # (tx, 2, ty, 2, Z, C_out)
-        return y.reshape(2 * tx, 2 * ty, oz, c_out)
+        y = y.reshape(2 * tx, 2 * ty, oz, c_out)
+        if planes is not None:
+            y = y * planes[:, None]
+        if in_plane is not None:
+            y = y * jax.lax.dynamic_slice(in_plane, (i * 2 * tx, j * 2 * ty, 0, 0),
+                                          (2 * tx, 2 * ty, 1, 1))
+        return y
 
     def write(k: jax.Array, out: jax.Array) -> jax.Array:
         i, j = k // ny, k % ny
         return jax.lax.dynamic_update_slice(
-            out, jax.checkpoint(block)(i, j), (border + i * 2 * tx, border + j * 2 * ty, border, 0))
+            out, jax.checkpoint(block)(i, j),
+            (border + i * 2 * tx, border + j * 2 * ty, z_border, 0))
 
-    shape = (2 * tx * nx + 2 * border, 2 * ty * ny + 2 * border, oz + 2 * border, c_out)
+    shape = (2 * tx * nx + 2 * border, 2 * ty * ny + 2 * border, oz + 2 * z_border, c_out)
     out = jax.lax.fori_loop(0, nx * ny, write, jnp.zeros(shape, jnp.float32))
     out = out[:ox + 2 * border, :oy + 2 * border]
     if border and 2 * tx * nx > ox:

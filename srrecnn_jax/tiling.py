@@ -172,8 +172,8 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
 
 def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Array,
                 start: jax.Array, depth: jax.Array, in_plane: jax.Array | None, *,
-                same: bool, last: bool, precision: str, record: bool
-                ) -> tuple[jax.Array, jax.Array]:
+                same: bool, last: bool, border_in: bool, border_out: bool, precision: str,
+                record: bool) -> tuple[jax.Array, jax.Array]:
     """One layer of the network on one slab of ``c`` z planes; see ``run_slabs``.
 
     ``x``: ``(X, Y, c, C_in)``, the layer's input planes from ``start`` on (volume
@@ -184,6 +184,11 @@ def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Arr
     layer's ``(X', Y', c, C_out)`` (``(X', Y', c)`` for the ``last``) and the new
     carry. One function per layer, not per network, so that the hidden layers of one
     shape share one trace and one compilation: a tenth of the start-up work.
+
+    ``border_in`` / ``border_out`` (CPU, ``same`` 3^3 models): the input (and its
+    carry) / the output has a zero x and y border one voxel wide, so that the
+    Winograd hidden layers (``conv.relu_layer_slab``) read their padding in place and
+    write the next layer's, bias, ReLU and masks included, without a copy of the slab.
     """
     if record:  # the first layer: once per trace of a network input shape, as _network
         _traced.append((1, *x.shape))
@@ -191,22 +196,27 @@ def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Arr
     h = k // 2
     x = jnp.concatenate([carry, x], axis=2)  # (X, Y, k - 1 + c, C)
     carry = x[:, :, x.shape[2] - (k - 1):]
-    if same:
+    index = start - h + jnp.arange(x.shape[2] - 2 * h)
+    planes = ((index >= 0) & (index < depth)).astype(jnp.float32)
+    if same and not border_in:
         x = jnp.pad(x, ((h, h), (h, h), (0, 0), (0, 0)))
+    if border_out and conv.winograd_applies(kernel):
+        return conv.relu_layer_slab(x, kernel, bias, planes, in_plane, precision), carry
     x = conv.conv3d(x[None], kernel, "VALID", precision)[0] + bias.astype(jnp.float32)
     if last:
         return x[..., 0], carry
     x = jax.nn.relu(x)
     if same:
-        index = start - h + jnp.arange(x.shape[2])
-        x = x * ((index >= 0) & (index < depth)).astype(x.dtype)[:, None]
+        x = x * planes[:, None]
         if in_plane is not None:
             x = x * in_plane
+    if border_out:
+        x = jnp.pad(x, ((1, 1), (1, 1), (0, 0), (0, 0)))
     return x, carry
 
 
-_slab = jax.jit(_slab_layer, static_argnames=("same", "last", "precision", "record"),
-                donate_argnums=(3,))
+_slab = jax.jit(_slab_layer, static_argnames=("same", "last", "border_in", "border_out",
+                                             "precision", "record"), donate_argnums=(3,))
 
 
 def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
@@ -241,11 +251,16 @@ def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
         padded = model.pad_input(volume, config)
         x = np.zeros([f + 2 * halo for f in full] + [steps * planes, channels], np.float32)
         x[:padded.shape[0], :padded.shape[1], :padded.shape[2]] = padded
+    # CPU, same 3^3 models: activations keep a zero x and y border between layers.
+    bordered = (same and conv.pick("auto") == "winograd"
+                and all(params[n]["kernel"].shape[:3] == (3, 3, 3) for n in names))
     carries, width = [], x.shape[:2]
-    for name in names:
+    for i, name in enumerate(names):
         kernel = params[name]["kernel"]
         k = kernel.shape[0]
-        carries.append(jnp.zeros((*width, k - 1, kernel.shape[3]), jnp.float32))
+        border = 2 if bordered and i > 0 else 0
+        carries.append(jnp.zeros((width[0] + border, width[1] + border, k - 1, kernel.shape[3]),
+                                 jnp.float32))
         if not same:
             width = tuple(w - (k - 1) for w in width)
     out = np.zeros((*full, steps * planes), np.float32)
@@ -254,8 +269,10 @@ def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
         y, start = x[:, :, step * planes:(step + 1) * planes], first + step * planes
         for i, name in enumerate(names):
             kernel = params[name]["kernel"]
+            last = i == len(names) - 1
             y, carries[i] = _slab(kernel, params[name]["bias"], y, carries[i], start, shape[2],
-                                  in_plane, same=same, last=i == len(names) - 1,
+                                  in_plane, same=same, last=last, border_in=bordered and i > 0,
+                                  border_out=bordered and not last,
                                   precision=conv.layer_precision(precision, i), record=i == 0)
             start -= kernel.shape[0] // 2
         lo = lag + step * planes

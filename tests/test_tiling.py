@@ -35,6 +35,9 @@ SAME = configs.tiny()
 EDGE_VALID = ModelConfig(kernels=(5, 1, 3), filters=(6, 4, 1), residual=False,
                          padding="edge_valid")
 MULTI = configs.tiny(in_channels=2)
+# Hidden layers wide enough for the CPU's Winograd layers (conv.winograd_applies), which
+# the slabs run with a zero x and y border kept between layers (conv.relu_layer_slab).
+WIDE = configs.recnn(layers=4, filters=8)
 
 
 def lr_volume(shape, seed=1) -> np.ndarray:
@@ -131,7 +134,8 @@ def whole_volume(params, cfg, volume):
 
 
 @pytest.mark.parametrize("planes", [1, 3, 4, 30])
-@pytest.mark.parametrize("cfg", [SAME, EDGE_VALID, MULTI], ids=["same", "edge_valid", "multi"])
+@pytest.mark.parametrize("cfg", [SAME, EDGE_VALID, MULTI, WIDE],
+                         ids=["same", "edge_valid", "multi", "wide"])
 def test_z_slabs_give_the_whole_volume_result(cfg, planes):
     """Slabs thinner than a kernel, not dividing the depth, or deeper than the volume."""
     params = random_params(cfg)
@@ -139,11 +143,12 @@ def test_z_slabs_give_the_whole_volume_result(cfg, planes):
     assert_close(tiling.run_slabs(params, cfg, volume, planes), whole_volume(params, cfg, volume))
 
 
-def test_z_slabs_with_an_in_plane_bucket_give_the_whole_volume_result():
-    params = random_params(SAME)
+@pytest.mark.parametrize("cfg", [SAME, WIDE], ids=["same", "wide"])
+def test_z_slabs_with_an_in_plane_bucket_give_the_whole_volume_result(cfg):
+    params = random_params(cfg)
     volume = lr_volume((9, 8, 11))[..., None] / 200
-    assert_close(tiling.run_slabs(params, SAME, volume, 4, bucket=8),
-                 whole_volume(params, SAME, volume))
+    assert_close(tiling.run_slabs(params, cfg, volume, 4, bucket=8),
+                 whole_volume(params, cfg, volume))
 
 
 def test_volumes_of_any_depth_share_one_slab_compilation():
