@@ -117,3 +117,13 @@ def pytest_configure(config) -> None:
 def pytest_unconfigure(config) -> None:
     for folder in _CACHE:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def same_conv_float64(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """SAME 3x3x3 correlation in float64: the sum over taps of shifted inputs times taps."""
+    b, nx, ny, nz, _ = x.shape
+    padded = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((b, nx, ny, nz, w.shape[4]))
+    for i, j, k in np.ndindex(3, 3, 3):
+        out += padded[:, i:i + nx, j:j + ny, k:k + nz] @ w[i, j, k].astype(np.float64)
+    return out

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import same_conv_float64
 
 from srrecnn_jax import conv, model
 from srrecnn_jax.config import recnn, srcnn3d
@@ -37,16 +38,6 @@ def test_cpu_formulations_equal_xla_convolution(kernel, c_in, c_out, padding, sh
     assert _relative(result, reference) < 2e-6  # float32 rounding, other summation order
 
 
-def _same_conv_float64(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """SAME 3x3x3 correlation in float64 NumPy: the sum over taps of shifted inputs times taps."""
-    b, nx, ny, nz, _ = x.shape
-    padded = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
-    out = np.zeros((b, nx, ny, nz, w.shape[4]))
-    for i, j, k in np.ndindex(3, 3, 3):
-        out += padded[:, i:i + nx, j:j + ny, k:k + nz] @ w[i, j, k].astype(np.float64)
-    return out
-
-
 @pytest.mark.parametrize("shape", [(1, 16, 16, 16), (2, 9, 7, 5), (1, 3, 4, 2)])
 def test_winograd_is_as_accurate_as_the_direct_convolution(shape):
     # Against a float64 reference, Winograd F(2, 3) stays within twice the error of
@@ -55,7 +46,7 @@ def test_winograd_is_as_accurate_as_the_direct_convolution(shape):
     rng = np.random.default_rng(5)
     x = np.maximum(rng.normal(size=shape + (16,)), 0).astype(np.float32)
     w = rng.normal(0, 0.1, (3, 3, 3, 16, 16)).astype(np.float32)
-    exact = _same_conv_float64(x, w)
+    exact = same_conv_float64(x, w)
     direct = _relative(conv.conv3d(x, w, "SAME", impl="xla"), exact)
     winograd = _relative(conv.conv3d(x, w, "SAME", impl="winograd"), exact)
     assert winograd < 2 * direct + 1e-7

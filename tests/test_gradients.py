@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import same_conv_float64
 
 from srrecnn_jax import conv, io, model
 from srrecnn_jax.config import recnn
@@ -18,16 +19,6 @@ from srrecnn_jax.config import recnn
 def relative(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def same_conv_float64(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """SAME 3x3x3 correlation in float64: the sum over taps of shifted inputs times taps."""
-    b, nx, ny, nz, _ = x.shape
-    padded = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
-    out = np.zeros((b, nx, ny, nz, w.shape[4]))
-    for i, j, k in np.ndindex(3, 3, 3):
-        out += padded[:, i:i + nx, j:j + ny, k:k + nz] @ w[i, j, k].astype(np.float64)
-    return out
 
 
 def kernel_gradient_float64(x: np.ndarray, g: np.ndarray) -> np.ndarray:
