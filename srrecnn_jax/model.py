@@ -84,9 +84,8 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
     names = sorted(params, key=lambda n: int(n[4:]))
     # SAME 3x3x3 layers on CPU: the activations keep a zero border between the
     # Winograd hidden layers instead of being padded again for each (see conv).
-    bordered = (padding == "SAME" and mask is None and conv.pick(impl) == "winograd"
-                and not differentiable
-                and all(params[n]["kernel"].shape[:3] == (3, 3, 3) for n in names))
+    bordered = (padding == "SAME" and mask is None and not differentiable
+                and keeps_zero_border(params, impl))
     if bordered:
         x = _border(x)
     for i, name in enumerate(names):
@@ -107,6 +106,13 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
             if bordered:
                 x = _border(x)
     return x
+
+
+def keeps_zero_border(params: Params, impl: str = "auto") -> bool:
+    """Whether a SAME network runs its hidden layers between zero-bordered activations
+    (CPU Winograd, every kernel 3^3): ``forward`` and the z slabs of ``tiling``."""
+    return (conv.pick(impl) == "winograd"
+            and all(layer["kernel"].shape[:3] == (3, 3, 3) for layer in params.values()))
 
 
 def pad_input(x, config: ModelConfig):

@@ -252,8 +252,7 @@ def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
         x = np.zeros([f + 2 * halo for f in full] + [steps * planes, channels], np.float32)
         x[:padded.shape[0], :padded.shape[1], :padded.shape[2]] = padded
     # CPU, same 3^3 models: activations keep a zero x and y border between layers.
-    bordered = (same and conv.pick("auto") == "winograd"
-                and all(params[n]["kernel"].shape[:3] == (3, 3, 3) for n in names))
+    bordered = same and model.keeps_zero_border(params)
     carries, width = [], x.shape[:2]
     for i, name in enumerate(names):
         kernel = params[name]["kernel"]
