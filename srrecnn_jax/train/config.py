@@ -5,7 +5,12 @@ an ``OptimizerConfig`` and a ``ScheduleConfig``; defaults are the original's
 (pipeline doc §4). Settings are written flat, by name (every name is unique
 across the parts): ``learning_rate = 1e-4``, ``max_iter = 900``. The
 architecture is a ``model`` table (``ModelConfig`` fields) or the ReCNN
-shorthand ``layers``, ``filters``, ``kernel``, ``in_channels``, ``residual``.
+shorthand ``layers``, ``filters``, ``kernel``, ``in_channels``, ``residual``;
+the on-the-fly augmentations are an ``augment`` table (``AugmentConfig``
+fields; ``augment.noise = [0.01, 0.03]`` as a ``key=value`` override).
+A scale (``patch_scales`` entries, ``validation_scale``) is a number s, the
+isotropic (s, s, s), or three numbers ``[sx, sy, sz]``: ``patch_scales = [2, 3]``
+is two isotropic scales, ``patch_scales = [[1, 1, 4]]`` one thick-slice scale.
 Sources, later ones winning: defaults (or the ``--init`` model's
 architecture), a Caffe solver, a TOML/JSON file, ``key=value`` overrides.
 """
@@ -74,6 +79,71 @@ class ScheduleConfig:
             raise ValueError(f"gamma must be positive, got {self.gamma}")
 
 
+#: A scale setting: one number s for the isotropic (s, s, s), or (x, y, z) factors.
+Scale = float | tuple[float, float, float]
+
+#: The blur of the observation model: the original's Gaussian of ``sigma`` 1 voxel along
+#: every axis, or thick slices (``degradation.slice_profile``).
+BLURS = ("gaussian", "slice_profile")
+
+
+def scale_axes(scale: Scale) -> tuple[float, float, float]:
+    """The (x, y, z) factors of a scale setting: a number s is (s, s, s)."""
+    return (float(scale),) * 3 if isinstance(scale, int | float) else tuple(map(float, scale))
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Random changes to each on-the-fly training patch, drawn from the sample's own
+    generator; all off by default (the original trained on the observation model alone).
+    What each models: ``train/augment.py``.
+
+    ``gamma = [lo, hi]``: HR contrast, intensity^g with g log-uniform in [lo, hi]
+    (label and input). ``bias_field = b``: smooth multiplicative field, polynomial
+    coefficients uniform in [-b, b] (label and input). ``noise = [lo, hi]``: Rician
+    noise of sigma uniform in [lo, hi] (intensity range 1) on the LR image (input only).
+    ``blur_jitter = j``: each blur sigma times uniform [1 - j, 1 + j] (input only).
+    ``flips``: random flips along each axis; ``permute``: random axis order (both;
+    isotropic ``patch_scales`` only).
+    """
+
+    gamma: tuple[float, float] = (1.0, 1.0)
+    bias_field: float = 0.0
+    noise: tuple[float, float] = (0.0, 0.0)
+    blur_jitter: float = 0.0
+    flips: bool = False
+    permute: bool = False
+
+    def __post_init__(self) -> None:
+        _check_finite(self, "gamma", "bias_field", "noise", "blur_jitter", prefix="augment.")
+        for name in ("gamma", "noise"):
+            values = getattr(self, name)
+            if len(values) != 2 or not values[0] <= values[1]:
+                raise ValueError(f"augment.{name} must be [lo, hi] with lo <= hi, got "
+                                 f"{list(values)}")
+        if not self.gamma[0] > 0:
+            raise ValueError(f"augment.gamma must be positive, got {list(self.gamma)}")
+        if not (0 <= self.noise[0] and self.noise[1] <= 1):
+            raise ValueError(f"augment.noise must be in [0, 1] (of the intensity range), got "
+                             f"{list(self.noise)}")
+        if not self.bias_field >= 0:
+            raise ValueError(f"augment.bias_field must be >= 0, got {self.bias_field}")
+        if not 0 <= self.blur_jitter < 1:
+            raise ValueError(f"augment.blur_jitter must be in [0, 1), got {self.blur_jitter}")
+
+    @property
+    def per_patch(self) -> bool:
+        """Whether patches must be degraded one by one: an augmentation acts before or
+        inside the observation model (gamma, bias field, noise, blur jitter)."""
+        return (self.gamma != (1.0, 1.0) or self.bias_field > 0 or self.noise != (0.0, 0.0)
+                or self.blur_jitter > 0)
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is on."""
+        return self.per_patch or self.flips or self.permute
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on."""
@@ -88,9 +158,11 @@ class TrainConfig:
     keep: int = 3
     log_every: int = 100
     validate_every: int = 1000
-    validation_scale: float = 2.0
+    validation_scale: Scale = 2.0
     patch: int = 21  # on-the-fly patches from images (no HDF5)
-    patch_scales: tuple[float, ...] = (2.0,)
+    patch_scales: tuple[Scale, ...] = (2.0,)
+    blur: str = "gaussian"  # of the observation model (patches, validation): BLURS
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         if self.loss not in ("euclidean", "mean"):
@@ -106,8 +178,14 @@ class TrainConfig:
             raise ValueError("patch_scales needs at least one scale")
         for name in ("validation_scale", "patch_scales"):
             values = getattr(self, name)
-            if not all(v > 0 for v in (values if isinstance(values, tuple) else (values,))):
-                raise ValueError(f"{name} must be positive, got {values}")
+            if not all(v > 0 for v in _numbers(values)):
+                raise ValueError(f"{name} must be positive, got {_plain(values)}")
+        if self.blur not in BLURS:
+            raise ValueError(f"blur must be {' or '.join(BLURS)}, not {self.blur!r}")
+        anisotropic = [s for s in self.patch_scales if len(set(scale_axes(s))) > 1]
+        if self.augment.permute and anisotropic:
+            raise ValueError("augment.permute needs isotropic patch_scales (permuting the axes "
+                             f"would move the thick axis), got {_plain(anisotropic)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Flat settings plus a ``model`` table (the form ``config_from`` reads)."""
@@ -115,24 +193,36 @@ class TrainConfig:
                   if f.name not in _PARTS}
         for part in ("optimizer", "schedule"):
             values |= dataclasses.asdict(getattr(self, part))
-        values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-        return {"model": self.model.to_dict(), **values}
+        values["augment"] = dataclasses.asdict(self.augment)
+        return {"model": self.model.to_dict(), **_plain(values)}
 
 
-_PARTS = ("model", "optimizer", "schedule")
+_PARTS = ("model", "optimizer", "schedule", "augment")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, nested ones too (the JSON and TOML form of a setting)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _numbers(value: Any) -> list:
+    """Every number in a setting, nested tuples flattened."""
+    return [n for v in value for n in _numbers(v)] if isinstance(value, tuple) else [value]
 
 #: The largest float32: every number setting must stay finite as float32 on the device.
 _FLOAT32_MAX = 3.4028234663852886e38
 
 
-def _check_finite(settings: Any, *names: str) -> None:
-    """``ValueError`` naming the first of ``names`` with a NaN, an infinity or a value too
-    large for float32 (a learning rate of 1e39 is infinite on the device)."""
+def _check_finite(settings: Any, *names: str, prefix: str = "") -> None:
+    """``ValueError`` naming the first of ``names`` (after ``prefix``) with a NaN, an
+    infinity or a value too large for float32 (a learning rate of 1e39 is infinite on
+    the device)."""
     for name in names:
-        value = getattr(settings, name)
-        for v in value if isinstance(value, tuple) else (value,):
+        for v in _numbers(getattr(settings, name)):
             if not abs(v) <= _FLOAT32_MAX:
-                raise ValueError(f"{name} must be a finite float32 number, got {v}")
+                raise ValueError(f"{prefix}{name} must be a finite float32 number, got {v}")
 
 
 #: The ReCNN shorthand for the architecture.
@@ -168,6 +258,18 @@ def _checked(name: str, value: Any, kind: str) -> Any:
                 "str": "a word"}[k]
         raise SrrecnnError(f"training setting {name}: expected {what}, got {v!r}")
 
+    def scale(v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            if len(v) != 3:
+                raise SrrecnnError(f"training setting {name}: expected a number or three "
+                                   f"[x, y, z], got {v!r}")
+            return tuple(scalar(f, "float") for f in v)
+        return scalar(v, "float")
+
+    if kind == "Scale":
+        return scale(value)
+    if kind == "tuple[Scale, ...]":  # a bare number is one scale; [2, 3] two isotropic ones
+        return tuple(scale(v) for v in (value if isinstance(value, list | tuple) else [value]))
     if kind.startswith("tuple"):
         inner = "int" if "int" in kind else "float"
         items = value if isinstance(value, list | tuple) else [value]
@@ -177,9 +279,11 @@ def _checked(name: str, value: Any, kind: str) -> Any:
 
 def config_from(values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """``base`` (default ``TrainConfig()``) with the flat ``values`` set; every value is
-    checked for its type and range, and unknown keys are an error."""
+    checked for its type and range, and unknown keys are an error. Augmentations are an
+    ``augment`` table, or ``augment.NAME`` keys (overrides; they win over the table)."""
     base = base or TrainConfig()
-    unknown = sorted(set(values) - set(_SETTINGS) - set(MODEL_KEYS) - {"model"})
+    unknown = sorted(set(values) - set(_SETTINGS) - set(MODEL_KEYS) - {"model", "augment"}
+                     - {f"augment.{k}" for k in _AUGMENT_TYPES})
     if unknown:
         raise SrrecnnError(f"unknown training setting(s): {', '.join(unknown)}")
     try:
@@ -192,9 +296,28 @@ def config_from(values: Mapping[str, Any], base: TrainConfig | None = None) -> T
         return dataclasses.replace(
             base, model=model,
             optimizer=dataclasses.replace(base.optimizer, **parts["optimizer"]),
-            schedule=dataclasses.replace(base.schedule, **parts["schedule"]), **parts[""])
+            schedule=dataclasses.replace(base.schedule, **parts["schedule"]),
+            augment=dataclasses.replace(base.augment, **_augment_from(values)), **parts[""])
     except (TypeError, ValueError) as e:
         raise SrrecnnError(f"training settings: {e}") from None
+
+
+_AUGMENT_TYPES = _types(AugmentConfig)
+
+
+def _augment_from(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``augment`` table's settings, then the ``augment.NAME`` keys, type-checked."""
+    table = values.get("augment", {})
+    if not isinstance(table, Mapping):
+        raise SrrecnnError("training setting augment: expected a table of AugmentConfig "
+                           f"fields ({', '.join(_AUGMENT_TYPES)})")
+    table = dict(table) | {k.removeprefix("augment."): v for k, v in values.items()
+                           if k.startswith("augment.")}
+    unknown = sorted(set(table) - set(_AUGMENT_TYPES))
+    if unknown:
+        raise SrrecnnError(f"unknown training setting(s): "
+                           f"{', '.join('augment.' + k for k in unknown)}")
+    return {k: _checked(f"augment.{k}", v, _AUGMENT_TYPES[k]) for k, v in table.items()}
 
 
 def _model_from(values: Mapping[str, Any], model: ModelConfig) -> ModelConfig:
