@@ -32,6 +32,18 @@ def slice_profile(scale: Sequence[float]) -> tuple[float, ...]:
     return tuple(s / FWHM_PER_SIGMA if s > 1 else 0.0 for s in scale)
 
 
+def blur_sigma(scale: Sequence[float], blur: str = "gaussian",
+               sigma: float = 1.0) -> float | tuple[float, ...]:
+    """The blur of the observation model at (x, y, z) ``scale``: ``"gaussian"``, the
+    original's ``sigma`` along every axis whatever the scale, or ``"slice_profile"``,
+    thick slices (``slice_profile(scale)``)."""
+    if blur == "gaussian":
+        return sigma
+    if blur == "slice_profile":
+        return slice_profile(scale)
+    raise ValueError(f"blur must be gaussian or slice_profile, not {blur!r}")
+
+
 def degrade(hr: np.ndarray, scale: Sequence[float], sigma: float | Sequence[float] = 1.0,
             order: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Simulate a low-resolution scan from an (x, y, z) high-resolution one.

@@ -18,10 +18,10 @@ import SimpleITK as sitk
 
 from srrecnn_jax import io, model
 from srrecnn_jax.config import ModelConfig
-from srrecnn_jax.degradation import degrade
+from srrecnn_jax.degradation import blur_sigma, degrade
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import super_resolve_array
-from srrecnn_jax.interpolation import zoom
+from srrecnn_jax.interpolation import parse_scale, zoom
 from srrecnn_jax.metrics import psnr, ssim
 
 
@@ -77,17 +77,20 @@ def head_mask(hr: np.ndarray, level: float = 0.1) -> np.ndarray:
     return scipy.ndimage.binary_fill_holes(truth > level * truth.max())
 
 
-def validate(params: model.Params, config: ModelConfig, scale: float,
-             volumes: Sequence[np.ndarray]) -> dict[str, dict[str, float]]:
+def validate(params: model.Params, config: ModelConfig, scale: float | Sequence[float],
+             volumes: Sequence[np.ndarray],
+             blur: str = "gaussian") -> dict[str, dict[str, float]]:
     """Mean scores of the model and of cubic spline on held-out HR volumes.
 
-    Each (x, y, z) HR volume is degraded by the observation model at ``scale``
-    (``degradation.degrade``) and restored both ways. Returns
+    Each (x, y, z) HR volume is degraded by the observation model at ``scale`` (a
+    number, or (x, y, z) factors) with ``blur`` (``degradation.blur_sigma``: the
+    original's Gaussian, or thick slices) and restored both ways. Returns
     ``{"sr": {"psnr", "ssim"}, "spline": {"psnr", "ssim"}}``.
     """
+    axes = parse_scale(scale)
     rows = []
     for hr in volumes:
-        lr, truth = degrade(hr, (scale,) * 3)
+        lr, truth = degrade(hr, axes, blur_sigma(axes, blur))
         factors = [a / b for a, b in zip(truth.shape, lr.shape)]
         rows.append(score(super_resolve_array(params, config, lr, factors), truth, lr))
     return {name: {metric: float(np.mean([r[name][metric] for r in rows]))

@@ -12,6 +12,7 @@ and the row (checkpoints saved before it are kept).
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -22,8 +23,12 @@ import h5py
 import numpy as np
 
 from srrecnn_jax import io
+from srrecnn_jax.degradation import blur_sigma
 from srrecnn_jax.errors import SrrecnnError
-from srrecnn_jax.train.patches import PatchConfig, Source, pairs
+from srrecnn_jax.interpolation import Scale, parse_scale
+from srrecnn_jax.train.augment import degraded_patch, flip_permute
+from srrecnn_jax.train.config import AugmentConfig
+from srrecnn_jax.train.patches import PatchConfig, Source, pairs, rescale_unit
 
 
 def expand_sources(paths: Sequence[Path]) -> list[Path]:
@@ -153,13 +158,17 @@ def _check_finite_rows(path: Path, name: str, first: int, rows: np.ndarray) -> N
                            "values (NaN or infinity)")
 
 
-def check_degradable(shape: Sequence[int], scale: float, name: str, setting: str) -> None:
-    """Refuse a volume of ``shape`` that degrading by ``scale`` (the observation model)
-    leaves with fewer than 2 low-resolution voxels along an axis; the error names the
-    volume and the training ``setting`` that holds the scale."""
-    low = tuple(int(n // scale) for n in shape)
+def check_degradable(shape: Sequence[int], scale: float | Sequence[float], name: str,
+                     setting: str) -> None:
+    """Refuse a volume of ``shape`` that degrading by ``scale`` (a number, or (x, y, z)
+    factors; the observation model) leaves with fewer than 2 low-resolution voxels along
+    an axis; the error names the volume and the training ``setting`` that holds the scale."""
+    axes = parse_scale(scale)
+    low = tuple(int(n // s) for n, s in zip(shape, axes))
     if min(low) < 2:
-        raise SrrecnnError(f"{name} of {tuple(shape)} voxels degraded by {setting} {scale:g} "
+        shown = f"{scale:g}" if isinstance(scale, int | float) else \
+            f"[{', '.join(f'{s:g}' for s in axes)}]"
+        raise SrrecnnError(f"{name} of {tuple(shape)} voxels degraded by {setting} {shown} "
                            f"leaves {low} low-resolution voxels; at least 2 per axis are "
                            "needed")
 
@@ -169,46 +178,93 @@ class RandomPatches:
 
     Each HR volume is min-max rescaled to [0, 1] and degraded once per scale
     (blur, modcrop, downsample, spline back up), as ``make-patches`` does; the
-    pairs stay in memory. Sample ``i`` of global batch ``t`` is drawn from a
-    generator seeded with ``(seed, t, i)``, so batches are a function of the
-    step (exact resume) and P processes draw disjoint shares of the same
-    global batch.
+    pairs stay in memory. A scale is a number s, (s, s, s), or (x, y, z) factors;
+    ``blur`` is the original's Gaussian of ``sigma`` along every axis, or
+    ``"slice_profile"`` (thick slices: ``degradation.slice_profile``). Sample ``i``
+    of global batch ``t`` is drawn from a generator seeded with ``(seed, t, i)``, so
+    batches are a function of the step (exact resume) and P processes draw disjoint
+    shares of the same global batch.
+
+    ``augment`` (``train/augment.py``; off by default, batches then as without it):
+    flips and axis permutations act on the cut pair; gamma, bias field, noise and
+    blur jitter act before or inside the degradation, so with any of them on each
+    patch is degraded on its own from an HR block around it (``augment.degraded_patch``)
+    and no whole-volume pairs are kept. Either way a sample draws its volume, scale
+    and position first, so both paths cut the same places.
     """
 
-    def __init__(self, volumes: Sequence[np.ndarray], scales: Sequence[float], patch: int,
-                 sigma: float = 1.0, order: int = 3, seed: int = 0,
-                 others: Sequence[np.ndarray] | None = None):
-        config = PatchConfig(patch=patch, border=(0, 0, 0), sigma=sigma, order=order,
-                             scales=tuple((float(s),) * 3 for s in scales))
-        self.pairs = []
+    def __init__(self, volumes: Sequence[np.ndarray], scales: Sequence[float | Sequence[float]],
+                 patch: int, sigma: float = 1.0, order: int = 3, seed: int = 0,
+                 others: Sequence[np.ndarray] | None = None, blur: str = "gaussian",
+                 augment: AugmentConfig | None = None):
+        self.augment = augment or AugmentConfig()
+        axes = [parse_scale(s) for s in scales]
+        if self.augment.permute and any(len(set(a)) > 1 for a in axes):
+            raise ValueError("augment.permute needs isotropic patch_scales, got "
+                             f"{[list(a) for a in axes]}")
+        self.sigmas = [tuple(float(g) for g in np.broadcast_to(blur_sigma(a, blur, sigma), 3))
+                       for a in axes]  # (x, y, z) per scale
+        self.shapes = []  # the label grid of each (volume, scale), volume-major
         for i, volume in enumerate(volumes):
-            for scale in scales:
+            for scale, axis_scale in zip(scales, axes):
                 check_degradable(volume.shape, scale, f"training volume {i}", "patch_scales")
-            arrays = {"hr": volume, "other": others[i] if others else None}
-            source = Source(Path("hr"), Path("other") if others else None,
-                            "intermod" if others else "simulated")
-            for data, label in pairs(source, config, lambda p, a=arrays: a[p.name]):
-                if min(label.shape[1:]) < patch:
-                    raise SrrecnnError(f"training volume {i}: {label.shape[1:]} is smaller than "
-                                       f"the {patch}^3 patch")
-                self.pairs.append((data, label))
-        self.patch, self.seed = patch, seed
-        self.scales = tuple(float(s) for s in scales)
-        self.channels = self.pairs[0][0].shape[0]
+                shape = tuple(int(np.floor(n / s) * s) for n, s in zip(volume.shape, axis_scale))
+                if min(shape) < patch:
+                    raise SrrecnnError(f"training volume {i}: {shape} is smaller than the "
+                                       f"{patch}^3 patch")
+                self.shapes.append(shape)
+        self.pairs, self.units, self.others = [], [], []
+        if self.augment.per_patch:
+            self.units = [rescale_unit(v) for v in volumes]
+            self.others = [rescale_unit(v) for v in others] if others else []
+        else:
+            for i, volume in enumerate(volumes):
+                self.pairs += _whole_pairs(volume, others[i] if others else None, axes,
+                                           self.sigmas, patch, order)
+        self.patch, self.seed, self.order = patch, seed, order
+        self.scales = tuple(tuple(a) if len(set(a)) > 1 else a[0] for a in axes)
+        self._axes = axes
+        self.channels = 1 + bool(others)
 
     def batch(self, step: int, batch: int, process: int = 0,
               processes: int = 1) -> dict[str, np.ndarray]:
         share = batch // processes
-        p = self.patch
+        p, augment, count = self.patch, self.augment, len(self._axes)
         data, label = [], []
         for i in range(process * share, (process + 1) * share):
             rng = np.random.default_rng([self.seed, step, i])
-            volume, truth = self.pairs[int(rng.integers(len(self.pairs)))]
-            x, y, z = (int(rng.integers(n - p + 1)) for n in truth.shape[1:])
-            data.append(volume[:, x:x + p, y:y + p, z:z + p])
-            label.append(truth[:, x:x + p, y:y + p, z:z + p])
+            k = int(rng.integers(len(self.shapes)))
+            x, y, z = (int(rng.integers(n - p + 1)) for n in self.shapes[k])
+            if augment.per_patch:
+                v = k // count
+                d, t = degraded_patch(self.units[v], (x, y, z), p, self._axes[k % count],
+                                      self.sigmas[k % count], self.order, augment, rng,
+                                      self.others[v] if self.others else None)
+            else:
+                volume, truth = self.pairs[k]
+                d = volume[:, x:x + p, y:y + p, z:z + p]
+                t = truth[:, x:x + p, y:y + p, z:z + p]
+            if augment.flips or augment.permute:
+                d, t = flip_permute(d, t, rng, augment.flips, augment.permute)
+            data.append(d)
+            label.append(t)
         return {"data": np.ascontiguousarray(np.stack(data).transpose(0, 2, 3, 4, 1)),
                 "label": np.ascontiguousarray(np.stack(label).transpose(0, 2, 3, 4, 1))}
 
     def close(self) -> None:
         pass
+
+
+def _whole_pairs(volume: np.ndarray, other: np.ndarray | None, scales: Sequence[Scale],
+                 sigmas: Sequence, patch: int, order: int) -> list:
+    """``(data (C, X, Y, Z), label (1, X, Y, Z))`` of one volume per scale, in order: the
+    whole volume degraded once per run of consecutive scales of the same blur."""
+    arrays = {"hr": volume, "other": other}
+    source = Source(Path("hr"), Path("other") if other is not None else None,
+                    "intermod" if other is not None else "simulated")
+    found = []
+    for sigma, run in itertools.groupby(zip(sigmas, scales), key=lambda pair: pair[0]):
+        config = PatchConfig(patch=patch, border=(0, 0, 0), sigma=sigma, order=order,
+                             scales=tuple(scale for _, scale in run))
+        found += pairs(source, config, lambda p, a=arrays: a[p.name])
+    return found

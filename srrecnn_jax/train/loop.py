@@ -77,7 +77,7 @@ def restore_state(run_dir: Path, step: int | None = None,
 
 def _validation_metrics(params, config: TrainConfig,
                         volumes: Sequence[np.ndarray]) -> dict[str, float]:
-    scores = validate(params, config.model, config.validation_scale, volumes)
+    scores = validate(params, config.model, config.validation_scale, volumes, config.blur)
     return {f"val{'' if name == 'sr' else '_' + name}_{metric}": value
             for name, metrics in scores.items() for metric, value in metrics.items()}
 
@@ -195,12 +195,21 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
     manager.wait_until_finished()
     if step == max_iter and process == 0:
         params = parallel.local_copy(state["params"])
-        scales = list(data.scales) if data.scales else None  # for the untrained-scale warning
+        scales = _trained_scales(data.scales)  # for the untrained-scale warning
         save_model(run_dir / RUN_MODEL, LoadedModel(params, model_config, trained_scales=scales,
                                                   origin={"kind": "srrecnn-jax training",
                                                           "run": str(run_dir.resolve()),
                                                           "steps": step}), force=True)
     return last
+
+
+def _trained_scales(scales: Sequence | None) -> list[float] | None:
+    """The model folder's ``trained_scales`` (a list of numbers): the isotropic scales as
+    they are, and every factor of an anisotropic (x, y, z) one, each once in order."""
+    if not scales:
+        return None
+    factors = [f for s in scales for f in (s if isinstance(s, tuple | list) else (s,))]
+    return [float(f) for f in dict.fromkeys(factors)]
 
 
 def _forget_later_logs(log_file: Path, curves: Path, step: int) -> None:
@@ -226,11 +235,13 @@ def _forget_later_logs(log_file: Path, curves: Path, step: int) -> None:
 
 def open_data(paths: Sequence[Path], config: TrainConfig) -> PatchSet | RandomPatches:
     """HDF5 patch sets (or list files naming them), else HR images to cut random patches
-    from on the fly (``config.patch``, ``config.patch_scales``, ``config.seed``)."""
+    from on the fly (``config.patch``, ``config.patch_scales``, ``config.blur``,
+    ``config.augment``, ``config.seed``)."""
     if all(p.name.endswith((".h5", ".hdf5")) or io.is_list_file(p) for p in paths):
         return PatchSet(paths)
     volumes = [io.read_volume(path, "training image") for path in paths]
-    return RandomPatches(volumes, config.patch_scales, config.patch, seed=config.seed)
+    return RandomPatches(volumes, config.patch_scales, config.patch, seed=config.seed,
+                         blur=config.blur, augment=config.augment)
 
 
 def train_files(data: Sequence[Path], run_dir: Path, *, config_file: Path | None = None,

@@ -85,7 +85,7 @@ class PatchConfig:
     patch: int = 21
     stride: int = 10
     border: tuple[int, int, int] = (10, 10, 0)
-    sigma: float = 1.0
+    sigma: float | tuple[float, ...] = 1.0  # one per axis: degradation.blur_sigma
     order: int = 3
     scales: tuple[Scale, ...] = ((2.0, 2.0, 2.0),)
     batch: int = 64
