@@ -66,3 +66,33 @@ def test_two_channel_patches_with_a_second_modality(volumes):
     patches = RandomPatches(volumes, [2], patch=9, others=other)
     assert patches.channels == 2
     assert patches.batch(0, 2)["data"].shape == (2, 9, 9, 9, 2)
+
+
+def test_thick_slice_patches_are_the_slice_profile_degradation_at_the_same_place(volumes):
+    """Scale [1, 1, 2] with ``blur="slice_profile"``, written out with scipy in float64:
+    blur along z only (sigma 2 / 2.3548, the FWHM of 2 voxels), cubic-spline zoom by
+    (1, 1, 1/2) and back. Tolerance 1e-5 (float32 arithmetic in the package)."""
+    patches = RandomPatches(volumes[:1], [(1, 1, 2)], patch=9, blur="slice_profile")
+    batch = patches.batch(2, 3)
+    hr = volumes[0].astype(np.float64)  # (24, 22, 20): z already a multiple of 2
+    unit = (hr - hr.min()) / (hr.max() - hr.min())
+    blurred = scipy.ndimage.gaussian_filter1d(unit, 2 / 2.3548200450309493, axis=2)
+    lr = scipy.ndimage.zoom(blurred, (1, 1, 0.5), order=3)
+    spline = scipy.ndimage.zoom(lr, (1, 1, 2), order=3)
+    label_windows = np.lib.stride_tricks.sliding_window_view(unit, (9, 9, 9))
+    spline_windows = np.lib.stride_tricks.sliding_window_view(spline, (9, 9, 9))
+    for data, label in zip(batch["data"][..., 0], batch["label"][..., 0]):
+        error = np.abs(label_windows - label).max(axis=(3, 4, 5))
+        place = np.unravel_index(np.argmin(error), error.shape)
+        assert error[place] < 1e-6
+        np.testing.assert_allclose(data, spline_windows[place], rtol=0, atol=1e-5)
+
+
+def test_thick_slices_leave_the_plane_unblurred():
+    """An image with in-plane detail only (constant along z) keeps all of it through
+    [1, 1, 4] thick slices: data equals label to 1e-5."""
+    plane = scipy.ndimage.gaussian_filter(np.random.default_rng(1).random((20, 20)), 0.7)
+    volume = np.repeat(plane[:, :, None], 24, axis=2).astype(np.float32)
+    batch = RandomPatches([volume], [[1, 1, 4]], patch=9, blur="slice_profile").batch(0, 4)
+    np.testing.assert_allclose(batch["data"], batch["label"], rtol=0, atol=1e-5)
+    assert batch["label"].std() > 0.05  # there is in-plane detail to lose
