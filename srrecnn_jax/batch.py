@@ -40,7 +40,7 @@ import numpy as np
 from srrecnn_jax import io, locking, parallel
 from srrecnn_jax.checkpoint import fingerprint
 from srrecnn_jax.errors import SrrecnnError
-from srrecnn_jax.inference import SuperResolver, run_network
+from srrecnn_jax.inference import SuperResolver, formulation, run_network
 from srrecnn_jax.jobs import Job, shard
 from srrecnn_jax.manifest import (
     MANIFEST,
@@ -69,6 +69,7 @@ class Options:
     header: str = "consistent"
     precision: str = "fp32"
     interpolation: str = "device"
+    exact: bool = False
     bucket: int = 8
     overwrite: bool = False
     readers: int = 2
@@ -164,7 +165,8 @@ def job_facts(job: Job, options: Options, model: str) -> dict:
     facts = {"input": source_facts(job.input), "reference": source_facts(job.reference),
              "model": model, "scale": list(options.scale), "order": options.order,
              "residual": options.residual, "header": options.header,
-             "precision": options.precision, "interpolation": options.interpolation}
+             "precision": options.precision, "interpolation": options.interpolation,
+             "exact": options.exact}
     return json.loads(json.dumps(facts))  # as a manifest row reads back (lists, not tuples)
 
 
@@ -174,11 +176,16 @@ def _shown(value) -> str:
     return "default" if value is None else str(value)
 
 
+#: Facts of outputs recorded before the fact was: versions before ``exact`` ran every
+#: convolution exactly (Winograd F(2, 3) on CPU).
+_UNRECORDED = {"exact": True}
+
+
 def changed_facts(old: dict, new: dict) -> list[str]:
     """What differs between the recorded facts of an output and this run's, in words."""
     changes = []
     for key, value in new.items():
-        was = old.get(key)
+        was = old.get(key, _UNRECORDED.get(key))
         if was == value:
             continue
         if key in ("input", "reference"):
@@ -360,7 +367,8 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
                 with jax.default_device(device):
                     y = run_network(params, resolver.config, prepared.volume, options.tile,
                                     options.residual, options.bucket, devices=[device],
-                                    precision=options.precision)
+                                    precision=options.precision,
+                                    impl=formulation(options.exact))
                 with lock:
                     summary.device_seconds += time.perf_counter() - tick
             except Exception as e:  # noqa: BLE001

@@ -1,20 +1,34 @@
-"""3-D convolution for the network, in three exact formulations, at a chosen precision.
+"""3-D convolution for the network, in several formulations, at a chosen precision.
+
+``impl``: ``auto`` (the default: ``winograd4`` on CPU, ``xla`` elsewhere), ``exact``
+(``winograd`` on CPU, ``xla`` elsewhere), or one formulation by name.
 
 ``xla``: ``lax.conv_general_dilated``; what GPUs run (cuDNN).
 
-``winograd`` (CPU default for 3x3x3 layers with at least 8 channels in and
-out): Winograd F(2, 3) along x and y, with the three z taps folded into the
-products' depth. Each 2 x 2 output column pair takes 16 products of
-transformed inputs ``(voxels, 3 * C_in)`` by transformed kernels
-``(3 * C_in, C_out)`` instead of 36 of the untransformed ones: 2.25x fewer
-multiply-adds. The transform entries are 0, +-1 and 1/2, so the results stay
-as close to exact as the direct convolution's (tested against float64: within
-twice XLA's own float32 error). Blocks of about ``WINOGRAD_BLOCK_VOXELS`` output
-voxels are processed in turn so their operands stay in cache, and are
-recomputed, not stored, for gradients. ``relu_layer_bordered`` runs a hidden
-layer between volumes that keep a zero border, so a chain of them never pads.
-On the project's 2-core machine a 64 -> 64 layer on 64^3 takes 0.23-0.31 s,
-against about 1.1 s for XLA's convolution.
+``winograd`` (for 3x3x3 layers with at least 8 channels in and out): Winograd
+F(2, 3) along x and y, with the three z taps folded into the products' depth.
+Each 2 x 2 output column block takes 16 products of transformed inputs
+``(voxels, 3 * C_in)`` by transformed kernels ``(3 * C_in, C_out)`` instead of
+36 of the untransformed ones: 2.25x fewer multiply-adds. The transform entries
+are 0, +-1 and 1/2, so the results stay as close to exact as the direct
+convolution's (tested against float64: within twice XLA's own float32 error).
+
+``winograd4`` (the CPU default for inference): F(4, 3) likewise, 36 products per
+4 x 4 output columns instead of 144: 4x fewer multiply-adds, and 2.25 transformed
+values per output instead of 4, so the transforms move less memory too. Its
+transforms (points 0, +-1, +-2) round more: through the 10-layer network on real
+brains its output is 1.4e-6-1.9e-6 of the output range from a float64 reference,
+against 4.5e-7 for ``winograd`` (the project allows 3e-5; tested). Training uses
+``exact``: its gradients must stay within twice XLA's error. At ``bf16`` both run
+F(2, 3) (see ``_tile``).
+
+Both process blocks of about ``WINOGRAD_BLOCK_VOXELS`` output voxels in turn so
+their operands stay in cache, recomputed, not stored, for gradients, and apply
+the output transform as one small matrix product over the stacked products (XLA fused
+the elementwise form into one loop that recomputed it per output: 3.7 s against
+1.6 s for one 64-channel layer of a brain slab at F(4, 3)). ``relu_layer_bordered``
+runs a hidden layer between volumes that keep a zero border, so a chain of them
+never pads.
 
 ``matmul``: the convolution as shifted matrix products over the flattened
 volume, for CPUs (the first and last layers, and kernels other than 3^3).
@@ -41,6 +55,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from srrecnn_jax.config import PRECISIONS
 
@@ -51,21 +66,34 @@ from srrecnn_jax.config import PRECISIONS
 # kernels rounded to bfloat16, products accumulated in float32; biases,
 # residual and output stay float32, and so does the first layer (see
 # ``layer_precision``).
-IMPLEMENTATIONS = ("auto", "xla", "matmul", "winograd")
+IMPLEMENTATIONS = ("auto", "exact", "xla", "matmul", "winograd", "winograd4")
+#: The Winograd formulations and their output tile along x and y: F(2, 3) and F(4, 3).
+WINOGRADS = {"winograd": 2, "winograd4": 4}
 
 _DIMS = ("NDHWC", "DHWIO", "NDHWC")
 _BLOCK_ROWS = 8192  # output rows per block: measured best of 2048-32768 at 64^3, C = 64
 # Layers with fewer input channels fold all taps into one product; with fewer
 # output channels they take the taps as columns (the network's first and last).
 _MIN_MATMUL_CHANNELS = 8
-# Winograd F(2, 3) (Lavin & Gray, 2016): an output pair along an axis from four
-# inputs, ``AT @ ((G @ kernel_taps) * (BT @ inputs))``, BT in ``_winograd_inputs``.
-# The entries are 0, +-1 and 1/2: the transforms add only a few float32 roundings.
-_WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
-_WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
-#: Output voxels per Winograd block (x and y tile pairs by z): measured best of 512-4096
-#: at 64^3, the operands of one block stay in cache.
-WINOGRAD_BLOCK_VOXELS = 1024
+# Winograd F(m, 3) (Lavin & Gray, 2016): m outputs along an axis from m + 2 inputs,
+# ``AT @ ((G @ kernel_taps) * (BT @ inputs))``, per tile size m: (BT, G, AT).
+# F(2, 3)'s entries are 0, +-1 and 1/2: the transforms add only a few float32
+# roundings. F(4, 3)'s (points 0, +-1, +-2) reach 8 and 1/24: larger roundings.
+_WINOGRAD = {
+    2: (((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+        ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
+        ((1, 1, 1, 0), (0, 1, -1, -1))),
+    4: (((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+         (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+        ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+         (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+        ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0),
+         (0, 1, -1, 8, -8, 1))),
+}
+#: Output voxels per Winograd block (x and y tiles by z), per tile: F(2, 3) measured best
+#: of 512-4096 at 64^3; F(4, 3) best of 4096-16384 on a 196 x 232 x 16 slab. The
+#: operands of one block stay in cache.
+WINOGRAD_BLOCK_VOXELS = {2: 1024, 4: 8192}
 
 
 def check_precision(precision: str) -> None:
@@ -99,12 +127,22 @@ def _operands(x: jax.Array, kernel: jax.Array, precision: str):
 
 
 def pick(impl: str) -> str:
-    """``auto`` -> ``winograd`` on CPU, ``xla`` elsewhere."""
+    """``auto`` -> ``winograd4`` on CPU, ``exact`` -> ``winograd`` on CPU; both ``xla``
+    elsewhere. Others as given."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"conv must be one of {', '.join(IMPLEMENTATIONS)}, not {impl!r}")
-    if impl != "auto":
+    if impl not in ("auto", "exact"):
         return impl
-    return "winograd" if jax.default_backend() == "cpu" else "xla"
+    if jax.default_backend() != "cpu":
+        return "xla"
+    return "winograd4" if impl == "auto" else "winograd"
+
+
+def _tile(impl: str, precision: str) -> int:
+    """The Winograd output tile of ``impl`` at ``precision``: 4 for ``winograd4`` in
+    float32; 2 otherwise. At ``bf16`` F(4, 3)'s transformed values, rounded to 8 bits,
+    put the layer 4.7% of its range off the float32 result (F(2, 3): under 1%)."""
+    return 4 if pick(impl) == "winograd4" and precision != "bf16" else 2
 
 
 def winograd_applies(kernel: jax.Array) -> bool:
@@ -121,12 +159,13 @@ def conv3d(x: jax.Array, kernel: jax.Array, padding: str, precision: str = "fp32
     """
     check_precision(precision)
     impl = pick(impl)
-    if impl == "winograd" and winograd_applies(kernel):
+    if impl in WINOGRADS and winograd_applies(kernel):
         # Transforms in float32 on the unrounded operands; products at ``precision``.
         x, kernel = x.astype(jnp.float32), kernel.astype(jnp.float32)
         if padding == "SAME":
-            return _winograd_same(x, kernel, precision)
-        return _winograd_valid(_padded(x, kernel, padding), kernel, precision)
+            return _winograd_same(x, kernel, precision, _tile(impl, precision))
+        return _winograd_valid(_padded(x, kernel, padding), kernel, precision,
+                               _tile(impl, precision))
     x, kernel, arithmetic = _operands(x, kernel, precision)
     if impl == "xla":
         return jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), padding,
@@ -136,21 +175,22 @@ def conv3d(x: jax.Array, kernel: jax.Array, padding: str, precision: str = "fp32
     return jax.vmap(lambda v: _volume_matmul(v, kernel, arithmetic))(x)
 
 
-def _winograd_valid(x: jax.Array, kernel: jax.Array, precision: str) -> jax.Array:
-    return jax.vmap(lambda v: _volume_winograd(v, kernel, precision))(x)
+def _winograd_valid(x: jax.Array, kernel: jax.Array, precision: str, tile: int) -> jax.Array:
+    return jax.vmap(lambda v: _volume_winograd(v, kernel, precision, tile=tile))(x)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _winograd_same(x: jax.Array, kernel: jax.Array, precision: str) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _winograd_same(x: jax.Array, kernel: jax.Array, precision: str, tile: int) -> jax.Array:
     """SAME 3x3x3 convolution by Winograd, with a gradient of its own (see ``_same_vjp``)."""
-    return _winograd_valid(_padded(x, kernel, "SAME"), kernel, precision)
+    return _winograd_valid(_padded(x, kernel, "SAME"), kernel, precision, tile)
 
 
-def _same_forward(x: jax.Array, kernel: jax.Array, precision: str):
-    return _winograd_same(x, kernel, precision), (x, kernel)
+def _same_forward(x: jax.Array, kernel: jax.Array, precision: str, tile: int):
+    return _winograd_same(x, kernel, precision, tile), (x, kernel)
 
 
-def _same_vjp(precision: str, residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _same_vjp(precision: str, tile: int, residuals: tuple,
+              g: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Gradients of a SAME convolution: the input's is the SAME convolution of ``g`` by
     the kernel flipped along x, y, z with C_in and C_out swapped, by Winograd too (2.25x
     fewer products than differentiating XLA's); the kernel's is XLA's own, a sum over
@@ -159,7 +199,7 @@ def _same_vjp(precision: str, residuals: tuple, g: jax.Array) -> tuple[jax.Array
     transforms it would come out as rounding noise, which Adam's normalised step turns
     into an update."""
     x, kernel = residuals
-    dx = _winograd_same(g, jnp.flip(kernel, (0, 1, 2)).swapaxes(3, 4), precision)
+    dx = _winograd_same(g, jnp.flip(kernel, (0, 1, 2)).swapaxes(3, 4), precision, tile)
     operand, _, arithmetic = _operands(x, kernel, precision)
     _, pull = jax.vjp(lambda w: jax.lax.conv_general_dilated(
         operand, w, (1, 1, 1), "SAME", dimension_numbers=_DIMS, **arithmetic), kernel.astype(
@@ -247,7 +287,7 @@ def _output_shifts(flat: jax.Array, kernel: jax.Array, offsets: list[int], arith
 
 
 def relu_layer_bordered(x: jax.Array, kernel: jax.Array, bias: jax.Array,
-                        precision: str = "fp32") -> jax.Array:
+                        precision: str = "fp32", impl: str = "auto") -> jax.Array:
     """A hidden layer, ``relu(conv(x) + bias)``, between zero-bordered volumes.
 
     ``x``: float32 ``(B, X + 2, Y + 2, Z + 2, C_in)``, a volume with a border of
@@ -256,14 +296,17 @@ def relu_layer_bordered(x: jax.Array, kernel: jax.Array, bias: jax.Array,
     ``(B, X + 2, Y + 2, Z + 2, C_out)``, again with a zero border, so a chain of
     hidden layers never copies a volume to pad it: each block of the Winograd
     convolution adds the bias, applies the ReLU and writes into the interior.
+    ``impl``: ``winograd4`` (what ``auto`` picks) or ``winograd`` (``exact``).
     """
     kernel = kernel.astype(jnp.float32)
     return jax.vmap(lambda v: _volume_winograd(v.astype(jnp.float32), kernel, precision,
-                                               bias=bias.astype(jnp.float32)))(x)
+                                               bias=bias.astype(jnp.float32),
+                                               tile=_tile(impl, precision)))(x)
 
 
 def relu_layer_slab(x: jax.Array, kernel: jax.Array, bias: jax.Array, planes: jax.Array,
-                    in_plane: jax.Array | None = None, precision: str = "fp32") -> jax.Array:
+                    in_plane: jax.Array | None = None, precision: str = "fp32",
+                    impl: str = "auto") -> jax.Array:
     """A hidden layer on a z slab whose x and y borders are zeros: ``relu_layer_bordered``
     without a border along z, and with the slab's masks applied as each block is written.
 
@@ -276,23 +319,24 @@ def relu_layer_slab(x: jax.Array, kernel: jax.Array, bias: jax.Array, planes: ja
     """
     return _volume_winograd(x.astype(jnp.float32), kernel.astype(jnp.float32), precision,
                             bias=bias.astype(jnp.float32), z_border=False, planes=planes,
-                            in_plane=in_plane)
+                            in_plane=in_plane, tile=_tile(impl, precision))
 
 
 def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
                      bias: jax.Array | None = None, z_border: bool = True,
                      planes: jax.Array | None = None,
-                     in_plane: jax.Array | None = None) -> jax.Array:
+                     in_plane: jax.Array | None = None, tile: int = 2,
+                     block_voxels: int | None = None) -> jax.Array:
     """VALID 3x3x3 convolution of one float32 ``(X, Y, Z, C_in)`` volume, Winograd
-    F(2, 3) along x and y, the z taps folded into the products' depth.
+    F(tile, 3) along x and y, the z taps folded into the products' depth.
 
-    Each 2x2 output column pair needs 16 products of transformed inputs by
-    transformed kernels instead of 36: 2.25x fewer multiply-adds. Blocks of
-    x and y tile pairs (about ``WINOGRAD_BLOCK_VOXELS`` output voxels) are processed in
-    turn, each written into the output in place. In a block the three z
-    neighbours of each voxel are first set side by side ``(..., Z, 3 * C_in)``,
-    so each of the 16 is one product of depth ``3 * C_in`` (the transforms are
-    linear, so they commute with this).
+    Each tile x tile block of output columns needs (tile + 2)^2 products of
+    transformed inputs by transformed kernels instead of 9 tile^2: 2.25x fewer
+    multiply-adds at tile 2, 4x at tile 4. Blocks of x and y tiles (about
+    ``block_voxels`` output voxels) are processed in turn, each written into the
+    output in place. In a block the three z neighbours of each voxel are first set
+    side by side ``(..., Z, 3 * C_in)``, so each product has depth ``3 * C_in`` (the
+    transforms are linear, so they commute with this).
 
     With ``bias``, returns ``relu(conv + bias)`` inside a zero border one voxel
     wide, ``(X, Y, Z, C_out)`` for an input ``(X, Y, Z, C_in)`` (see
@@ -301,20 +345,23 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
     ``(X - 2, Y - 2, 1, 1)`` masks when given (see ``relu_layer_slab``); without
     ``bias``, the convolution ``(X - 2, Y - 2, Z - 2, C_out)``.
     """
+    m = tile
+    bt, g, at = _WINOGRAD[m]
     c_in, c_out = kernel.shape[3], kernel.shape[4]
     ox, oy, oz = (n - 2 for n in x.shape[:3])
-    # A block: tx x ty tile pairs (2 tx x 2 ty output columns), about
-    # WINOGRAD_BLOCK_VOXELS output voxels, so its operands stay in cache.
-    ty, ny = _split(-(-oy // 2), WINOGRAD_BLOCK_VOXELS / oz)
-    tx, nx = _split(-(-ox // 2), WINOGRAD_BLOCK_VOXELS / (ty * oz))
+    target = (block_voxels or WINOGRAD_BLOCK_VOXELS[m]) / (m * m)
+    # A block: tx x ty tiles (m tx x m ty output columns), about ``target`` tiles by Z,
+    # so its operands stay in cache.
+    ty, ny = _split(-(-oy // m), target / oz)
+    tx, nx = _split(-(-ox // m), target / (ty * oz))
     # Odd sizes and partial last blocks: zeros beyond the volume, outputs dropped.
-    x = jnp.pad(x, ((0, 2 * tx * nx - ox), (0, 2 * ty * ny - oy), (0, 0), (0, 0)))
+    x = jnp.pad(x, ((0, m * tx * nx - ox), (0, m * ty * ny - oy), (0, 0), (0, 0)))
     if in_plane is not None:
-        in_plane = jnp.pad(in_plane, ((0, 2 * tx * nx - ox), (0, 2 * ty * ny - oy), (0, 0),
+        in_plane = jnp.pad(in_plane, ((0, m * tx * nx - ox), (0, m * ty * ny - oy), (0, 0),
                                       (0, 0)))
-    g = jnp.asarray(_WINOGRAD_G, jnp.float32)
+    g = jnp.asarray(g, jnp.float32)
     taps = jnp.einsum("pa,qb,abzio->pqzio", g, g, kernel,
-                      precision=jax.lax.Precision.HIGHEST).reshape(4, 4, 3 * c_in, c_out)
+                      precision=jax.lax.Precision.HIGHEST).reshape(m + 2, m + 2, 3 * c_in, c_out)
     dtype, arithmetic = _arithmetic(precision)
     taps = taps.astype(dtype)
     rows = tx * ty * oz
@@ -322,46 +369,58 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
     z_border = border if z_border else 0
 
     def block(i: jax.Array, j: jax.Array) -> jax.Array:
-        part = jax.lax.dynamic_slice(x, (i * 2 * tx, j * 2 * ty, 0, 0),
-                                     (2 * tx + 2, 2 * ty + 2) + x.shape[2:])
+        part = jax.lax.dynamic_slice(x, (i * m * tx, j * m * ty, 0, 0),
+                                     (m * tx + 2, m * ty + 2) + x.shape[2:])
         part = jnp.concatenate([part[:, :, c:c + oz] for c in range(3)], axis=3)
-        sums = {}
-        for p, along_x in enumerate(_winograd_inputs(part, 0)):
-            for q, inputs in enumerate(_winograd_inputs(along_x, 1)):
-                product = jnp.dot(inputs.reshape(rows, -1).astype(dtype), taps[p, q],
-                                  **arithmetic).astype(jnp.float32)
-                for r, s in ((0, 0), (0, 1), (1, 0), (1, 1)):
-                    weight = _WINOGRAD_AT[r][p] * _WINOGRAD_AT[s][q]
-                    if weight:
-                        term = product if weight == 1 else weight * product
-                        sums[r, s] = term if (r, s) not in sums else sums[r, s] + term
-        outputs = {key: value.reshape(tx, ty, oz, c_out) for key, value in sums.items()}
+        products = []  # [p][q]: (rows, C_out)
+        for p, along_x in enumerate(_winograd_inputs(part, 0, bt, m)):
+            products.append([jnp.dot(inputs.reshape(rows, -1).astype(dtype), taps[p, q],
+                                     **arithmetic).astype(jnp.float32)
+                             for q, inputs in enumerate(_winograd_inputs(along_x, 1, bt, m))])
+        # Output transform as one product: (m^2, (m + 2)^2) by the stacked products.
+        stacked = jnp.stack([v for row in products for v in row]).reshape((m + 2) ** 2, -1)
+        y = jnp.dot(jnp.asarray(np.kron(at, at), jnp.float32), stacked,
+                    precision=jax.lax.Precision.HIGHEST).reshape(m, m, tx, ty, oz, c_out)
         if bias is not None:
-            outputs = {key: jax.nn.relu(value + bias) for key, value in outputs.items()}
-        y = jnp.stack([jnp.stack([outputs[r, 0], outputs[r, 1]], axis=2) for r in (0, 1)],
-                      axis=1)  # (tx, 2, ty, 2, Z, C_out)
-        y = y.reshape(2 * tx, 2 * ty, oz, c_out)
+            y = jax.nn.relu(y + bias)
+        y = y.transpose(2, 0, 3, 1, 4, 5)  # (tx, m, ty, m, Z, C_out)
+        y = y.reshape(m * tx, m * ty, oz, c_out)
         if planes is not None:
             y = y * planes[:, None]
         if in_plane is not None:
-            y = y * jax.lax.dynamic_slice(in_plane, (i * 2 * tx, j * 2 * ty, 0, 0),
-                                          (2 * tx, 2 * ty, 1, 1))
+            y = y * jax.lax.dynamic_slice(in_plane, (i * m * tx, j * m * ty, 0, 0),
+                                          (m * tx, m * ty, 1, 1))
         return y
 
     def write(k: jax.Array, out: jax.Array) -> jax.Array:
         i, j = k // ny, k % ny
         return jax.lax.dynamic_update_slice(
             out, jax.checkpoint(block)(i, j),
-            (border + i * 2 * tx, border + j * 2 * ty, z_border, 0))
+            (border + i * m * tx, border + j * m * ty, z_border, 0))
 
-    shape = (2 * tx * nx + 2 * border, 2 * ty * ny + 2 * border, oz + 2 * z_border, c_out)
+    shape = (m * tx * nx + 2 * border, m * ty * ny + 2 * border, oz + 2 * z_border, c_out)
     out = jax.lax.fori_loop(0, nx * ny, write, jnp.zeros(shape, jnp.float32))
     out = out[:ox + 2 * border, :oy + 2 * border]
-    if border and 2 * tx * nx > ox:
-        out = out.at[ox + 1].set(0)
-    if border and 2 * ty * ny > oy:
-        out = out.at[:, oy + 1].set(0)
+    if border and m * tx * nx > ox:
+        out = out.at[ox + 1:].set(0)
+    if border and m * ty * ny > oy:
+        out = out.at[:, oy + 1:].set(0)
     return out
+
+
+def _combine(weights, arrays: list[jax.Array]) -> jax.Array:
+    """``sum(w * a)`` over the nonzero weights, without multiplying by +-1."""
+    total = None
+    for w, a in zip(weights, arrays):
+        if w:
+            term = a if w == 1 else -a if w == -1 else w * a
+            if total is None:
+                total = term
+            elif w == -1:
+                total = total - a
+            else:
+                total = total + term
+    return total
 
 
 def _split(tiles: int, target: float) -> tuple[int, int]:
@@ -371,14 +430,9 @@ def _split(tiles: int, target: float) -> tuple[int, int]:
     return -(-tiles // n), n
 
 
-def _winograd_inputs(x: jax.Array, axis: int) -> list[jax.Array]:
-    """The four transformed inputs ``BT @ (d0, d1, d2, d3)`` of every tile along
-    ``axis`` (length 2n + 2, tiles 2 apart): four arrays of length n."""
-    even = jax.lax.slice_in_dim(x, 0, None, 2, axis)
-    odd = jax.lax.slice_in_dim(x, 1, None, 2, axis)
-    n = even.shape[axis] - 1
-    d0, d2 = (jax.lax.slice_in_dim(even, s, s + n, axis=axis) for s in (0, 1))
-    d1, d3 = (jax.lax.slice_in_dim(odd, s, s + n, axis=axis) for s in (0, 1))
-    # BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-    return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
-
+def _winograd_inputs(x: jax.Array, axis: int, bt, m: int) -> list[jax.Array]:
+    """The m + 2 transformed inputs ``BT @ (d0 .. d_{m+1})`` of every tile along
+    ``axis`` (length m n + 2, tiles m apart): m + 2 arrays of length n."""
+    n = (x.shape[axis] - 2) // m
+    d = [jax.lax.slice_in_dim(x, k, k + m * (n - 1) + 1, m, axis) for k in range(m + 2)]
+    return [_combine(row, d) for row in bt]

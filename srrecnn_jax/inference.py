@@ -122,7 +122,7 @@ def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarra
                         reference: np.ndarray | None = None, *,
                         order: int = 3, tile: int | None = None,
                         residual: bool | None = None, precision: str = "fp32",
-                        interpolation: str = "device") -> np.ndarray:
+                        interpolation: str = "device", exact: bool = False) -> np.ndarray:
     """The original pipeline on arrays.
 
     Args:
@@ -136,6 +136,8 @@ def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarra
       residual: override ``config.residual``.
       precision: arithmetic of the convolutions (see ``run_network``).
       interpolation: where the zoom runs, one of ``INTERPOLATIONS``.
+      exact: convolutions exact to float32 rounding (``impl="exact"`` of
+        ``run_network``; slower on CPU) instead of the fastest formulation.
 
     Returns:
       ``(round(x*s), ...)`` float32: ``max(mx * (net(i) + i), mn)`` with
@@ -143,7 +145,13 @@ def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarra
     """
     prepared = prepare_array(config, lr, scale, reference, order, interpolation)
     return finish_array(prepared, run_network(params, config, prepared.volume, tile, residual,
-                                              precision=precision))
+                                              precision=precision, impl=formulation(exact)))
+
+
+def formulation(exact: bool) -> str:
+    """The ``impl`` of ``run_network`` for ``exact``: ``exact`` (float32 rounding) or
+    ``auto`` (fastest, on CPU within 3e-5 of the output range of exact arithmetic)."""
+    return "exact" if exact else "auto"
 
 
 def _check_channels(config: ModelConfig, has_reference: bool) -> None:
@@ -224,7 +232,7 @@ class SuperResolver:
     def run(self, image: sitk.Image, scale: float | str | Sequence[float],
             reference: sitk.Image | None = None, *, order: int = 3, tile: int | None = None,
             residual: bool | None = None, header: str = "consistent", precision: str = "fp32",
-            interpolation: str = "device",
+            interpolation: str = "device", exact: bool = False,
             input_name: str = "input", reference_name: str = "reference",
             log: Callable[[str], None] = _stderr) -> sitk.Image:
         """Super-resolve ``image`` by ``scale`` (one factor or x, y, z factors).
@@ -234,13 +242,15 @@ class SuperResolver:
         original release's ``spacing / scale``. A reference that is not on the
         output grid is resampled onto it in physical space (linear), with a
         note to ``log``. ``precision``: see ``run_network``; ``interpolation``: see
-        ``prepare_array``. Returns a float32 image.
+        ``prepare_array``; ``exact``: see ``super_resolve_array``. Returns a float32
+        image.
         """
         prepared = self.prepare(image, scale, reference, order=order, header=header,
                                 interpolation=interpolation, input_name=input_name,
                                 reference_name=reference_name, log=log)
         y = run_network(self.model.params, self.config, prepared.volume, tile, residual,
-                        devices=jax.local_devices(), precision=precision)
+                        devices=jax.local_devices(), precision=precision,
+                        impl=formulation(exact))
         return self.finish(prepared, y)
 
 
@@ -249,7 +259,8 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
                        prototxt: Path | None = None, order: int = 3, tile: int | None = None,
                        residual: bool | None = None, header: str = "consistent",
                        precision: str = "fp32", interpolation: str = "device",
-                       force: bool = False, log: Callable[[str], None] = _stderr) -> sitk.Image:
+                       exact: bool = False, force: bool = False,
+                       log: Callable[[str], None] = _stderr) -> sitk.Image:
     """Super-resolve one image file (or DICOM series folder) into ``output``.
 
     The output is checked (format, not an input, ``force`` to replace) and the
@@ -266,6 +277,7 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
     resolver = SuperResolver.load(model, prototxt)
     result = resolver.run(image, scale, ref, order=order, tile=tile, residual=residual,
                           header=header, precision=precision, interpolation=interpolation,
-                          input_name=str(source), reference_name=str(reference), log=log)
+                          exact=exact, input_name=str(source), reference_name=str(reference),
+                          log=log)
     io.write_image_atomic(result, output, replace=force)
     return result

@@ -72,8 +72,9 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
         the volume ends (see ``inference``).
       precision: one of ``config.PRECISIONS`` (see ``conv``).
       impl: convolution formulation, one of ``conv.IMPLEMENTATIONS``; ``auto``
-        picks Winograd (hidden layers) and shifted matrix products (first and
-        last) on CPU, XLA's convolution elsewhere.
+        picks Winograd F(4, 3) (hidden layers) and shifted matrix products (first
+        and last) on CPU, XLA's convolution elsewhere; ``exact`` Winograd F(2, 3)
+        instead, exact to float32 rounding.
       differentiable: for gradients (training): every layer is one ``conv.conv3d``,
         whose Winograd form has a gradient of its own, instead of the fused chain of
         zero-bordered hidden layers (faster for inference, slow to differentiate).
@@ -93,7 +94,7 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
         last = i == len(names) - 1
         layer_precision = conv.layer_precision(precision, i)
         if bordered and not last and conv.winograd_applies(kernel):
-            x = conv.relu_layer_bordered(x, kernel, bias, layer_precision)
+            x = conv.relu_layer_bordered(x, kernel, bias, layer_precision, impl)
             continue
         x = conv.conv3d(x, kernel, "VALID" if bordered else padding, layer_precision,
                         impl) + bias.astype(jnp.float32)
@@ -111,7 +112,7 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
 def keeps_zero_border(params: Params, impl: str = "auto") -> bool:
     """Whether a SAME network runs its hidden layers between zero-bordered activations
     (CPU Winograd, every kernel 3^3): ``forward`` and the z slabs of ``tiling``."""
-    return (conv.pick(impl) == "winograd"
+    return (conv.pick(impl) in conv.WINOGRADS
             and all(layer["kernel"].shape[:3] == (3, 3, 3) for layer in params.values()))
 
 

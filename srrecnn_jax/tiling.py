@@ -32,12 +32,12 @@ _traced: list[tuple[int, ...]] = []
 
 
 def _network(params: model.Params, x: jax.Array, padding: str, mask: jax.Array | None,
-             precision: str) -> jax.Array:
+             precision: str, impl: str) -> jax.Array:
     _traced.append(tuple(x.shape))  # Python side effect: runs once per trace, not per call
-    return model.forward(params, x, padding, mask, precision)
+    return model.forward(params, x, padding, mask, precision, impl)
 
 
-_forward = jax.jit(_network, static_argnames=("padding", "precision"))
+_forward = jax.jit(_network, static_argnames=("padding", "precision", "impl"))
 
 
 def compiled_shapes() -> list[tuple[int, ...]]:
@@ -134,7 +134,7 @@ def plan(config: ModelConfig, shape: Sequence[int], bucket: int = 1,
 def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
                 tile: int | None = None, residual: bool | None = None,
                 bucket: int = 1, devices: Sequence[jax.Device] | None = None,
-                precision: str = "fp32") -> np.ndarray:
+                precision: str = "fp32", impl: str = "auto") -> np.ndarray:
     """Network (plus residual) on one volume.
 
     Args:
@@ -150,6 +150,9 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
       devices: where tiles run, round robin (default: the default device).
         A whole volume runs on the default device.
       precision: arithmetic of the convolutions, one of ``config.PRECISIONS``.
+      impl: their formulation, one of ``conv.IMPLEMENTATIONS``: ``auto`` (fastest;
+        on CPU within 3e-5 of the output range of exact arithmetic) or ``exact``
+        (exact to float32 rounding).
 
     Returns:
       ``(X, Y, Z)`` float32.
@@ -160,20 +163,24 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
         conv.check_precision(precision)
     except ValueError as e:
         raise SrrecnnError(str(e), "precision") from None
+    try:
+        conv.pick(impl)
+    except ValueError as e:
+        raise SrrecnnError(str(e), "impl") from None
     how, size = plan(config, volume.shape[:3], bucket) if tile is None else ("tiles", tile)
     if how == "whole":
-        y = _run_padded(params, config, volume, bucket, precision)
+        y = _run_padded(params, config, volume, bucket, precision, impl)
     elif how == "slabs":
-        y = run_slabs(params, config, volume, size, bucket, precision)
+        y = run_slabs(params, config, volume, size, bucket, precision, impl)
     else:
-        y = _run_tiles(params, config, volume, size, devices, precision)
+        y = _run_tiles(params, config, volume, size, devices, precision, impl)
     return y + volume[..., 0] if residual else y
 
 
 def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Array,
                 start: jax.Array, depth: jax.Array, in_plane: jax.Array | None, *,
                 same: bool, last: bool, border_in: bool, border_out: bool, precision: str,
-                record: bool) -> tuple[jax.Array, jax.Array]:
+                impl: str, record: bool) -> tuple[jax.Array, jax.Array]:
     """One layer of the network on one slab of ``c`` z planes; see ``run_slabs``.
 
     ``x``: ``(X, Y, c, C_in)``, the layer's input planes from ``start`` on (volume
@@ -201,8 +208,8 @@ def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Arr
     if same and not border_in:
         x = jnp.pad(x, ((h, h), (h, h), (0, 0), (0, 0)))
     if border_out and conv.winograd_applies(kernel):
-        return conv.relu_layer_slab(x, kernel, bias, planes, in_plane, precision), carry
-    x = conv.conv3d(x[None], kernel, "VALID", precision)[0] + bias.astype(jnp.float32)
+        return conv.relu_layer_slab(x, kernel, bias, planes, in_plane, precision, impl), carry
+    x = conv.conv3d(x[None], kernel, "VALID", precision, impl)[0] + bias.astype(jnp.float32)
     if last:
         return x[..., 0], carry
     x = jax.nn.relu(x)
@@ -216,11 +223,13 @@ def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Arr
 
 
 _slab = jax.jit(_slab_layer, static_argnames=("same", "last", "border_in", "border_out",
-                                             "precision", "record"), donate_argnums=(3,))
+                                             "precision", "impl", "record"),
+                donate_argnums=(3,))
 
 
 def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
-              planes: int, bucket: int = 1, precision: str = "fp32") -> np.ndarray:
+              planes: int, bucket: int = 1, precision: str = "fp32",
+              impl: str = "auto") -> np.ndarray:
     """Network without residual, streamed through z slabs of ``planes`` planes.
 
     Each layer keeps the last ``k - 1`` planes of its input from the previous
@@ -252,7 +261,7 @@ def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
         x = np.zeros([f + 2 * halo for f in full] + [steps * planes, channels], np.float32)
         x[:padded.shape[0], :padded.shape[1], :padded.shape[2]] = padded
     # CPU, same 3^3 models: activations keep a zero x and y border between layers.
-    bordered = same and model.keeps_zero_border(params)
+    bordered = same and model.keeps_zero_border(params, impl)
     carries, width = [], x.shape[:2]
     for i, name in enumerate(names):
         kernel = params[name]["kernel"]
@@ -272,7 +281,8 @@ def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
             y, carries[i] = _slab(kernel, params[name]["bias"], y, carries[i], start, shape[2],
                                   in_plane, same=same, last=last, border_in=bordered and i > 0,
                                   border_out=bordered and not last,
-                                  precision=conv.layer_precision(precision, i), record=i == 0)
+                                  precision=conv.layer_precision(precision, i), impl=impl,
+                                  record=i == 0)
             start -= kernel.shape[0] // 2
         lo = lag + step * planes
         keep = slice(max(lo, 0), min(lo + planes, shape[2]))
@@ -286,7 +296,7 @@ def _round_up(shape: Sequence[int], multiple: int) -> list[int]:
 
 
 def _run_padded(params: model.Params, config: ModelConfig, volume: np.ndarray,
-                bucket: int, precision: str = "fp32") -> np.ndarray:
+                bucket: int, precision: str = "fp32", impl: str = "auto") -> np.ndarray:
     """The whole volume at once, padded on the far side to a multiple of ``bucket``.
 
     ``same`` models: zeros beyond the volume, kept zero in every hidden layer
@@ -303,18 +313,18 @@ def _run_padded(params: model.Params, config: ModelConfig, volume: np.ndarray,
         if bucket > 1:  # always masked, so that a volume filling its bucket shares the trace
             mask = np.zeros([1] + full + [1], np.float32)
             mask[(0,) + inside] = 1.0
-        y = _forward(params, x[None], "SAME", mask, precision)
+        y = _forward(params, x[None], "SAME", mask, precision, impl)
     else:
         r = config.receptive_radius
         x = np.zeros([f + 2 * r for f in full] + [channels], np.float32)
         x[tuple(slice(0, s + 2 * r) for s in shape)] = model.pad_input(volume, config)
-        y = _forward(params, x[None], "VALID", None, precision)
+        y = _forward(params, x[None], "VALID", None, precision, impl)
     return np.asarray(y)[(0,) + inside + (0,)]
 
 
 def _run_tiles(params: model.Params, config: ModelConfig, volume: np.ndarray,
                tile: int, devices: Sequence[jax.Device] | None = None,
-               precision: str = "fp32") -> np.ndarray:
+               precision: str = "fp32", impl: str = "auto") -> np.ndarray:
     """Network without residual, tile by tile; ``(X, Y, Z, C)`` -> ``(X, Y, Z)``.
 
     The volume is padded by the receptive radius R as the model pads it (zeros
@@ -356,7 +366,7 @@ def _run_tiles(params: model.Params, config: ModelConfig, volume: np.ndarray,
         block = jax.device_put(padded[window][None], device)
         block_mask = None if mask is None else jax.device_put(mask[window][None], device)
         pending.append((_forward(placed[n % len(devices)], block, "VALID", block_mask,
-                                 precision), lo))
+                                 precision, impl), lo))
         if len(pending) > 2 * len(devices):
             collect(*pending.pop(0))
     for result, lo in pending:
