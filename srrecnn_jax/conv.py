@@ -22,13 +22,13 @@ against 4.5e-7 for ``winograd`` (the project allows 3e-5; tested). Training uses
 ``exact``: its gradients must stay within twice XLA's error. At ``bf16`` both run
 F(2, 3) (see ``_tile``).
 
-Both process blocks of about ``WINOGRAD_BLOCK_VOXELS`` output voxels in turn so
-their operands stay in cache, recomputed, not stored, for gradients, and apply
-the output transform as one small matrix product over the stacked products (XLA fused
-the elementwise form into one loop that recomputed it per output: 3.7 s against
-1.6 s for one 64-channel layer of a brain slab at F(4, 3)). ``relu_layer_bordered``
-runs a hidden layer between volumes that keep a zero border, so a chain of them
-never pads.
+Both process blocks of about ``WINOGRAD_BLOCK_ROWS`` tiles by z planes in turn so
+their operands stay in cache, recomputed, not stored, for gradients. F(4, 3)
+applies its output transform as one small matrix product over the stacked
+products (XLA fused the elementwise form into one loop that recomputed shared
+sums per output: 3.5 s against 1.4 s for one 64-channel layer of a brain slab).
+``relu_layer_bordered`` runs a hidden layer between volumes that keep a zero
+border, so a chain of them never pads.
 
 ``matmul``: the convolution as shifted matrix products over the flattened
 volume, for CPUs (the first and last layers, and kernels other than 3^3).
@@ -52,6 +52,7 @@ Arrays are channels-last ``(B, X, Y, Z, C)``; kernels ``(k, k, k, C_in, C_out)``
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -90,10 +91,10 @@ _WINOGRAD = {
         ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0),
          (0, 1, -1, 8, -8, 1))),
 }
-#: Output voxels per Winograd block (x and y tiles by z), per tile: F(2, 3) measured best
-#: of 512-4096 at 64^3; F(4, 3) best of 4096-16384 on a 196 x 232 x 16 slab. The
-#: operands of one block stay in cache.
-WINOGRAD_BLOCK_VOXELS = {2: 1024, 4: 8192}
+#: Rows of each product of a Winograd block (x tiles by y tiles by z planes): F(2, 3)
+#: measured best of 512-4096 at 64^3, F(4, 3) of 512-4096 on a 196 x 232 x 16 slab.
+#: The operands of one block stay in cache.
+WINOGRAD_BLOCK_ROWS = 1024
 
 
 def check_precision(precision: str) -> None:
@@ -325,15 +326,14 @@ def relu_layer_slab(x: jax.Array, kernel: jax.Array, bias: jax.Array, planes: ja
 def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
                      bias: jax.Array | None = None, z_border: bool = True,
                      planes: jax.Array | None = None,
-                     in_plane: jax.Array | None = None, tile: int = 2,
-                     block_voxels: int | None = None) -> jax.Array:
+                     in_plane: jax.Array | None = None, tile: int = 2) -> jax.Array:
     """VALID 3x3x3 convolution of one float32 ``(X, Y, Z, C_in)`` volume, Winograd
     F(tile, 3) along x and y, the z taps folded into the products' depth.
 
     Each tile x tile block of output columns needs (tile + 2)^2 products of
     transformed inputs by transformed kernels instead of 9 tile^2: 2.25x fewer
     multiply-adds at tile 2, 4x at tile 4. Blocks of x and y tiles (about
-    ``block_voxels`` output voxels) are processed in turn, each written into the
+    ``WINOGRAD_BLOCK_ROWS`` tiles by Z) are processed in turn, each written into the
     output in place. In a block the three z neighbours of each voxel are first set
     side by side ``(..., Z, 3 * C_in)``, so each product has depth ``3 * C_in`` (the
     transforms are linear, so they commute with this).
@@ -349,11 +349,10 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
     bt, g, at = _WINOGRAD[m]
     c_in, c_out = kernel.shape[3], kernel.shape[4]
     ox, oy, oz = (n - 2 for n in x.shape[:3])
-    target = (block_voxels or WINOGRAD_BLOCK_VOXELS[m]) / (m * m)
-    # A block: tx x ty tiles (m tx x m ty output columns), about ``target`` tiles by Z,
-    # so its operands stay in cache.
-    ty, ny = _split(-(-oy // m), target / oz)
-    tx, nx = _split(-(-ox // m), target / (ty * oz))
+    # A block: tx x ty tiles (m tx x m ty output columns), about WINOGRAD_BLOCK_ROWS
+    # tiles by Z, so its operands stay in cache.
+    ty, ny = _split(-(-oy // m), WINOGRAD_BLOCK_ROWS / oz)
+    tx, nx = _split(-(-ox // m), WINOGRAD_BLOCK_ROWS / (ty * oz))
     # Odd sizes and partial last blocks: zeros beyond the volume, outputs dropped.
     x = jnp.pad(x, ((0, m * tx * nx - ox), (0, m * ty * ny - oy), (0, 0), (0, 0)))
     if in_plane is not None:
@@ -372,15 +371,27 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
         part = jax.lax.dynamic_slice(x, (i * m * tx, j * m * ty, 0, 0),
                                      (m * tx + 2, m * ty + 2) + x.shape[2:])
         part = jnp.concatenate([part[:, :, c:c + oz] for c in range(3)], axis=3)
-        products = []  # [p][q]: (rows, C_out)
+        products, sums = [], {}  # products[p * (m + 2) + q], sums[r, s]: (rows, C_out)
         for p, along_x in enumerate(_winograd_inputs(part, 0, bt, m)):
-            products.append([jnp.dot(inputs.reshape(rows, -1).astype(dtype), taps[p, q],
-                                     **arithmetic).astype(jnp.float32)
-                             for q, inputs in enumerate(_winograd_inputs(along_x, 1, bt, m))])
-        # Output transform as one product: (m^2, (m + 2)^2) by the stacked products.
-        stacked = jnp.stack([v for row in products for v in row]).reshape((m + 2) ** 2, -1)
-        y = jnp.dot(jnp.asarray(np.kron(at, at), jnp.float32), stacked,
-                    precision=jax.lax.Precision.HIGHEST).reshape(m, m, tx, ty, oz, c_out)
+            for q, inputs in enumerate(_winograd_inputs(along_x, 1, bt, m)):
+                product = jnp.dot(inputs.reshape(rows, -1).astype(dtype), taps[p, q],
+                                  **arithmetic).astype(jnp.float32)
+                products.append(product)
+                if m == 2:  # F(2, 3): each product added into its outputs at once
+                    for r, s in itertools.product(range(m), range(m)):
+                        w = at[r][p] * at[s][q]
+                        if w:
+                            term = product if w == 1 else w * product
+                            sums[r, s] = term if (r, s) not in sums else sums[r, s] + term
+        if m == 2:
+            y = jnp.stack([jnp.stack([sums[r, 0], sums[r, 1]]) for r in (0, 1)])
+        else:
+            # F(4, 3): 16 outputs of up to 25 products each; added elementwise, XLA fused
+            # them into one loop that recomputed shared sums per output (2.3x slower).
+            y = jnp.dot(jnp.asarray(np.kron(at, at), jnp.float32),
+                        jnp.stack(products).reshape(len(products), -1),
+                        precision=jax.lax.Precision.HIGHEST)
+        y = y.reshape(m, m, tx, ty, oz, c_out)
         if bias is not None:
             y = jax.nn.relu(y + bias)
         y = y.transpose(2, 0, 3, 1, 4, 5)  # (tx, m, ty, m, Z, C_out)
@@ -434,5 +445,7 @@ def _winograd_inputs(x: jax.Array, axis: int, bt, m: int) -> list[jax.Array]:
     """The m + 2 transformed inputs ``BT @ (d0 .. d_{m+1})`` of every tile along
     ``axis`` (length m n + 2, tiles m apart): m + 2 arrays of length n."""
     n = (x.shape[axis] - 2) // m
-    d = [jax.lax.slice_in_dim(x, k, k + m * (n - 1) + 1, m, axis) for k in range(m + 2)]
+    phases = [jax.lax.slice_in_dim(x, k, None, m, axis) for k in range(m)]
+    d = [jax.lax.slice_in_dim(phases[k % m], k // m, k // m + n, axis=axis)
+         for k in range(m + 2)]
     return [_combine(row, d) for row in bt]

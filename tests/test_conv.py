@@ -58,14 +58,15 @@ def test_winograd_is_as_accurate_as_the_direct_convolution(shape):
 
 
 @pytest.mark.parametrize("impl, shape", [("winograd", (40, 30, 12)),
-                                         ("winograd4", (50, 42, 18))])
+                                         ("winograd4", (70, 62, 18))])
 def test_winograd_blocks_cover_a_volume_larger_than_one_block(impl, shape):
-    # Blocks of about WINOGRAD_BLOCK_VOXELS output voxels, the last ones partial in x and
+    # Blocks of about WINOGRAD_BLOCK_ROWS tiles by z planes, the last ones partial in x and
     # y (sizes not multiples of the tile).
     rng = np.random.default_rng(6)
     x = jnp.asarray(rng.random((1, *shape, 8)), jnp.float32)
     w = jnp.asarray(rng.normal(0, 0.1, (3, 3, 3, 8, 8)), jnp.float32)
-    assert np.prod(shape) > 4 * conv.WINOGRAD_BLOCK_VOXELS[conv.WINOGRADS[impl]]
+    tile = conv.WINOGRADS[impl]
+    assert np.prod(shape) > 3 * tile ** 2 * conv.WINOGRAD_BLOCK_ROWS  # over three blocks
     assert _relative(conv.conv3d(x, w, "SAME", impl=impl),
                      conv.conv3d(x, w, "SAME", impl="xla")) < TOLERANCE[impl]
 
