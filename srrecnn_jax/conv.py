@@ -307,7 +307,7 @@ def relu_layer_bordered(x: jax.Array, kernel: jax.Array, bias: jax.Array,
 
 def relu_layer_slab(x: jax.Array, kernel: jax.Array, bias: jax.Array, planes: jax.Array,
                     in_plane: jax.Array | None = None, precision: str = "fp32",
-                    impl: str = "auto") -> jax.Array:
+                    impl: str = "auto", prefix: jax.Array | None = None) -> jax.Array:
     """A hidden layer on a z slab whose x and y borders are zeros: ``relu_layer_bordered``
     without a border along z, and with the slab's masks applied as each block is written.
 
@@ -316,17 +316,21 @@ def relu_layer_slab(x: jax.Array, kernel: jax.Array, bias: jax.Array, planes: ja
     slab's); ``planes``: ``(Z,)`` 0/1, which output planes lie inside the volume;
     ``in_plane``: optional ``(X, Y, 1, 1)`` 0/1, which in-plane voxels do. Returns
     ``(X + 2, Y + 2, Z, C_out)``, ``relu(conv + bias) * planes * in_plane`` inside a
-    zero x and y border, ready for the next layer without a copy to pad it.
+    zero x and y border, ready for the next layer without a copy to pad it. With
+    ``prefix`` ``(X + 2, Y + 2, P, C_out)`` (the next layer's planes from the previous
+    slab), returns ``(X + 2, Y + 2, P + Z, C_out)``: the prefix, then the output, so
+    the next layer reads its input whole without a copy to join them.
     """
     return _volume_winograd(x.astype(jnp.float32), kernel.astype(jnp.float32), precision,
                             bias=bias.astype(jnp.float32), z_border=False, planes=planes,
-                            in_plane=in_plane, tile=_tile(impl, precision))
+                            in_plane=in_plane, tile=_tile(impl, precision), prefix=prefix)
 
 
 def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
                      bias: jax.Array | None = None, z_border: bool = True,
                      planes: jax.Array | None = None,
-                     in_plane: jax.Array | None = None, tile: int = 2) -> jax.Array:
+                     in_plane: jax.Array | None = None, tile: int = 2,
+                     prefix: jax.Array | None = None) -> jax.Array:
     """VALID 3x3x3 convolution of one float32 ``(X, Y, Z, C_in)`` volume, Winograd
     F(tile, 3) along x and y, the z taps folded into the products' depth.
 
@@ -342,8 +346,9 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
     wide, ``(X, Y, Z, C_out)`` for an input ``(X, Y, Z, C_in)`` (see
     ``relu_layer_bordered``), without a z border ``(X, Y, Z - 2, C_out)`` when not
     ``z_border``, times the ``planes`` ``(Z - 2,)`` and ``in_plane``
-    ``(X - 2, Y - 2, 1, 1)`` masks when given (see ``relu_layer_slab``); without
-    ``bias``, the convolution ``(X - 2, Y - 2, Z - 2, C_out)``.
+    ``(X - 2, Y - 2, 1, 1)`` masks when given, after the z planes of ``prefix`` (see
+    ``relu_layer_slab``); without ``bias``, the convolution ``(X - 2, Y - 2, Z - 2,
+    C_out)``.
     """
     m = tile
     bt, g, at = _WINOGRAD[m]
@@ -366,6 +371,7 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
     rows = tx * ty * oz
     border = 0 if bias is None else 1
     z_border = border if z_border else 0
+    z_start = z_border if prefix is None else prefix.shape[2]  # of the output planes
 
     def block(i: jax.Array, j: jax.Array) -> jax.Array:
         part = jax.lax.dynamic_slice(x, (i * m * tx, j * m * ty, 0, 0),
@@ -407,10 +413,15 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
         i, j = k // ny, k % ny
         return jax.lax.dynamic_update_slice(
             out, jax.checkpoint(block)(i, j),
-            (border + i * m * tx, border + j * m * ty, z_border, 0))
+            (border + i * m * tx, border + j * m * ty, z_start, 0))
 
     shape = (m * tx * nx + 2 * border, m * ty * ny + 2 * border, oz + 2 * z_border, c_out)
-    out = jax.lax.fori_loop(0, nx * ny, write, jnp.zeros(shape, jnp.float32))
+    start = jnp.zeros(shape, jnp.float32)
+    if prefix is not None:
+        pad = [(0, s - p) for s, p in zip(shape[:2], prefix.shape[:2])]
+        start = jnp.concatenate([jnp.pad(prefix.astype(jnp.float32), pad + [(0, 0)] * 2),
+                                 start], axis=2)
+    out = jax.lax.fori_loop(0, nx * ny, write, start)
     out = out[:ox + 2 * border, :oy + 2 * border]
     if border and m * tx * nx > ox:
         out = out.at[ox + 1:].set(0)

@@ -177,20 +177,27 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
     return y + volume[..., 0] if residual else y
 
 
-def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Array,
-                start: jax.Array, depth: jax.Array, in_plane: jax.Array | None, *,
-                same: bool, last: bool, border_in: bool, border_out: bool, precision: str,
-                impl: str, record: bool) -> tuple[jax.Array, jax.Array]:
+def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Array | None,
+                prefix: jax.Array | None, start: jax.Array, depth: jax.Array,
+                in_plane: jax.Array | None, *, same: bool, last: bool, border_in: bool,
+                border_out: bool, precision: str, impl: str,
+                record: bool) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
     """One layer of the network on one slab of ``c`` z planes; see ``run_slabs``.
 
     ``x``: ``(X, Y, c, C_in)``, the layer's input planes from ``start`` on (volume
-    coordinates); ``carry``: the last ``k - 1`` planes of its input from the previous
-    slab. The output starts ``h = (k - 1) / 2`` planes before ``start``; for ``same``
-    models hidden planes outside ``0 .. depth - 1`` and voxels outside ``in_plane``
-    are zeroed, which is the whole volume's per-layer zero padding. Returns the
-    layer's ``(X', Y', c, C_out)`` (``(X', Y', c)`` for the ``last``) and the new
-    carry. One function per layer, not per network, so that the hidden layers of one
-    shape share one trace and one compilation: a tenth of the start-up work.
+    coordinates), after ``carry``: the last ``k - 1`` planes of its input from the
+    previous slab; ``carry`` None: ``x`` already starts with them (``(X, Y, k - 1 + c,
+    C_in)``, written there by the previous layer). The output starts ``h = (k - 1) / 2``
+    planes before ``start``; for ``same`` models hidden planes outside ``0 .. depth - 1``
+    and voxels outside ``in_plane`` are zeroed, which is the whole volume's per-layer
+    zero padding. ``prefix``: None, or the next layer's carry, put in front of the
+    output, so that the next layer reads its input whole without a copy to join them.
+
+    Returns the layer's ``(X', Y', c, C_out)`` (after the prefix's planes;
+    ``(X', Y', c)`` for the ``last``), the new carry (None when ``carry`` is) and the
+    new prefix, the output's last planes (None when ``prefix`` is). One function per
+    layer, not per network, so that the hidden layers of one shape share one trace and
+    one compilation: a tenth of the start-up work.
 
     ``border_in`` / ``border_out`` (CPU, ``same`` 3^3 models): the input (and its
     carry) / the output has a zero x and y border one voxel wide, so that the
@@ -201,30 +208,36 @@ def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Arr
         _traced.append((1, *x.shape))
     k = kernel.shape[0]
     h = k // 2
-    x = jnp.concatenate([carry, x], axis=2)  # (X, Y, k - 1 + c, C)
-    carry = x[:, :, x.shape[2] - (k - 1):]
+    if carry is not None:
+        x = jnp.concatenate([carry, x], axis=2)  # (X, Y, k - 1 + c, C)
+        carry = x[:, :, x.shape[2] - (k - 1):]
     index = start - h + jnp.arange(x.shape[2] - 2 * h)
     planes = ((index >= 0) & (index < depth)).astype(jnp.float32)
     if same and not border_in:
         x = jnp.pad(x, ((h, h), (h, h), (0, 0), (0, 0)))
     if border_out and conv.winograd_applies(kernel):
-        return conv.relu_layer_slab(x, kernel, bias, planes, in_plane, precision, impl), carry
-    x = conv.conv3d(x[None], kernel, "VALID", precision, impl)[0] + bias.astype(jnp.float32)
-    if last:
-        return x[..., 0], carry
-    x = jax.nn.relu(x)
-    if same:
-        x = x * planes[:, None]
-        if in_plane is not None:
-            x = x * in_plane
-    if border_out:
-        x = jnp.pad(x, ((1, 1), (1, 1), (0, 0), (0, 0)))
-    return x, carry
+        y = conv.relu_layer_slab(x, kernel, bias, planes, in_plane, precision, impl, prefix)
+    else:
+        y = conv.conv3d(x[None], kernel, "VALID", precision, impl)[0] + bias.astype(jnp.float32)
+        if last:
+            return y[..., 0], carry, None
+        y = jax.nn.relu(y)
+        if same:
+            y = y * planes[:, None]
+            if in_plane is not None:
+                y = y * in_plane
+        if border_out:
+            y = jnp.pad(y, ((1, 1), (1, 1), (0, 0), (0, 0)))
+        if prefix is not None:
+            y = jnp.concatenate([prefix, y], axis=2)
+    if prefix is not None:
+        prefix = y[:, :, y.shape[2] - prefix.shape[2]:]
+    return y, carry, prefix
 
 
 _slab = jax.jit(_slab_layer, static_argnames=("same", "last", "border_in", "border_out",
                                              "precision", "impl", "record"),
-                donate_argnums=(3,))
+                donate_argnums=(3, 4))
 
 
 def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
@@ -278,11 +291,19 @@ def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
         for i, name in enumerate(names):
             kernel = params[name]["kernel"]
             last = i == len(names) - 1
-            y, carries[i] = _slab(kernel, params[name]["bias"], y, carries[i], start, shape[2],
-                                  in_plane, same=same, last=last, border_in=bordered and i > 0,
-                                  border_out=bordered and not last,
-                                  precision=conv.layer_precision(precision, i), impl=impl,
-                                  record=i == 0)
+            # Bordered hidden layers write the next layer's carry in front of their output.
+            carry = None if bordered and i > 0 else carries[i]
+            prefix = carries[i + 1] if bordered and not last else None
+            y, carry, prefix = _slab(kernel, params[name]["bias"], y, carry, prefix, start,
+                                     shape[2], in_plane, same=same, last=last,
+                                     border_in=bordered and i > 0,
+                                     border_out=bordered and not last,
+                                     precision=conv.layer_precision(precision, i), impl=impl,
+                                     record=i == 0)
+            if carry is not None:
+                carries[i] = carry
+            if prefix is not None:
+                carries[i + 1] = prefix
             start -= kernel.shape[0] // 2
         lo = lag + step * planes
         keep = slice(max(lo, 0), min(lo + planes, shape[2]))
