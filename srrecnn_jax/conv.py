@@ -307,7 +307,8 @@ def relu_layer_bordered(x: jax.Array, kernel: jax.Array, bias: jax.Array,
 
 def relu_layer_slab(x: jax.Array, kernel: jax.Array, bias: jax.Array, planes: jax.Array,
                     in_plane: jax.Array | None = None, precision: str = "fp32",
-                    impl: str = "auto", prefix: jax.Array | None = None) -> jax.Array:
+                    impl: str = "auto", prefix: jax.Array | None = None,
+                    scratch: jax.Array | None = None) -> jax.Array:
     """A hidden layer on a z slab whose x and y borders are zeros: ``relu_layer_bordered``
     without a border along z, and with the slab's masks applied as each block is written.
 
@@ -319,18 +320,22 @@ def relu_layer_slab(x: jax.Array, kernel: jax.Array, bias: jax.Array, planes: ja
     zero x and y border, ready for the next layer without a copy to pad it. With
     ``prefix`` ``(X + 2, Y + 2, P, C_out)`` (the next layer's planes from the previous
     slab), returns ``(X + 2, Y + 2, P + Z, C_out)``: the prefix, then the output, so
-    the next layer reads its input whole without a copy to join them.
+    the next layer reads its input whole without a copy to join them. ``scratch``: an
+    array of the output's shape whose x and y border is zero (a dead activation of the
+    chain, donated), written over instead of a fresh zero array (see ``_volume_winograd``).
     """
     return _volume_winograd(x.astype(jnp.float32), kernel.astype(jnp.float32), precision,
                             bias=bias.astype(jnp.float32), z_border=False, planes=planes,
-                            in_plane=in_plane, tile=_tile(impl, precision), prefix=prefix)
+                            in_plane=in_plane, tile=_tile(impl, precision), prefix=prefix,
+                            scratch=scratch)
 
 
 def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
                      bias: jax.Array | None = None, z_border: bool = True,
                      planes: jax.Array | None = None,
                      in_plane: jax.Array | None = None, tile: int = 2,
-                     prefix: jax.Array | None = None) -> jax.Array:
+                     prefix: jax.Array | None = None,
+                     scratch: jax.Array | None = None) -> jax.Array:
     """VALID 3x3x3 convolution of one float32 ``(X, Y, Z, C_in)`` volume, Winograd
     F(tile, 3) along x and y, the z taps folded into the products' depth.
 
@@ -358,11 +363,13 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
     # tiles by Z, so its operands stay in cache.
     ty, ny = _split(-(-oy // m), WINOGRAD_BLOCK_ROWS / oz)
     tx, nx = _split(-(-ox // m), WINOGRAD_BLOCK_ROWS / (ty * oz))
-    # Odd sizes and partial last blocks: zeros beyond the volume, outputs dropped.
-    x = jnp.pad(x, ((0, m * tx * nx - ox), (0, m * ty * ny - oy), (0, 0), (0, 0)))
-    if in_plane is not None:
-        in_plane = jnp.pad(in_plane, ((0, m * tx * nx - ox), (0, m * ty * ny - oy), (0, 0),
-                                      (0, 0)))
+    # Odd sizes and partial last blocks: zeros beyond the volume, outputs dropped. Only
+    # when needed: XLA copies the volume even for a pad of zero widths.
+    extra = ((0, m * tx * nx - ox), (0, m * ty * ny - oy), (0, 0), (0, 0))
+    if extra[0][1] or extra[1][1]:
+        x = jnp.pad(x, extra)
+        if in_plane is not None:
+            in_plane = jnp.pad(in_plane, extra)
     g = jnp.asarray(g, jnp.float32)
     taps = jnp.einsum("pa,qb,abzio->pqzio", g, g, kernel,
                       precision=jax.lax.Precision.HIGHEST).reshape(m + 2, m + 2, 3 * c_in, c_out)
@@ -416,11 +423,18 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
             (border + i * m * tx, border + j * m * ty, z_start, 0))
 
     shape = (m * tx * nx + 2 * border, m * ty * ny + 2 * border, oz + 2 * z_border, c_out)
-    start = jnp.zeros(shape, jnp.float32)
-    if prefix is not None:
-        pad = [(0, s - p) for s, p in zip(shape[:2], prefix.shape[:2])]
-        start = jnp.concatenate([jnp.pad(prefix.astype(jnp.float32), pad + [(0, 0)] * 2),
-                                 start], axis=2)
+    if (scratch is not None and prefix is not None and not (extra[0][1] or extra[1][1])
+            and scratch.shape == shape[:2] + (prefix.shape[2] + oz, c_out)):
+        # The blocks write every interior voxel, the border is already zero: only the
+        # prefix needs writing (a fresh buffer costs a pass over the whole slab).
+        start = jax.lax.dynamic_update_slice(scratch.astype(jnp.float32),
+                                             prefix.astype(jnp.float32), (0, 0, 0, 0))
+    else:
+        start = jnp.zeros(shape, jnp.float32)
+        if prefix is not None:
+            pad = [(0, s - p) for s, p in zip(shape[:2], prefix.shape[:2])]
+            start = jnp.concatenate([jnp.pad(prefix.astype(jnp.float32), pad + [(0, 0)] * 2),
+                                     start], axis=2)
     out = jax.lax.fori_loop(0, nx * ny, write, start)
     out = out[:ox + 2 * border, :oy + 2 * border]
     if border and m * tx * nx > ox:

@@ -178,7 +178,8 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
 
 
 def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Array | None,
-                prefix: jax.Array | None, start: jax.Array, depth: jax.Array,
+                prefix: jax.Array | None, scratch: jax.Array | None, start: jax.Array,
+                depth: jax.Array,
                 in_plane: jax.Array | None, *, same: bool, last: bool, border_in: bool,
                 border_out: bool, precision: str, impl: str,
                 record: bool) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
@@ -192,6 +193,8 @@ def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Arr
     and voxels outside ``in_plane`` are zeroed, which is the whole volume's per-layer
     zero padding. ``prefix``: None, or the next layer's carry, put in front of the
     output, so that the next layer reads its input whole without a copy to join them.
+    ``scratch``: None, or a dead activation of the output's shape to write it into (see
+    ``conv.relu_layer_slab``).
 
     Returns the layer's ``(X', Y', c, C_out)`` (after the prefix's planes;
     ``(X', Y', c)`` for the ``last``), the new carry (None when ``carry`` is) and the
@@ -216,7 +219,8 @@ def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Arr
     if same and not border_in:
         x = jnp.pad(x, ((h, h), (h, h), (0, 0), (0, 0)))
     if border_out and conv.winograd_applies(kernel):
-        y = conv.relu_layer_slab(x, kernel, bias, planes, in_plane, precision, impl, prefix)
+        y = conv.relu_layer_slab(x, kernel, bias, planes, in_plane, precision, impl, prefix,
+                                 scratch)
     else:
         y = conv.conv3d(x[None], kernel, "VALID", precision, impl)[0] + bias.astype(jnp.float32)
         if last:
@@ -237,7 +241,7 @@ def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Arr
 
 _slab = jax.jit(_slab_layer, static_argnames=("same", "last", "border_in", "border_out",
                                              "precision", "impl", "record"),
-                donate_argnums=(3, 4))
+                donate_argnums=(3, 4, 5))
 
 
 def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
@@ -286,6 +290,9 @@ def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
             width = tuple(w - (k - 1) for w in width)
     out = np.zeros((*full, steps * planes), np.float32)
     lag = first - halo  # volume index of the first output plane of slab 0
+    # Hidden activations (X + 2, Y + 2, k - 1 + planes, C): one to start the rotation.
+    spare = jnp.zeros((*carries[-1].shape[:2], carries[-1].shape[2] + planes,
+                       carries[-1].shape[3]), jnp.float32) if bordered else None
     for step in range(steps):
         y, start = x[:, :, step * planes:(step + 1) * planes], first + step * planes
         for i, name in enumerate(names):
@@ -294,8 +301,13 @@ def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
             # Bordered hidden layers write the next layer's carry in front of their output.
             carry = None if bordered and i > 0 else carries[i]
             prefix = carries[i + 1] if bordered and not last else None
-            y, carry, prefix = _slab(kernel, params[name]["bias"], y, carry, prefix, start,
-                                     shape[2], in_plane, same=same, last=last,
+            # Bordered hidden layers write into a dead activation of their output's shape
+            # (the input of the layer before), donated, instead of a fresh zero array.
+            scratch = None
+            if bordered and 0 < i and not last:
+                scratch, spare = spare, y
+            y, carry, prefix = _slab(kernel, params[name]["bias"], y, carry, prefix, scratch,
+                                     start, shape[2], in_plane, same=same, last=last,
                                      border_in=bordered and i > 0,
                                      border_out=bordered and not last,
                                      precision=conv.layer_precision(precision, i), impl=impl,
