@@ -6,6 +6,9 @@ observation model and super-resolved by a model through the whole pipeline
 against the HR volume (peak = HR maximum), its difference from fp32, and the
 largest difference from the fp32 output relative to the HR range.
 
+``fp32-exact`` is ``--exact``: convolutions exact to float32 rounding (on CPU
+Winograd F(2, 3) instead of the default F(4, 3)).
+
 On a CPU, ``tf32`` is XLA's default float32 precision, which there is full
 float32; the script then also runs ``tf32-emulated``: every convolution's
 operands rounded to TF32's 10-bit mantissa (round to nearest even), products
@@ -83,7 +86,7 @@ def main() -> None:
     params, cfg = jax.tree_util.tree_map(jnp.asarray, loaded.params), loaded.config
     prepared = prepare_array(cfg, lr, 2)
 
-    precisions = list(conv.PRECISIONS)
+    precisions = ["fp32", "fp32-exact"] + list(conv.PRECISIONS[1:])
     if jax.default_backend() == "cpu":
         precisions.append("tf32-emulated")
     outputs, rows = {}, []
@@ -92,6 +95,8 @@ def main() -> None:
         if precision == "tf32-emulated":
             y = np.asarray(_forward_tf32_emulated(params, jnp.asarray(prepared.volume)[None]))
             y = y[0, ..., 0] + prepared.volume[..., 0]
+        elif precision == "fp32-exact":  # --exact: F(2, 3) on CPU instead of F(4, 3)
+            y = run_network(params, cfg, prepared.volume, impl="exact")
         else:
             y = run_network(params, cfg, prepared.volume, precision=precision)
         outputs[precision] = finish_array(prepared, y)

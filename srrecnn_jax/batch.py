@@ -319,9 +319,11 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
     def fail(job: Job, error: Exception, started: float) -> None:
         message = str(error) if isinstance(error, SrrecnnError) else f"{job.input}: " \
             f"{type(error).__name__}: {error}"
+        parameter = error.parameter if isinstance(error, SrrecnnError) else None
         if record(Record(str(job.input), str(job.output), "error",
                          str(job.reference) if job.reference else None,
-                         seconds=time.perf_counter() - started, error=message)):
+                         seconds=time.perf_counter() - started, error=message,
+                         parameter=parameter)):
             with lock:
                 summary.errors += 1
 

@@ -29,6 +29,7 @@ class Record:
     spacing: list[float] | None = None
     seconds: float | None = None
     error: str | None = None
+    parameter: str | None = None  # the library parameter ``error`` names, if any
     warnings: list[str] = dataclasses.field(default_factory=list)
     process: int = 0
     run: str | None = None  # the run's id (``new_run_id``), set by ``Manifest.add``

@@ -132,3 +132,21 @@ def test_json_facts_agree_with_the_outputs(two_inputs, tmp_path, models):
     assert 0 < facts["utilisation"] <= 1
     assert facts["manifest"] == str(out / "srrecnn_manifest.jsonl")
     assert (facts["process"], facts["processes"], facts["interrupted"]) == (0, 1, False)
+
+
+def test_a_job_refused_for_its_scale_names_the_option(tmp_path, models):
+    """One input too thin for ``-s 0.5,2,2`` (2 x 6 x 6 becomes 1 voxel along x) fails alone:
+    its stderr line names ``-s/--scale`` (not the library's ``scale``), the manifest row
+    keeps the library's words, and the other input is written."""
+    src = tmp_path / "in"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    save(synthetic((2, 6, 6), 1), src / "thin.nii.gz")
+    out = tmp_path / "out"
+    code, _, err = run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", "0.5,2,2")
+    assert code == 1
+    line = next(line for line in err.splitlines() if "thin.nii.gz" in line)
+    assert line.startswith("srrecnn: error: -s/--scale: ") and "fewer than 2" in line
+    rows = {Path(r["input"]).name: r for r in manifest(out)}
+    assert rows["thin.nii.gz"]["parameter"] == "scale"
+    assert rows["thin.nii.gz"]["error"].startswith("scale: ")
+    assert rows["a.nii.gz"]["status"] == "ok"

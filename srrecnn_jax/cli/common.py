@@ -28,6 +28,14 @@ OPTIONS = {
 }
 
 
+def job_error_line(error: str, parameter: str | None) -> str:
+    """A batch job's error (``batch.Record``): the parameter it starts with shown as the
+    option that sets it, as ``error_line`` does."""
+    if parameter and error.startswith(f"{parameter}: "):
+        return f"{OPTIONS.get(parameter, parameter)}: {error[len(parameter) + 2:]}"
+    return error
+
+
 def error_line(error: SrrecnnError) -> str:
     """The one line shown for a library error: its parameter as the option that sets it."""
     text = error.message

@@ -198,7 +198,8 @@ def _run_batch(args: argparse.Namespace, process: int, count: int, presence,
             as (stop, bar):
         def progress(record: batch.Record, voxels: int) -> None:
             if record.status == "error":
-                bar.write(f"srrecnn: error: {record.error}", file=sys.stderr)
+                shown = common.job_error_line(record.error, record.parameter)
+                bar.write(f"srrecnn: error: {shown}", file=sys.stderr)
             done_voxels[0] += voxels
             bar.set_postfix_str(f"{done_voxels[0] / (time.perf_counter() - start):.3g} "
                                 "voxels/s")

