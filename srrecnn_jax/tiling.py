@@ -163,10 +163,6 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
         conv.check_precision(precision)
     except ValueError as e:
         raise SrrecnnError(str(e), "precision") from None
-    try:
-        conv.pick(impl)
-    except ValueError as e:
-        raise SrrecnnError(str(e), "impl") from None
     how, size = plan(config, volume.shape[:3], bucket) if tile is None else ("tiles", tile)
     if how == "whole":
         y = _run_padded(params, config, volume, bucket, precision, impl)

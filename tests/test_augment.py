@@ -144,8 +144,12 @@ def test_bias_field_multiplies_label_by_a_smooth_positive_field(big):
 def test_bias_field_factors_equal_the_polynomial_formula():
     """The per-patch product of 1-D and 2-D factors equals exp(sum_k c_k m_k(u)) to 1e-6."""
     c = np.random.default_rng(2).uniform(-0.3, 0.3, 9)
-    np.testing.assert_allclose(augment._bias((30, 40, 50), (3, 5, 7), (9, 10, 11), c),
-                               augment.bias_field((30, 40, 50), (3, 5, 7), (9, 10, 11), c),
+    shape, start, size = (30, 40, 50), (3, 5, 7), (9, 10, 11)
+    u = [2.0 * np.arange(a, a + n) / (total - 1) - 1.0 for a, n, total in zip(start, size, shape)]
+    log = np.zeros(size)
+    for ck, (i, j, k) in zip(c, augment.BIAS_TERMS):
+        log += ck * u[0][:, None, None] ** i * u[1][None, :, None] ** j * u[2][None, None, :] ** k
+    np.testing.assert_allclose(augment.bias_field(shape, start, size, c), np.exp(log),
                                rtol=1e-6, atol=0)
 
 

@@ -58,19 +58,6 @@ def draw_gamma(rng: np.random.Generator, bounds: Sequence[float]) -> float:
     return float(np.exp(rng.uniform(math.log(bounds[0]), math.log(bounds[1]))))
 
 
-def bias_field(shape: Sequence[int], start: Sequence[int], size: Sequence[int],
-               coefficients: Sequence[float]) -> np.ndarray:
-    """The float32 field ``exp(sum_k c_k m_k(u))`` (``BIAS_TERMS``) over voxels ``[start,
-    start + size)`` of a volume of ``shape``, u in [-1, 1] from its first to last voxel."""
-    u = [2.0 * np.arange(a, a + n) / max(total - 1, 1) - 1.0
-         for a, n, total in zip(start, size, shape)]
-    log = np.zeros(tuple(size))
-    for c, (i, j, k) in zip(coefficients, BIAS_TERMS):
-        log += c * (u[0][:, None, None] ** i * u[1][None, :, None] ** j
-                    * u[2][None, None, :] ** k)
-    return np.exp(log).astype(np.float32)
-
-
 def rician(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """``sqrt((x + n1)^2 + n2^2)``, n1 and n2 normal of ``sigma``: the magnitude of a
     complex signal x with Gaussian noise on both channels. Same dtype as ``image``."""
@@ -161,9 +148,11 @@ def separable(volume: np.ndarray, matrices: Sequence[np.ndarray | None]) -> np.n
     return volume
 
 
-def _bias(shape: Sequence[int], start: Sequence[int], size: Sequence[int],
-          coefficients: Sequence[float]) -> np.ndarray:
-    """``bias_field`` as a product of 1-D and 2-D factors (float32, cheap per patch)."""
+def bias_field(shape: Sequence[int], start: Sequence[int], size: Sequence[int],
+               coefficients: Sequence[float]) -> np.ndarray:
+    """The float32 field ``exp(sum_k c_k m_k(u))`` (monomials ``BIAS_TERMS``) over voxels
+    ``[start, start + size)`` of a volume of ``shape``, u in [-1, 1] from its first to
+    last voxel; computed as a product of 1-D and 2-D factors (cheap per patch)."""
     u = [(2.0 * np.arange(a, a + n) / max(total - 1, 1) - 1.0)
          for a, n, total in zip(start, size, shape)]
     c = coefficients
@@ -222,7 +211,7 @@ def degraded_patch(unit: np.ndarray, corner: Sequence[int], patch: int,
     if power is not None:
         hr = np.power(np.maximum(hr, 0), np.float32(power))
     if coefficients is not None:
-        hr *= _bias(unit.shape, starts, lengths, coefficients)
+        hr *= bias_field(unit.shape, starts, lengths, coefficients)
     lr = separable(hr, [down_matrix(n, float(s), float(g), order)
                         for n, s, g in zip(lengths, scale, sigma)])
     if noise > 0:
