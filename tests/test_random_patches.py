@@ -42,6 +42,18 @@ def test_patches_are_channels_last_pairs_of_interpolated_and_hr(volumes):
     assert np.any(np.all(np.abs(windows - label) < 1e-6, axis=(3, 4, 5)))
 
 
+def _assert_pairs_are_windows(batch: dict, unit: np.ndarray, spline: np.ndarray) -> None:
+    """Each label is a 9^3 window of ``unit`` (to 1e-6) and its data the window of
+    ``spline`` at the same place (to 1e-5: float32 arithmetic in the package)."""
+    label_windows = np.lib.stride_tricks.sliding_window_view(unit, (9, 9, 9))
+    spline_windows = np.lib.stride_tricks.sliding_window_view(spline, (9, 9, 9))
+    for data, label in zip(batch["data"][..., 0], batch["label"][..., 0]):
+        error = np.abs(label_windows - label).max(axis=(3, 4, 5))
+        place = np.unravel_index(np.argmin(error), error.shape)
+        assert error[place] < 1e-6
+        np.testing.assert_allclose(data, spline_windows[place], rtol=0, atol=1e-5)
+
+
 def test_data_is_the_spline_of_the_degraded_label_at_the_same_place(volumes):
     """The original observation model, written out here with scipy in float64: blur
     (sigma 1 voxel), cubic-spline downsampling by 2, cubic-spline zoom back up.
@@ -52,13 +64,7 @@ def test_data_is_the_spline_of_the_degraded_label_at_the_same_place(volumes):
     unit = (hr - hr.min()) / (hr.max() - hr.min())
     lr = scipy.ndimage.zoom(scipy.ndimage.gaussian_filter(unit, 1.0), 0.5, order=3)
     spline = scipy.ndimage.zoom(lr, 2, order=3)
-    label_windows = np.lib.stride_tricks.sliding_window_view(unit, (9, 9, 9))
-    spline_windows = np.lib.stride_tricks.sliding_window_view(spline, (9, 9, 9))
-    for data, label in zip(batch["data"][..., 0], batch["label"][..., 0]):
-        error = np.abs(label_windows - label).max(axis=(3, 4, 5))
-        place = np.unravel_index(np.argmin(error), error.shape)
-        assert error[place] < 1e-6
-        np.testing.assert_allclose(data, spline_windows[place], rtol=0, atol=1e-5)
+    _assert_pairs_are_windows(batch, unit, spline)
 
 
 def test_two_channel_patches_with_a_second_modality(volumes):
@@ -79,13 +85,7 @@ def test_thick_slice_patches_are_the_slice_profile_degradation_at_the_same_place
     blurred = scipy.ndimage.gaussian_filter1d(unit, 2 / 2.3548200450309493, axis=2)
     lr = scipy.ndimage.zoom(blurred, (1, 1, 0.5), order=3)
     spline = scipy.ndimage.zoom(lr, (1, 1, 2), order=3)
-    label_windows = np.lib.stride_tricks.sliding_window_view(unit, (9, 9, 9))
-    spline_windows = np.lib.stride_tricks.sliding_window_view(spline, (9, 9, 9))
-    for data, label in zip(batch["data"][..., 0], batch["label"][..., 0]):
-        error = np.abs(label_windows - label).max(axis=(3, 4, 5))
-        place = np.unravel_index(np.argmin(error), error.shape)
-        assert error[place] < 1e-6
-        np.testing.assert_allclose(data, spline_windows[place], rtol=0, atol=1e-5)
+    _assert_pairs_are_windows(batch, unit, spline)
 
 
 def test_thick_slices_leave_the_plane_unblurred():
