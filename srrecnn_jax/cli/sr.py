@@ -55,8 +55,9 @@ def add_to(commands) -> None:
                    "the intensities, stays fp32)")
     p.add_argument("--exact", action="store_true",
                    help="convolutions exact to float32 rounding. By default the CPU runs "
-                   "Winograd F(4,3), about 1.3x faster, whose output stays within 3e-5 of "
-                   "the output range of exact arithmetic (measured 2e-6 on real brains); "
+                   "Winograd F(4,3), about 10%% faster per layer, whose output stays within "
+                   "3e-5 of the output range of exact arithmetic (measured 2e-6 on real "
+                   "brains); "
                    "--exact runs F(2,3) instead. No effect on GPUs")
     p.add_argument("--interpolation", choices=INTERPOLATIONS, default="device",
                    help="where the cubic-spline zoom runs: device (JAX, GPU when present; "
