@@ -445,17 +445,17 @@ def _volume_winograd(x: jax.Array, kernel: jax.Array, precision: str,
 
 
 def _combine(weights, arrays: list[jax.Array]) -> jax.Array:
-    """``sum(w * a)`` over the nonzero weights, without multiplying by +-1."""
+    """``sum(w * a)`` over the nonzero weights, adding or subtracting where w is +-1."""
     total = None
     for w, a in zip(weights, arrays):
-        if w:
-            term = a if w == 1 else -a if w == -1 else w * a
-            if total is None:
-                total = term
-            elif w == -1:
-                total = total - a
-            else:
-                total = total + term
+        if not w:
+            continue
+        if total is None:
+            total = a if w == 1 else w * a
+        elif w in (1, -1):
+            total = total + a if w == 1 else total - a
+        else:
+            total = total + w * a
     return total
 
 
