@@ -77,6 +77,43 @@ def test_winograd_kernel_gradient_is_as_accurate_as_xlas(hidden_batch):
     assert relative(gradients(x, w, g, "winograd")[1], exact) < 2 * direct + 1e-7
 
 
+def test_kernel_gradient_over_several_row_blocks_is_as_accurate_as_xlas(
+        anatomical_path_module):
+    """Three 16 x 17 x 18 crops of a real T1 (uneven sides, 20520 padded rows: many
+    blocks of ``conv._GRADIENT_BLOCK_ROWS``, the last partial), 8 -> 8 channels: every
+    tap and channel against float64, within twice XLA's own error (plus 1e-7 of the
+    range)."""
+    t1 = io.to_array(sitk.ReadImage(str(anatomical_path_module)))
+    crops = np.stack([t1[a:a + 16, 8:25, 4:22] for a in (2, 9, 16)])[..., None] / t1.max()
+    rng = np.random.default_rng(3)
+    x = np.maximum(same_conv_float64(crops, rng.normal(0, 0.5, (3, 3, 3, 1, 8))), 0)
+    x = x.astype(np.float32)
+    w = rng.normal(0, 0.1, (3, 3, 3, 8, 8)).astype(np.float32)
+    g = rng.normal(size=x.shape).astype(np.float32)
+    rows = 3 * 18 * 19 * 20
+    assert rows > 3 * conv._GRADIENT_BLOCK_ROWS and rows % conv._GRADIENT_BLOCK_ROWS
+    exact = kernel_gradient_float64(x, g)
+    direct = relative(gradients(x, w, g, "xla")[1], exact)
+    assert relative(gradients(x, w, g, "winograd")[1], exact) < 2 * direct + 1e-7
+
+
+@pytest.mark.parametrize("c_in, c_out", [(1, 16), (16, 1)])
+def test_thin_layer_gradients_are_as_accurate_as_xlas(hidden_batch, c_in, c_out):
+    """The first (1 -> F) and last (F -> 1) layers run as row products with a gradient of
+    their own: input and kernel gradients against float64, within twice XLA's error
+    (plus 1e-7 of the range)."""
+    x, _, _ = hidden_batch
+    rng = np.random.default_rng(c_in)
+    x = x[..., :c_in]
+    w = rng.normal(0, 0.1, (3, 3, 3, c_in, c_out)).astype(np.float32)
+    g = rng.normal(size=x.shape[:4] + (c_out,)).astype(np.float32)
+    exact = (same_conv_float64(g, np.flip(w, (0, 1, 2)).swapaxes(3, 4)),
+             kernel_gradient_float64(x, g))
+    for ours, xlas, reference in zip(gradients(x, w, g, "exact"), gradients(x, w, g, "xla"),
+                                     exact):
+        assert relative(ours, reference) < 2 * relative(xlas, reference) + 1e-7
+
+
 def test_kernel_gradient_of_a_dead_channel_is_exactly_zero(hidden_batch):
     """An input channel that is zero everywhere gets a kernel gradient of exactly 0 (not
     rounding noise, which Adam's normalised step would turn into updates)."""

@@ -81,8 +81,9 @@ def train_step(state: dict, batch: dict, config: TrainConfig) -> tuple[dict, dic
     """
     def objective(params):
         # On CPU the hidden layers' forward pass and input gradients run by Winograd and
-        # their kernel gradients by XLA's direct formula, so an entry that is exactly
-        # zero there stays zero (``conv._same_vjp``); GPUs run XLA's convolution.
+        # every kernel gradient by the direct formula as row products, so an entry that
+        # is exactly zero there stays zero (``conv._kernel_gradient``); GPUs run XLA's
+        # convolution.
         # ``exact``: F(2, 3), whose gradients stay within twice XLA's float32 error.
         prediction = model.apply(params, batch["data"], config.model, impl="exact",
                                  differentiable=True)
