@@ -33,7 +33,13 @@ from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.train import loop as trainer
 from srrecnn_jax.train.config import TrainConfig, config_from, from_caffe_solver
 from srrecnn_jax.train.data import PatchSet
-from srrecnn_jax.train.step import compile_step, init_state, learning_rate_schedule, loss_value
+from srrecnn_jax.train.step import (
+    compile_step,
+    init_state,
+    learning_rate_schedule,
+    loss_value,
+    micro_batches,
+)
 
 LAYERS, FILTERS, BATCH = 3, 8, 8
 SUBPROCESS_TIMEOUT_S = 120
@@ -497,6 +503,53 @@ def test_two_device_step_equals_one_device_step(patch_set):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
 
+def test_micro_batched_step_equals_the_whole_batch_step(patch_set):
+    """``micro_batch`` 2 (the gradient summed over two halves of the batch) gives the
+    whole batch's loss and, after 3 steps, its params, to 1e-5 relative (sum order
+    differs)."""
+    whole, micro = small_config(micro_batch=BATCH), small_config(micro_batch=BATCH // 2)
+    assert (micro_batches(whole), micro_batches(micro)) == (1, 2)
+    states = [init_state(jax.random.PRNGKey(0), c) for c in (whole, micro)]
+    steps = [compile_step(c, None) for c in (whole, micro)]
+    for step in range(3):
+        batch = patch_set.batch(step, BATCH)
+        (states[0], m0), (states[1], m1) = (f(s, batch) for f, s in zip(steps, states))
+        np.testing.assert_allclose(float(m1["loss"]), float(m0["loss"]), rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(to_numpy(states[0]["params"])),
+                    jax.tree_util.tree_leaves(to_numpy(states[1]["params"]))):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_micro_batched_step_on_two_devices_equals_one_device(patch_set):
+    """Micro-batches of a batch split over a 2-device mesh (items k, k + n, ... each):
+    the single-device micro-batched step's params after 2 steps, to 1e-5 relative."""
+    if len(jax.devices()) < 2:
+        pytest.skip("needs two devices (tests/conftest.py forces two CPU devices)")
+    config = small_config(micro_batch=BATCH // 2)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    single = init_state(jax.random.PRNGKey(0), config)
+    sharded = jax.device_put(init_state(jax.random.PRNGKey(0), config), replicated)
+    single_step, sharded_step = compile_step(config, None), compile_step(config, mesh)
+    for step in range(2):
+        batch = patch_set.batch(step, BATCH)
+        single, _ = single_step(single, batch)
+        sharded, _ = sharded_step(sharded, jax.device_put(batch, split))
+    for a, b in zip(jax.tree_util.tree_leaves(to_numpy(single["params"])),
+                    jax.tree_util.tree_leaves(to_numpy(sharded["params"]))):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_automatic_micro_batches_are_16_patches_on_cpu():
+    """``micro_batch = 0``: 16 patches each on CPU where 16 divides the batch, else one."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the automatic size is the CPU's")
+    assert micro_batches(config_from({"batch": 64})) == 4
+    assert micro_batches(config_from({"batch": 16})) == 1
+    assert micro_batches(config_from({"batch": 24})) == 1
+
+
 # --- 10. the data pipeline --------------------------------------------------------------
 
 
@@ -647,6 +700,7 @@ def test_init_from_an_srcnn3d_model_fine_tunes_that_architecture(patches_h5, tmp
     ("gamma=nan", "gamma"), ("epsilon=inf", "epsilon"), ("validation_scale=inf",
                                                          "validation_scale"),
     ("seed=-1", "seed"), ("patch_scales=[]", "patch_scales"),
+    ("micro_batch=3", "micro_batch"), ("micro_batch=-1", "micro_batch"),
     ("model={kernels=[3, 3], filters=[2, 1], residual=\"false\"}", "residual"),
     ("model={kernels=[3.0, 3.0], filters=[2, 1]}", "kernels"),
 ])

@@ -152,6 +152,10 @@ class TrainConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     batch: int = 64
+    # The gradient is summed over micro-batches of this many patches (0: 16 on CPU when
+    # that divides the batch, else the whole batch): the same step, less memory, and
+    # on CPU faster (a batch of 64 21^3 patches leaves the cache).
+    micro_batch: int = 0
     loss: str = "euclidean"  # euclidean: sum of squares / (2 batch) | mean
     seed: int = 0
     checkpoint_every: int = 1000
@@ -171,6 +175,9 @@ class TrainConfig:
                      "patch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.micro_batch < 0 or (self.micro_batch and self.batch % self.micro_batch):
+            raise ValueError(f"micro_batch must divide batch ({self.batch}) or be 0, got "
+                             f"{self.micro_batch}")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be in [0, 2^32), got {self.seed}")
         _check_finite(self, "validation_scale", "patch_scales")

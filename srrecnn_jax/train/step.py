@@ -79,17 +79,18 @@ def train_step(state: dict, batch: dict, config: TrainConfig) -> tuple[dict, dic
     a large learning rate can overflow) for the caller to stop on, before it saves
     the state.
     """
-    def objective(params):
+    def objective(params, data, label):
         # On CPU the hidden layers' forward pass and input gradients run by Winograd and
         # every kernel gradient by the direct formula as row products, so an entry that
         # is exactly zero there stays zero (``conv._kernel_gradient``); GPUs run XLA's
         # convolution.
         # ``exact``: F(2, 3), whose gradients stay within twice XLA's float32 error.
-        prediction = model.apply(params, batch["data"], config.model, impl="exact",
+        prediction = model.apply(params, data, config.model, impl="exact",
                                  differentiable=True)
-        return loss_value(prediction, batch["label"], config.loss)
+        return loss_value(prediction, label, config.loss)
 
-    loss, grads = jax.value_and_grad(objective)(state["params"])
+    loss, grads = _value_and_grad(objective, state["params"], batch["data"], batch["label"],
+                                  micro_batches(config))
     updates, opt_state = make_optimizer(config).update(grads, state["opt_state"],
                                                        state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -100,6 +101,40 @@ def train_step(state: dict, batch: dict, config: TrainConfig) -> tuple[dict, dic
                "learning_rate": learning_rate_schedule(config)(state["step"]),
                "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite}
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+
+#: Patches per micro-batch on CPU when ``micro_batch`` is 0 (automatic).
+CPU_MICRO_BATCH = 16
+
+
+def micro_batches(config: TrainConfig) -> int:
+    """How many micro-batches the step sums its gradient over (see ``micro_batch``)."""
+    size = config.micro_batch
+    if not size:
+        cpu = jax.default_backend() == "cpu" and config.batch % CPU_MICRO_BATCH == 0
+        size = CPU_MICRO_BATCH if cpu else config.batch
+    return config.batch // size
+
+
+def _value_and_grad(objective, params, data: jax.Array, label: jax.Array, count: int):
+    """The loss and gradient of ``objective(params, data, label)`` over the batch, as the
+    mean over ``count`` equal micro-batches (both losses are means over the batch).
+
+    Micro-batch k holds items k, k + count, k + 2 count ...: a batch split over devices
+    in contiguous blocks splits each micro-batch the same way, so no patch moves."""
+    if count == 1:
+        return jax.value_and_grad(objective)(params, data, label)
+
+    def split(a: jax.Array) -> jax.Array:  # (B, ...) -> (count, B / count, ...)
+        return jnp.moveaxis(a.reshape((a.shape[0] // count, count) + a.shape[1:]), 1, 0)
+
+    def accumulate(total, pair):
+        value = jax.value_and_grad(objective)(params, *pair)
+        return jax.tree_util.tree_map(jnp.add, total, value), None
+
+    zero = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, params))
+    total, _ = jax.lax.scan(accumulate, zero, (split(data), split(label)))
+    return jax.tree_util.tree_map(lambda t: t / count, total)
 
 
 def compile_step(config: TrainConfig, mesh: jax.sharding.Mesh | None = None):
