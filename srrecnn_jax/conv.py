@@ -73,9 +73,9 @@ WINOGRADS = {"winograd": 2, "winograd4": 4}
 
 _DIMS = ("NDHWC", "DHWIO", "NDHWC")
 _BLOCK_ROWS = 8192  # output rows per block: measured best of 2048-32768 at 64^3, C = 64
-# Rows per block of the kernel gradient's products: measured best of 1024-16384 on a
-# batch of 16 21^3 patches, C = 64 (0.39 s against 0.48-0.52 s).
-_GRADIENT_BLOCK_ROWS = 1024
+#: Rows per block of the kernel gradient's products: measured best of 1024-16384 on a
+#: batch of 16 21^3 patches, C = 64 (0.39 s against 0.48-0.52 s).
+GRADIENT_BLOCK_ROWS = 1024
 # Layers with fewer input channels fold all taps into one product; with fewer
 # output channels they take the taps as columns (the network's first and last).
 _MIN_MATMUL_CHANNELS = 8
@@ -221,7 +221,7 @@ def _kernel_gradient(x: jax.Array, g: jax.Array, precision: str) -> jax.Array:
     The three z taps are adjacent rows, set side by side (depth ``3 * C_in``); each of the
     nine (a, b) taps is one product of ``g``, transposed, by the row-shifted inputs,
     ``(C_out, rows) @ (rows, 3 * C_in)``, accumulated over blocks of
-    ``_GRADIENT_BLOCK_ROWS`` rows so the operands stay in cache: 0.36 s for a 64 -> 64
+    ``GRADIENT_BLOCK_ROWS`` rows so the operands stay in cache: 0.36 s for a 64 -> 64
     layer on 16 21^3 patches against 0.60 s for XLA's own (its CPU convolution). A
     term is a product of one input and one ``g`` value, as in the direct formula, so
     an entry that is zero there (a dead channel) is exactly zero here.
@@ -232,7 +232,7 @@ def _kernel_gradient(x: jax.Array, g: jax.Array, precision: str) -> jax.Array:
     py, pz = ny + 2, nz + 2
     rows = batch * (nx + 2) * py * pz
     outer = [(a * py + b) * pz for a in range(3) for b in range(3)]
-    size = _GRADIENT_BLOCK_ROWS
+    size = GRADIENT_BLOCK_ROWS
     blocks = -(-rows // size)
     pad = ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0))
     flat_x = jnp.pad(jnp.pad(x.astype(dtype), pad).reshape(rows, c_in),

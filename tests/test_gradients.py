@@ -80,7 +80,7 @@ def test_winograd_kernel_gradient_is_as_accurate_as_xlas(hidden_batch):
 def test_kernel_gradient_over_several_row_blocks_is_as_accurate_as_xlas(
         anatomical_path_module):
     """Three 16 x 17 x 18 crops of a real T1 (uneven sides, 20520 padded rows: many
-    blocks of ``conv._GRADIENT_BLOCK_ROWS``, the last partial), 8 -> 8 channels: every
+    blocks of ``conv.GRADIENT_BLOCK_ROWS``, the last partial), 8 -> 8 channels: every
     tap and channel against float64, within twice XLA's own error (plus 1e-7 of the
     range)."""
     t1 = io.to_array(sitk.ReadImage(str(anatomical_path_module)))
@@ -91,7 +91,7 @@ def test_kernel_gradient_over_several_row_blocks_is_as_accurate_as_xlas(
     w = rng.normal(0, 0.1, (3, 3, 3, 8, 8)).astype(np.float32)
     g = rng.normal(size=x.shape).astype(np.float32)
     rows = 3 * 18 * 19 * 20
-    assert rows > 3 * conv._GRADIENT_BLOCK_ROWS and rows % conv._GRADIENT_BLOCK_ROWS
+    assert rows > 3 * conv.GRADIENT_BLOCK_ROWS and rows % conv.GRADIENT_BLOCK_ROWS
     exact = kernel_gradient_float64(x, g)
     direct = relative(gradients(x, w, g, "xla")[1], exact)
     assert relative(gradients(x, w, g, "winograd")[1], exact) < 2 * direct + 1e-7

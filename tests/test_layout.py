@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "srrecnn_jax"
 LAYERS = [
     ["cli.*"],
     ["train.*", "batch", "demo"],
-    ["jobs", "manifest"],
+    ["jobs", "manifest", "catalog"],
     ["evaluation"],
     ["inference"],
     ["tiling", "checkpoint"],

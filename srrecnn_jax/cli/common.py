@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 from srrecnn_jax.errors import OutputExistsError, SrrecnnError
 
@@ -61,6 +62,16 @@ def scale(text: str) -> tuple[float, float, float]:
         return parse_scale(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def model(text: str) -> Path:
+    """A model argument: a path, or a shipped model's name (``srrecnn models``)."""
+    from srrecnn_jax.catalog import locate
+
+    try:
+        return locate(text)
+    except SrrecnnError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
 
 
 def positive_int(text: str) -> int:

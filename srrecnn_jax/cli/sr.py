@@ -30,9 +30,10 @@ def add_to(commands) -> None:
     p.add_argument("--out-dir", type=Path,
                    help="batch mode: write outputs here, mirroring each input's place below "
                    "the folder it was found in")
-    p.add_argument("-m", "--model", type=Path, required=True,
-                   help="model folder (from `srrecnn convert`), training run folder or a "
-                   ".caffemodel file")
+    p.add_argument("-m", "--model", type=common.model, required=True,
+                   help="model folder (from `srrecnn convert`), training run folder, "
+                   ".caffemodel file, or the name of a shipped model (`srrecnn models`; "
+                   "`default`)")
     p.add_argument("-s", "--scale", type=common.scale, required=True,
                    help="zoom factor: one number or x,y,z (e.g. 2 or 2,2,2.5); the output "
                    "may have at most 2^32 voxels and must fit this machine's memory")

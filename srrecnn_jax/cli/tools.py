@@ -1,4 +1,5 @@
-"""``srrecnn convert``, ``info``, ``export-caffe``, ``degrade``, ``eval`` and ``demo``."""
+"""``srrecnn convert``, ``info``, ``models``, ``export-caffe``, ``degrade``, ``eval`` and
+``demo``."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def add_to(commands) -> None:
                             description="Write a model folder (or caffemodel) as a binary "
                             "Caffe .caffemodel with conv1..convN and ReLU layers; "
                             "`srrecnn convert` reads it back to identical parameters.")
-    p.add_argument("model", type=Path, help="model folder, training run folder or .caffemodel")
+    p.add_argument("model", type=common.model, help="model folder, training run folder, "
+                   ".caffemodel or shipped model's name")
     p.add_argument("-o", "--output", type=Path, required=True, help=".caffemodel to write")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(run=run_export_caffe)
@@ -76,7 +78,8 @@ def add_to(commands) -> None:
                             "a montage.png (three planes: spline, SR, HR, error).")
     p.add_argument("--out", type=Path, default=Path("srrecnn_demo"),
                    help="output folder (default ./srrecnn_demo)")
-    p.add_argument("-m", "--model", type=Path, help="model instead of the shipped checkpoint")
+    p.add_argument("-m", "--model", type=common.model, help="model (a path or a shipped "
+                   "model's name) instead of the default shipped model")
     p.add_argument("--crop", type=common.positive_int,
                    help="only a centred crop of N^3 HR voxels")
     p.add_argument("--tile", type=common.positive_int, help="tile edge (see sr --tile)")
@@ -85,10 +88,50 @@ def add_to(commands) -> None:
     p = commands.add_parser("info", help="describe a model",
                             description="Print a model's architecture, parameter count, "
                             "receptive field and origin.")
-    p.add_argument("model", type=Path, help="model folder, training run folder or .caffemodel")
+    p.add_argument("model", type=common.model, help="model folder, training run folder, "
+                   ".caffemodel or shipped model's name")
     p.add_argument("--prototxt", type=Path, help="deploy .prototxt to check a .caffemodel against")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run_info)
+
+    p = commands.add_parser("models", help="list the shipped models",
+                            description="The models shipped in the source tree's checkpoints/ "
+                            "folder, by the name -m takes: task, trained scales, training "
+                            "data, and PSNR on Colin27 (a real brain none trained on; central "
+                            "crop, checkpoints/colin27_crop.json) beside cubic spline's. "
+                            "`default` names " + _default_name() + ".")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run_models)
+
+
+def _default_name() -> str:
+    from srrecnn_jax.catalog import DEFAULT
+
+    return DEFAULT
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from srrecnn_jax.catalog import DEFAULT, shipped
+
+    models = shipped()
+    if args.json:
+        print(json.dumps([{"name": m.name, "default": m.name == DEFAULT, "path": str(m.path),
+                           "task": m.task, "trained_scales": list(m.trained_scales),
+                           "data": m.data,
+                           "colin27_crop_psnr": {c: {"model": v, "spline": s}
+                                                 for c, (v, s) in m.colin27.items()}}
+                          for m in models], indent=2))
+        return 0
+    if not models:
+        print("no shipped models (checkpoints/ is not beside the package)", file=sys.stderr)
+        return 0
+    for m in models:
+        scales = ", ".join(str(s) for s in m.trained_scales) or "not recorded"
+        scores = "; ".join(f"{c} {v:.2f} (spline {s:.2f})" for c, (v, s) in m.colin27.items())
+        print(f"{m.name}{' (default)' if m.name == DEFAULT else ''}\n"
+              f"  task:    {m.task}\n  scales:  {scales}\n  data:    {m.data}\n"
+              f"  Colin27 crop PSNR, dB: {scores or 'not evaluated'}")
+    return 0
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -69,7 +69,8 @@ def add_to(commands) -> None:
                    help="override one setting, e.g. --set learning_rate=1e-4 --set "
                    "steps=[1000,2000] (repeatable); every setting is checked (type, range, "
                    "architecture limits, fit with the data) before anything is written")
-    p.add_argument("--init", type=Path, help="model folder or .caffemodel to fine-tune from")
+    p.add_argument("--init", type=common.model, help="model folder, .caffemodel or shipped "
+                   "model's name to fine-tune from")
     common.add_distributed(p, "reads its share of every batch")
     p.add_argument("--validate", type=Path, action="append", default=[], metavar="HR",
                    help="held-out HR image, degraded and scored (PSNR/SSIM of the model and "

@@ -1,0 +1,107 @@
+"""The models shipped in the source tree's ``checkpoints/`` folder, by name.
+
+A shipped model is a folder ``checkpoints/<folder>/`` holding ``model/`` (a model
+folder, see ``checkpoint``) and ``card.json`` (its task and training data in words).
+Its name is the folder's with ``-`` for ``_`` (``mni_x2`` -> ``mni-x2``); ``default``
+names ``DEFAULT``. Scores on Colin27, a real brain no shipped model trained on, come
+from ``checkpoints/colin27_crop.json``, written by ``checkpoints/evaluate.py``.
+
+The folder sits beside the package in a source checkout (the README's install is
+editable); an installed wheel has none, and then no model is shipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from srrecnn_jax.checkpoint import read_meta
+from srrecnn_jax.errors import SrrecnnError
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+#: What ``default`` names: the monomodal x2 model (``mono-x2`` once it ships).
+DEFAULT = "mni-x2"
+CARD = "card.json"
+#: The Colin27 table of ``checkpoints/evaluate.py`` (central crop).
+COLIN27_SCORES = "colin27_crop.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shipped:
+    """One shipped model: ``name``, its model folder ``path``, what it is for (``task``),
+    what it was trained on (``data``), the scales its folder records, and its PSNR on
+    Colin27 beside cubic spline's, per condition (``{"x2": (model, spline)}``)."""
+
+    name: str
+    path: Path
+    task: str
+    data: str
+    trained_scales: tuple
+    colin27: dict[str, tuple[float, float]]
+
+
+def names(root: Path = CHECKPOINTS) -> list[str]:
+    """The shipped models' names, sorted."""
+    return sorted(_folder_name(card.parent) for card in root.glob(f"*/{CARD}")
+                  if (card.parent / "model").is_dir())
+
+
+def shipped(root: Path = CHECKPOINTS) -> list[Shipped]:
+    """Every shipped model, sorted by name."""
+    return [describe(name, root) for name in names(root)]
+
+
+def describe(name: str, root: Path = CHECKPOINTS) -> Shipped:
+    """The shipped model ``name`` (or ``default``)."""
+    folder = _folder(name, root)
+    card_path = folder / CARD
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        task, data = str(card["task"]), str(card["data"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SrrecnnError(f"{card_path}: unreadable model card ({e})") from None
+    meta, _ = read_meta(folder / "model" / "config.json")
+    scales = tuple(meta.get("trained_scales") or ())
+    return Shipped(_folder_name(folder), folder / "model", task, data, scales,
+                   _colin27(folder.name, root / COLIN27_SCORES))
+
+
+def locate(value: str | Path, root: Path = CHECKPOINTS) -> Path:
+    """A model argument as a path: an existing file or folder, or anything that looks
+    like a path (a ``/`` or a suffix), as given (loading it reports what is wrong);
+    else the folder of the shipped model of that name (``default`` included)."""
+    path = Path(value)
+    text = str(value)
+    if path.exists() or "/" in text or path.suffix:
+        return path
+    if text == "default" or text in names(root):
+        return _folder(text, root) / "model"
+    raise SrrecnnError(f"{text}: no such file or folder, nor a shipped model (names: "
+                       f"{', '.join(['default'] + names(root))})", "model")
+
+
+def _folder_name(folder: Path) -> str:
+    return folder.name.replace("_", "-")
+
+
+def _folder(name: str, root: Path) -> Path:
+    name = DEFAULT if name == "default" else name
+    folder = root / name.replace("-", "_")
+    if not (folder / CARD).is_file() or not (folder / "model").is_dir():
+        raise SrrecnnError(f"{name}: not a shipped model (names: "
+                           f"{', '.join(['default'] + names(root))})", "model")
+    return folder
+
+
+def _colin27(method: str, table: Path) -> dict[str, tuple[float, float]]:
+    """``{condition: (model PSNR, spline PSNR)}`` for ``method`` in the Colin27 crop table
+    (empty when the table or the model's rows are missing)."""
+    try:
+        rows = json.loads(table.read_text(encoding="utf-8"))["rows"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    psnr = {(r["condition"], r["method"]): r["psnr"] for r in rows if r.get("region") == "crop"}
+    return {condition: (value, psnr[condition, "cubic spline"])
+            for (condition, method_name), value in psnr.items()
+            if method_name == method and (condition, "cubic spline") in psnr}

@@ -1,0 +1,98 @@
+"""Shipped models by name: ``-m NAME`` in every command that takes a model, and
+``srrecnn models``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import pytest
+
+from srrecnn_jax import catalog, cli, model
+from srrecnn_jax.checkpoint import LoadedModel, save_model
+from srrecnn_jax.config import recnn
+from srrecnn_jax.errors import SrrecnnError
+
+MNI_X2 = catalog.CHECKPOINTS / "mni_x2" / "model"
+
+
+@pytest.fixture
+def shelf(tmp_path: Path) -> Path:
+    """A checkpoints folder with one tiny model ``tiny_x3`` (card, model trained at 3) and
+    a Colin27 table with its rows and spline's."""
+    config = recnn(layers=2, filters=2)
+    (tmp_path / "tiny_x3").mkdir()
+    save_model(tmp_path / "tiny_x3" / "model",
+               LoadedModel(model.init(jax.random.key(0), config), config, trained_scales=[3.0]))
+    (tmp_path / "tiny_x3" / catalog.CARD).write_text(json.dumps(
+        {"task": "monomodal x3", "data": "MNI 2009a"}))
+    (tmp_path / "no_card" / "model").mkdir(parents=True)
+    rows = [{"condition": "x3", "region": "crop", "method": "cubic spline", "psnr": 30.3},
+            {"condition": "x3", "region": "crop", "method": "tiny_x3", "psnr": 31.5},
+            {"condition": "x3", "region": "whole", "method": "tiny_x3", "psnr": 40.0}]
+    (tmp_path / catalog.COLIN27_SCORES).write_text(json.dumps({"rows": rows}))
+    return tmp_path
+
+
+def test_a_model_folder_with_a_card_is_shipped_under_its_dashed_name(shelf):
+    assert catalog.names(shelf) == ["tiny-x3"]
+
+
+def test_description_holds_card_trained_scales_and_colin27_crop_scores(shelf):
+    (tiny,) = catalog.shipped(shelf)
+    assert (tiny.task, tiny.data, tiny.trained_scales) == ("monomodal x3", "MNI 2009a", (3.0,))
+    assert tiny.path == shelf / "tiny_x3" / "model"
+    assert tiny.colin27 == {"x3": (31.5, 30.3)}
+
+
+def test_a_name_locates_the_model_folder(shelf):
+    assert catalog.locate("tiny-x3", shelf) == shelf / "tiny_x3" / "model"
+
+
+def test_an_existing_path_wins_over_a_name(shelf, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-x3").mkdir()
+    assert catalog.locate("tiny-x3", shelf) == Path("tiny-x3")
+
+
+def test_a_path_that_does_not_exist_is_returned_for_loading_to_report(shelf):
+    assert catalog.locate("runs/nope", shelf) == Path("runs/nope")
+    assert catalog.locate("nope.caffemodel", shelf) == Path("nope.caffemodel")
+
+
+def test_an_unknown_name_is_an_error_listing_the_names(shelf):
+    with pytest.raises(SrrecnnError, match=r"nosuch: .*names: default, tiny-x3"):
+        catalog.locate("nosuch", shelf)
+
+
+@pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
+def test_default_is_the_shipped_mni_x2_model():
+    assert catalog.DEFAULT == "mni-x2"
+    assert catalog.locate("default") == MNI_X2
+    assert catalog.locate("mni-x2") == MNI_X2
+
+
+@pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
+def test_info_takes_a_shipped_models_name(capsys):
+    assert cli.main(["info", "mni-x2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trained_scales"] == [2.0]
+
+
+@pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
+def test_models_lists_the_shipped_models_with_the_default_marked(capsys):
+    assert cli.main(["models", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert listed["mni-x2"]["default"] is True
+    assert listed["mni-x2"]["trained_scales"] == [2.0]
+
+
+def test_sr_with_an_unknown_model_name_is_one_line_naming_the_option(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sr", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "out.nii.gz"),
+                  "-m", "nosuch", "-s", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "-m/--model" in err and "nosuch" in err
+    assert not (tmp_path / "out.nii.gz").exists()
