@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from srrecnn_jax import io, locking, parallel
-from srrecnn_jax.checkpoint import fingerprint
+from srrecnn_jax.checkpoint import fingerprint, format_scales, untrained_scale
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference import SuperResolver, formulation, run_network
 from srrecnn_jax.jobs import Job, shard
@@ -303,9 +303,9 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
         raise fatal[0]
     scales = resolver.model.trained_scales
     run_notes = []  # on stderr once, and in every job's manifest row
-    if scales and not all(s in scales for s in options.scale):
-        run_notes.append(f"scale {options.scale} differs from the scale(s) {scales} the model "
-                         "was trained for")
+    if untrained_scale(scales, options.scale):
+        run_notes.append(f"scale {options.scale} differs from the scale(s) "
+                         f"[{format_scales(scales)}] the model was trained for")
         warn(run_notes[-1])
 
     staging = _staging_dir(out_root)

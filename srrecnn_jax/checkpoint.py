@@ -47,7 +47,8 @@ class LoadedModel:
 
     params: dict[str, dict[str, Any]]
     config: ModelConfig
-    trained_scales: list[float] | None = None
+    # Numbers (isotropic) or [x, y, z] lists (see ``untrained_scale``), if known.
+    trained_scales: list | None = None
     trained_spacing: float | None = None  # mm, of the training inputs' LR grid, if known
     origin: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -153,15 +154,44 @@ def read_meta(config_file: Path) -> tuple[dict[str, Any], ModelConfig]:
         raise bad("model", str(e)) from None
     scales = meta.get("trained_scales")
     if scales is not None and not (isinstance(scales, list) and scales
-                                   and all(map(_positive_number, scales))):
-        raise bad("trained_scales", f"expected a list of positive numbers or null, "
-                  f"got {scales!r}")
+                                   and all(map(_scale_entry, scales))):
+        raise bad("trained_scales", f"expected a list of positive numbers or [x, y, z] "
+                  f"lists of them, or null, got {scales!r}")
     spacing = meta.get("trained_spacing")
     if spacing is not None and not _positive_number(spacing):
         raise bad("trained_spacing", f"expected a positive number or null, got {spacing!r}")
     if not isinstance(meta.get("origin", {}), dict):
         raise bad("origin", f"expected an object, got {meta['origin']!r}")
     return meta, config
+
+
+def _scale_entry(value: Any) -> bool:
+    """A ``trained_scales`` entry: a positive number, or an [x, y, z] list of them."""
+    if isinstance(value, list):
+        return len(value) == 3 and all(map(_positive_number, value))
+    return _positive_number(value)
+
+
+def untrained_scale(trained: list | None, scale) -> bool:
+    """Whether the (x, y, z) ``scale`` is none the model was trained for.
+
+    ``trained``: a model folder's ``trained_scales``. A number is an isotropic
+    training scale: a request whose every factor is one of them passes (a model
+    trained at 2 and 2.5 may take (2, 2, 2.5)). An [x, y, z] list is an anisotropic
+    one (thick slices: [1, 1, 4]), which a request must equal. None: unknown, never
+    warned about."""
+    if not trained:
+        return False
+    wanted = tuple(float(s) for s in scale)
+    numbers = [float(t) for t in trained if not isinstance(t, list | tuple)]
+    triples = [tuple(float(v) for v in t) for t in trained if isinstance(t, list | tuple)]
+    return not (wanted in triples or (numbers and all(s in numbers for s in wanted)))
+
+
+def format_scales(trained: list) -> str:
+    """``trained_scales`` for people: ``2, 2.5`` or ``1x1x2, 1x1x3``."""
+    return ", ".join("x".join(f"{v:g}" for v in t) if isinstance(t, list | tuple) else f"{t:g}"
+                     for t in trained)
 
 
 def _positive_number(value: Any) -> bool:

@@ -104,7 +104,7 @@ def test_warnings_reach_stderr_and_the_manifest(tmp_path, model_trained_at_x2):
                            "-s", "3", quiet=False)
     assert code == 0, err
     rows = {Path(r["input"]).name.split(".")[0]: r["warnings"] for r in manifest(out)}
-    scale = "differs from the scale(s) [2.0] the model was trained for"
+    scale = "differs from the scale(s) [2] the model was trained for"
     assert all(any(scale in w for w in warnings) for warnings in rows.values()), rows
     assert [w for w in rows["plain"] if scale not in w] == []
     assert any("not orthonormal" in w for w in rows["sheared"]), rows["sheared"]

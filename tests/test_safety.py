@@ -291,6 +291,8 @@ def edited_model(source: Path, folder: Path, edit) -> Path:
     pytest.param("colour", lambda m: m.update(colour="blue"), id="unknown key"),
     pytest.param("trained_scales", lambda m: m.update(trained_scales="2"),
                  id="string trained_scales"),
+    pytest.param("trained_scales", lambda m: m.update(trained_scales=[[1, 2]]),
+                 id="two-factor trained scale"),
     pytest.param("trained_spacing", lambda m: m.update(trained_spacing=-1),
                  id="negative trained_spacing"),
     pytest.param("origin", lambda m: m.update(origin="caffe"), id="string origin"),

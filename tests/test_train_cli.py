@@ -100,7 +100,7 @@ def test_thick_slice_training_with_augmentations_validates_on_thick_slices(slabs
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["patch_scales"] == [[1, 1, 2]] and saved["blur"] == "slice_profile"
     assert saved["augment"]["noise"] == [0.01, 0.02] and saved["augment"]["flips"] is True
-    assert load_model(run / "model").trained_scales == [1.0, 2.0]
+    assert load_model(run / "model").trained_scales == [[1.0, 1.0, 2.0]]
     hr = io.read_volume(held_out).astype(np.float64)
     blurred = scipy.ndimage.gaussian_filter1d(hr, 2 / 2.3548200450309493, axis=2)
     truth = hr[:, :, :12]

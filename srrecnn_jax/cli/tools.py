@@ -112,6 +112,7 @@ def _default_name() -> str:
 
 def run_models(args: argparse.Namespace) -> int:
     from srrecnn_jax.catalog import DEFAULT, shipped
+    from srrecnn_jax.checkpoint import format_scales
 
     models = shipped()
     if args.json:
@@ -126,7 +127,7 @@ def run_models(args: argparse.Namespace) -> int:
         print("no shipped models (checkpoints/ is not beside the package)", file=sys.stderr)
         return 0
     for m in models:
-        scales = ", ".join(str(s) for s in m.trained_scales) or "not recorded"
+        scales = format_scales(list(m.trained_scales)) or "not recorded"
         scores = "; ".join(f"{c} {v:.2f} (spline {s:.2f})" for c, (v, s) in m.colin27.items())
         print(f"{m.name}{' (default)' if m.name == DEFAULT else ''}\n"
               f"  task:    {m.task}\n  scales:  {scales}\n  data:    {m.data}\n"
@@ -194,7 +195,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from srrecnn_jax.checkpoint import describe_model
+    from srrecnn_jax.checkpoint import describe_model, format_scales
 
     facts = describe_model(args.model, args.prototxt)
     if args.json:
@@ -209,6 +210,6 @@ def run_info(args: argparse.Namespace) -> int:
           f"architecture:    {facts['architecture']}\n"
           f"parameters:      {facts['parameters']:,}\n"
           f"receptive field: {r}x{r}x{r} voxels\n"
-          f"trained scales:  {', '.join(f'{s:g}' for s in scales) if scales else 'unknown'}\n"
+          f"trained scales:  {format_scales(scales) if scales else 'unknown'}\n"
           f"origin:          {where}")
     return 0

@@ -203,13 +203,19 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
     return last
 
 
-def _trained_scales(scales: Sequence | None) -> list[float] | None:
-    """The model folder's ``trained_scales`` (a list of numbers): the isotropic scales as
-    they are, and every factor of an anisotropic (x, y, z) one, each once in order."""
+def _trained_scales(scales: Sequence | None) -> list | None:
+    """The model folder's ``trained_scales``: each isotropic scale as a number, each
+    anisotropic (x, y, z) one as a list, each once in order (see
+    ``checkpoint.untrained_scale``)."""
     if not scales:
         return None
-    factors = [f for s in scales for f in (s if isinstance(s, tuple | list) else (s,))]
-    return [float(f) for f in dict.fromkeys(factors)]
+    entries = []
+    for s in scales:
+        factors = tuple(float(f) for f in (s if isinstance(s, tuple | list) else (s,)))
+        entry = factors[0] if len(set(factors)) == 1 else list(factors)
+        if entry not in entries:
+            entries.append(entry)
+    return entries
 
 
 def _forget_later_logs(log_file: Path, curves: Path, step: int) -> None:
