@@ -16,7 +16,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-from srrecnn_jax.checkpoint import read_meta
 from srrecnn_jax.errors import SrrecnnError
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -54,6 +53,10 @@ def shipped(root: Path = CHECKPOINTS) -> list[Shipped]:
 
 def describe(name: str, root: Path = CHECKPOINTS) -> Shipped:
     """The shipped model ``name`` (or ``default``)."""
+    # Here, not at the top: ``locate`` runs while the command line is parsed, before
+    # the CLI configures JAX (its compilation cache), and must not import it.
+    from srrecnn_jax.checkpoint import read_meta
+
     folder = _folder(name, root)
     card_path = folder / CARD
     try:

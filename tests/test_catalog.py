@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -96,3 +98,11 @@ def test_sr_with_an_unknown_model_name_is_one_line_naming_the_option(tmp_path, c
     assert len(err.splitlines()) == 1
     assert "-m/--model" in err and "nosuch" in err
     assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_parsing_a_model_argument_does_not_import_jax():
+    """``-m`` is resolved while the command line is parsed, before the CLI configures JAX
+    (its compilation cache): importing JAX there would leave the cache off."""
+    code = ("import sys; from srrecnn_jax.cli import common; common.model('default'); "
+            "common.model('runs/x'); sys.exit('jax' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
