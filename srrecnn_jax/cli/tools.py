@@ -202,8 +202,12 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps(facts, indent=2))
         return 0
     origin = facts["origin"]
-    where = (f"{origin.get('kind', '?')} {origin.get('file', '')} "
-             f"(sha256 {origin.get('sha256', '?')})" if origin else "unknown")
+    source = origin.get("fine_tuned_from") or origin  # a fine-tuned model names its source
+    where = origin.get("kind", "?") if origin else "unknown"
+    if source.get("file"):
+        where += f" {source['file']} (sha256 {source.get('sha256', '?')})"
+    if "step" in origin or "steps" in origin:
+        where += f", step {origin.get('step', origin.get('steps'))}"
     scales = facts["trained_scales"]
     r = facts["receptive_field"]
     print(f"model:           {facts['model']}\n"
