@@ -56,6 +56,25 @@ def logged(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_thick_slice_export_writes_the_triples_and_the_originals_provenance(slabs, tmp_path):
+    """``checkpoints/thick_slice/export.py``: a run's latest checkpoint as a model folder
+    recording its anisotropic scales as (x, y, z) triples, its step, and the CeCILL-B
+    source it was fine-tuned from."""
+    train, _ = slabs
+    run, out = tmp_path / "run", tmp_path / "model"
+    assert main(["train", str(train), "--out", str(run), *TINY, "--set", "max_iter=2",
+                 "--set", "patch_scales=[[1, 1, 2], [1, 1, 3]]", "--set", "blur=slice_profile",
+                 "--set", "validation_scale=[1, 1, 2]", "--quiet"]) == 0
+    subprocess.run([sys.executable, str(REPO / "checkpoints" / "thick_slice" / "export.py"),
+                    str(run), str(out)], check=True, capture_output=True, timeout=300)
+    exported = load_model(out)
+    assert exported.trained_scales == [[1.0, 1.0, 2.0], [1.0, 1.0, 3.0]]
+    assert exported.origin["step"] == 2
+    assert exported.origin["fine_tuned_from"]["licence"] == "CeCILL-B"
+    assert all(np.array_equal(exported.params[n][k], load_model(run).params[n][k])
+               for n in exported.params for k in exported.params[n])
+
+
 def test_images_train_with_the_recipe_settings(validated_run):
     """The recipe file's settings, overridden by --set, are the run's settings."""
     saved = json.loads((validated_run / "train_config.json").read_text())
