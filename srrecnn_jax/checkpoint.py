@@ -178,14 +178,20 @@ def untrained_scale(trained: list | None, scale) -> bool:
     ``trained``: a model folder's ``trained_scales``. A number is an isotropic
     training scale: a request whose every factor is one of them passes (a model
     trained at 2 and 2.5 may take (2, 2, 2.5)). An [x, y, z] list is an anisotropic
-    one (thick slices: [1, 1, 4]), which a request must equal. None: unknown, never
-    warned about."""
+    one (thick slices: [1, 1, 4]), which a request must equal, or equal with its one
+    thick axis elsewhere ((4, 1, 1): the volume runs with the axes swapped, see
+    ``inference.slice_axes``). None: unknown, never warned about."""
     if not trained:
         return False
     wanted = tuple(float(s) for s in scale)
     numbers = [float(t) for t in trained if not isinstance(t, list | tuple)]
     triples = [tuple(float(v) for v in t) for t in trained if isinstance(t, list | tuple)]
-    return not (wanted in triples or (numbers and all(s in numbers for s in wanted)))
+
+    def thick(t: tuple) -> list[float]:
+        return [f for f in t if f != 1]
+
+    moved = [t for t in triples if len(thick(t)) == 1 and thick(wanted) == thick(t)]
+    return not (wanted in triples or moved or (numbers and all(s in numbers for s in wanted)))
 
 
 def format_scales(trained: list) -> str:

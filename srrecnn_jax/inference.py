@@ -35,6 +35,8 @@ class Prepared:
       geometry: spacing, origin and direction of the output image, or None
         for arrays.
       name: the input's name, for errors about the result.
+      axes: when not None, ``volume``'s axes are the input's in this order (two swapped,
+        see ``slice_axes``), and the network output is put back before finishing.
     """
 
     volume: np.ndarray
@@ -42,6 +44,7 @@ class Prepared:
     top: float
     geometry: tuple | None = None
     name: str = "input"
+    axes: tuple[int, int, int] | None = None
 
 
 def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequence[float],
@@ -103,12 +106,36 @@ def output_shape(size: Sequence[int], factors: Sequence[float], channels: int,
     return shape
 
 
+def slice_axes(trained_scales: list | None, factors: Sequence[float]
+               ) -> tuple[int, int, int] | None:
+    """The axis order that runs a thick-slice model on slices along another axis.
+
+    A model whose ``trained_scales`` are all (x, y, z) triples thickening one axis (a
+    thick-slice model: ``[1, 1, s]``, slices along z) asked for ``factors`` that thicken
+    another single axis (``(s, 1, 1)``: slices along x) runs on the volume with those
+    two axes swapped, so its slice axis lies where it learned it. None otherwise (the
+    volume runs as it is)."""
+    triples = [t for t in trained_scales or () if isinstance(t, list | tuple)]
+    if not triples or len(triples) != len(trained_scales):
+        return None
+    learned = {i for t in triples for i, f in enumerate(t) if f != 1}
+    wanted = [i for i, f in enumerate(factors) if f != 1]
+    if len(learned) != 1 or len(wanted) != 1 or wanted[0] in learned:
+        return None
+    order = [0, 1, 2]
+    (a,), b = learned, wanted[0]
+    order[a], order[b] = b, a
+    return tuple(order)
+
+
 def finish_array(prepared: Prepared, y: np.ndarray) -> np.ndarray:
     """De-normalise the network output and clamp it at the input minimum.
 
     A result with a NaN or infinite voxel (a model that overflows on this input)
     is an error, never an output.
     """
+    if prepared.axes is not None:  # a swap of two axes is its own inverse
+        y = y.transpose(prepared.axes)
     out = np.maximum(y * np.float32(prepared.top), np.float32(prepared.low))
     if not np.all(np.isfinite(out)):
         bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
@@ -203,7 +230,9 @@ class SuperResolver:
                 input_name: str = "input",
                 reference_name: str = "reference",
                 log: Callable[[str], None] = _stderr) -> Prepared:
-        """Check, normalise and zoom ``image``; put ``reference`` on the output grid."""
+        """Check, normalise and zoom ``image``; put ``reference`` on the output grid. A
+        thick-slice model asked for slices along another axis gets the volume with that
+        axis swapped into its own slice axis (``slice_axes``); ``finish`` swaps back."""
         io.check_image(image, input_name)
         _check_channels(self.config, reference is not None)
         factors = _scale(scale)
@@ -223,6 +252,10 @@ class SuperResolver:
             io.check_values(ref, reference_name)
         prepared = prepare_array(self.config, lr, factors, ref, order, interpolation)
         prepared.geometry, prepared.name = geometry, input_name
+        axes = slice_axes(self.model.trained_scales, factors)
+        if axes is not None:
+            prepared.volume = np.ascontiguousarray(prepared.volume.transpose(axes + (3,)))
+            prepared.axes = axes
         return prepared
 
     def finish(self, prepared: Prepared, y: np.ndarray) -> sitk.Image:

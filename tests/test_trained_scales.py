@@ -23,7 +23,14 @@ def test_a_thick_slice_scale_must_match_a_trained_triple():
     assert not untrained_scale(trained, (1, 1, 4))
     assert untrained_scale(trained, (1, 1, 3))
     assert untrained_scale(trained, (2, 2, 2))  # each factor was trained, the triple was not
-    assert untrained_scale(trained, (4, 1, 1))  # slices along x: not what it learned
+    assert untrained_scale(trained, (2, 1, 4))
+
+
+def test_a_thick_slice_scale_along_another_axis_is_trained():
+    """(4, 1, 1) to a model trained at (1, 1, 4): run with x and z swapped."""
+    assert not untrained_scale([[1.0, 1.0, 4.0]], (4, 1, 1))
+    assert not untrained_scale([[1.0, 1.0, 4.0]], (1, 4, 1))
+    assert untrained_scale([[1.0, 1.0, 4.0]], (3, 1, 1))
 
 
 def test_unknown_training_scales_warn_about_nothing():
