@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,20 +179,40 @@ def untrained_scale(trained: list | None, scale) -> bool:
     ``trained``: a model folder's ``trained_scales``. A number is an isotropic
     training scale: a request whose every factor is one of them passes (a model
     trained at 2 and 2.5 may take (2, 2, 2.5)). An [x, y, z] list is an anisotropic
-    one (thick slices: [1, 1, 4]), which a request must equal, or equal with its one
-    thick axis elsewhere ((4, 1, 1): the volume runs with the axes swapped, see
-    ``inference.slice_axes``). None: unknown, never warned about."""
+    one (thick slices: [1, 1, 4]), which a request must equal, or equal once its thick
+    axis is swapped into the model's (``slice_axes``: (4, 1, 1) runs as (1, 1, 4)).
+    None: unknown, never warned about."""
     if not trained:
         return False
     wanted = tuple(float(s) for s in scale)
     numbers = [float(t) for t in trained if not isinstance(t, list | tuple)]
     triples = [tuple(float(v) for v in t) for t in trained if isinstance(t, list | tuple)]
+    axes = slice_axes(trained, wanted)
+    if axes is not None:
+        wanted = tuple(wanted[i] for i in axes)
+    return not (wanted in triples or (numbers and all(s in numbers for s in wanted)))
 
-    def thick(t: tuple) -> list[float]:
-        return [f for f in t if f != 1]
 
-    moved = [t for t in triples if len(thick(t)) == 1 and thick(wanted) == thick(t)]
-    return not (wanted in triples or moved or (numbers and all(s in numbers for s in wanted)))
+def slice_axes(trained_scales: list | None, factors: Sequence[float]
+               ) -> tuple[int, int, int] | None:
+    """The axis order that runs a thick-slice model on slices along another axis.
+
+    A model whose ``trained_scales`` are all (x, y, z) triples thickening one axis (a
+    thick-slice model: ``[1, 1, s]``, slices along z) asked for ``factors`` that thicken
+    another single axis (``(s, 1, 1)``: slices along x) runs on the volume with those
+    two axes swapped, so its slice axis lies where it learned it. None otherwise (the
+    volume runs as it is)."""
+    triples = [t for t in trained_scales or () if isinstance(t, list | tuple)]
+    if not triples or len(triples) != len(trained_scales):
+        return None
+    learned = {i for t in triples for i, f in enumerate(t) if f != 1}
+    wanted = [i for i, f in enumerate(factors) if f != 1]
+    if len(learned) != 1 or len(wanted) != 1 or wanted[0] in learned:
+        return None
+    order = [0, 1, 2]
+    (a,), b = learned, wanted[0]
+    order[a], order[b] = b, a
+    return tuple(order)
 
 
 def format_scales(trained: list) -> str:

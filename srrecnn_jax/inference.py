@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from srrecnn_jax import io, model
-from srrecnn_jax.checkpoint import LoadedModel, load_model
+from srrecnn_jax.checkpoint import LoadedModel, load_model, slice_axes
 from srrecnn_jax.config import INTERPOLATIONS, ModelConfig
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.interpolation import parse_scale, zoom, zoom_device, zoomed_shape
@@ -36,7 +36,7 @@ class Prepared:
         for arrays.
       name: the input's name, for errors about the result.
       axes: when not None, ``volume``'s axes are the input's in this order (two swapped,
-        see ``slice_axes``), and the network output is put back before finishing.
+        see ``checkpoint.slice_axes``), and the network output is put back before finishing.
     """
 
     volume: np.ndarray
@@ -104,28 +104,6 @@ def output_shape(size: Sequence[int], factors: Sequence[float], channels: int,
     if min(shape) < 2:
         raise SrrecnnError(f"{described}: fewer than 2 along an axis", "scale")
     return shape
-
-
-def slice_axes(trained_scales: list | None, factors: Sequence[float]
-               ) -> tuple[int, int, int] | None:
-    """The axis order that runs a thick-slice model on slices along another axis.
-
-    A model whose ``trained_scales`` are all (x, y, z) triples thickening one axis (a
-    thick-slice model: ``[1, 1, s]``, slices along z) asked for ``factors`` that thicken
-    another single axis (``(s, 1, 1)``: slices along x) runs on the volume with those
-    two axes swapped, so its slice axis lies where it learned it. None otherwise (the
-    volume runs as it is)."""
-    triples = [t for t in trained_scales or () if isinstance(t, list | tuple)]
-    if not triples or len(triples) != len(trained_scales):
-        return None
-    learned = {i for t in triples for i, f in enumerate(t) if f != 1}
-    wanted = [i for i, f in enumerate(factors) if f != 1]
-    if len(learned) != 1 or len(wanted) != 1 or wanted[0] in learned:
-        return None
-    order = [0, 1, 2]
-    (a,), b = learned, wanted[0]
-    order[a], order[b] = b, a
-    return tuple(order)
 
 
 def finish_array(prepared: Prepared, y: np.ndarray) -> np.ndarray:
@@ -232,7 +210,8 @@ class SuperResolver:
                 log: Callable[[str], None] = _stderr) -> Prepared:
         """Check, normalise and zoom ``image``; put ``reference`` on the output grid. A
         thick-slice model asked for slices along another axis gets the volume with that
-        axis swapped into its own slice axis (``slice_axes``); ``finish`` swaps back."""
+        axis swapped into its own slice axis (``checkpoint.slice_axes``); ``finish``
+        swaps back."""
         io.check_image(image, input_name)
         _check_channels(self.config, reference is not None)
         factors = _scale(scale)

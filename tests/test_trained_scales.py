@@ -39,3 +39,9 @@ def test_unknown_training_scales_warn_about_nothing():
 
 def test_scales_print_as_numbers_and_x_separated_triples():
     assert format_scales([2.0, 2.5, [1.0, 1.0, 4.0]]) == "2, 2.5, 1x1x4"
+
+
+def test_a_moved_thick_axis_counts_only_where_the_volume_is_swapped():
+    """A model with an isotropic scale too is not a thick-slice model: (4, 1, 1) is not
+    swapped for it (``slice_axes``), so it is a scale it was not trained for."""
+    assert untrained_scale([2.0, [1.0, 1.0, 4.0]], (4, 1, 1))
