@@ -338,7 +338,7 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
             try:
                 image = io.read_input(job.input, "input image")
                 notes += io.header_warnings(image, str(job.input),
-                                            resolver.model.trained_spacing)
+                                            resolver.model.trained_spacing, options.scale)
                 reference = (io.read_input(job.reference, "reference image")
                              if job.reference else None)
                 prepared = resolver.prepare(image, options.scale, reference, order=options.order,

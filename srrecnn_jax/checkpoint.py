@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ class LoadedModel:
     config: ModelConfig
     # Numbers (isotropic) or [x, y, z] lists (see ``untrained_scale``), if known.
     trained_scales: list | None = None
-    trained_spacing: float | None = None  # mm, of the training inputs' LR grid, if known
+    trained_spacing: float | None = None  # mm, of the HR volumes it learned to produce
     origin: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -153,6 +153,16 @@ def read_meta(config_file: Path) -> tuple[dict[str, Any], ModelConfig]:
         config = ModelConfig.from_dict(meta["model"])
     except (ValueError, TypeError) as e:
         raise bad("model", str(e)) from None
+    _check_training_facts(meta, bad)
+    if not isinstance(meta.get("origin", {}), dict):
+        raise bad("origin", f"expected an object, got {meta['origin']!r}")
+    return meta, config
+
+
+def _check_training_facts(meta: dict, bad: Callable[[str, str], SrrecnnError]) -> None:
+    """``trained_scales`` and ``trained_spacing`` of a model folder's or a run
+    checkpoint's metadata, each absent, null or well formed; ``bad(key, problem)``
+    makes the error."""
     scales = meta.get("trained_scales")
     if scales is not None and not (isinstance(scales, list) and scales
                                    and all(map(_scale_entry, scales))):
@@ -161,9 +171,6 @@ def read_meta(config_file: Path) -> tuple[dict[str, Any], ModelConfig]:
     spacing = meta.get("trained_spacing")
     if spacing is not None and not _positive_number(spacing):
         raise bad("trained_spacing", f"expected a positive number or null, got {spacing!r}")
-    if not isinstance(meta.get("origin", {}), dict):
-        raise bad("origin", f"expected an object, got {meta['origin']!r}")
-    return meta, config
 
 
 def _scale_entry(value: Any) -> bool:
@@ -288,6 +295,8 @@ def _load_training_checkpoint(step_dir: Path) -> LoadedModel:
     except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged folder
         raise SrrecnnError(f"{step_dir}: unreadable checkpoint metadata ({_first_line(e)})") \
             from None
+    _check_training_facts(meta, lambda key, problem: SrrecnnError(
+        f"{step_dir}: invalid checkpoint metadata: {key}: {problem}"))
     target = {"params": {layer: {leaf: jax.ShapeDtypeStruct(shape, np.float32)
                                  for leaf, shape in leaves.items()}
                          for layer, leaves in model.param_shapes(config).items()}}
@@ -306,7 +315,8 @@ def _load_training_checkpoint(step_dir: Path) -> LoadedModel:
     check_finite(params, str(step_dir))
     origin = {"kind": "srrecnn-jax training checkpoint", "run": str(step_dir.parent.parent),
               "step": int(step_dir.name)}
-    return LoadedModel(params=params, config=config, origin=origin)
+    return LoadedModel(params=params, config=config, trained_scales=meta.get("trained_scales"),
+                       trained_spacing=meta.get("trained_spacing"), origin=origin)
 
 
 def _load_run(run_dir: Path) -> LoadedModel:

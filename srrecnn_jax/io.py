@@ -599,6 +599,16 @@ def is_dicom_series(folder: Path) -> bool:
 
 def image_size(path: Path, role: str = "image") -> tuple[int, ...]:
     """The (x, y, z) size of a 3-D image file, from its header alone."""
+    return tuple(_header(path, role).GetSize())
+
+
+def image_spacing(path: Path, role: str = "image") -> tuple[float, ...]:
+    """The (x, y, z) voxel size in mm of a 3-D image file, from its header alone."""
+    return tuple(_header(path, role).GetSpacing())
+
+
+def _header(path: Path, role: str) -> sitk.ImageFileReader:
+    """A reader that has read ``path``'s header (checked 3-D), not its voxels."""
     if not path.is_file():
         raise SrrecnnError(f"{path}: no such {role} file")
     reader = sitk.ImageFileReader()
@@ -609,7 +619,7 @@ def image_size(path: Path, role: str = "image") -> tuple[int, ...]:
         raise SrrecnnError(f"{path}: unreadable or corrupt {role}") from None
     if reader.GetDimension() != 3:
         raise SrrecnnError(f"{path}: image is {reader.GetDimension()}-D, expected 3-D")
-    return tuple(reader.GetSize())
+    return reader
 
 
 def read_volume(path: Path, role: str = "image") -> np.ndarray:
@@ -619,9 +629,14 @@ def read_volume(path: Path, role: str = "image") -> np.ndarray:
     return array
 
 
-def header_warnings(image: sitk.Image, name: str,
-                    trained_spacing: float | None = None) -> list[str]:
-    """Warnings about a header that is suspect, or far from what the model saw."""
+def header_warnings(image: sitk.Image, name: str, trained_spacing: float | None = None,
+                    scale: Sequence[float] = (1.0, 1.0, 1.0)) -> list[str]:
+    """Warnings about a header that is suspect, or far from what the model saw.
+
+    ``trained_spacing``: the voxel size (mm) of the HR volumes the model learned to
+    produce (a model folder's ``trained_spacing``); the output grid, the input's
+    spacing divided by the (x, y, z) ``scale``, more than 2x off it along any axis warns:
+    the network's filters are tuned to anatomy at that voxel size."""
     warnings = []
     direction = np.array(image.GetDirection()).reshape(3, 3)
     if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-3):
@@ -631,9 +646,12 @@ def header_warnings(image: sitk.Image, name: str,
     shown = tuple(round(float(s), 3) for s in spacing)
     if spacing.max() > 4 * spacing.min():
         warnings.append(f"{name}: very anisotropic voxels {shown} mm")
-    if trained_spacing and np.any(np.abs(np.log(spacing / trained_spacing)) > np.log(2)):
-        warnings.append(f"{name}: spacing {shown} mm is far from the "
-                        f"{trained_spacing:g} mm the model was trained on")
+    output = spacing / np.asarray(scale, float)
+    if trained_spacing and np.any(np.abs(np.log(output / trained_spacing)) > np.log(2)):
+        factors = "x".join(f"{f:g}" for f in scale)
+        warnings.append(f"{name}: spacing {shown} mm at scale {factors} gives "
+                        f"{tuple(round(float(s), 3) for s in output)} mm voxels, far from the "
+                        f"{trained_spacing:g} mm the model was trained to produce")
     return warnings
 
 

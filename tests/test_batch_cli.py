@@ -82,11 +82,12 @@ def test_bucket_gives_nearby_sizes_one_compilation(tmp_path, models):
 
 @pytest.fixture(scope="module")
 def model_trained_at_x2(models, tmp_path_factory) -> Path:
-    """The session's tiny mono model, recorded as trained at scale 2 on 1 mm inputs."""
+    """The session's tiny mono model, recorded as trained at scale 2 to produce 0.5 mm
+    voxels (from 1 mm inputs)."""
     loaded = load_model(models["mono"])
     folder = tmp_path_factory.mktemp("trained") / "x2"
     return save_model(folder, LoadedModel(loaded.params, loaded.config, trained_scales=[2.0],
-                                          trained_spacing=1.0))
+                                          trained_spacing=0.5))
 
 
 def test_warnings_reach_stderr_and_the_manifest(tmp_path, model_trained_at_x2):

@@ -69,6 +69,7 @@ def test_thick_slice_export_writes_the_triples_and_the_originals_provenance(slab
                     str(run), str(out)], check=True, capture_output=True, timeout=300)
     exported = load_model(out)
     assert exported.trained_scales == [[1.0, 1.0, 2.0], [1.0, 1.0, 3.0]]
+    assert exported.trained_spacing == 2.0  # the 2 mm slab's, from the checkpoint
     assert exported.origin["step"] == 2
     assert exported.origin["fine_tuned_from"]["licence"] == "CeCILL-B"
     assert all(np.array_equal(exported.params[n][k], load_model(run).params[n][k])
@@ -87,6 +88,17 @@ def test_images_train_with_the_recipe_settings(validated_run):
 def test_model_trained_on_images_records_its_scales(validated_run):
     """So that `srrecnn sr` warns when the model is used at another scale."""
     assert load_model(validated_run / "model").trained_scales == [2.0]
+
+
+def test_model_trained_on_images_records_their_voxel_size(validated_run):
+    """So that `srrecnn sr` warns when an input's output grid is far from it (2 mm slab)."""
+    assert load_model(validated_run / "model").trained_spacing == 2.0
+
+
+def test_a_checkpoint_records_the_scales_and_voxel_size_before_the_run_ends(validated_run):
+    """A run still training can be scored and shipped with the same warnings."""
+    checkpoint = load_model(validated_run / "checkpoints" / "2")
+    assert (checkpoint.trained_scales, checkpoint.trained_spacing) == ([2.0], 2.0)
 
 
 def test_validation_logs_the_final_models_scores_on_the_held_out_image(validated_run, slabs):

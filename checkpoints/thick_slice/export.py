@@ -32,18 +32,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the training run folder")
     parser.add_argument("out", type=Path, help="model folder to write (replaced)")
+    parser.add_argument("--spacing", type=float, default=None, metavar="MM",
+                        help="the training volumes' voxel size, for a run whose checkpoints "
+                             "predate recording it (split_templates.py writes 1 mm slabs)")
+    parser.add_argument("--earlier-steps", type=int, default=0, metavar="N",
+                        help="steps of the earlier runs this one was initialised from "
+                             "(--init), so that the folder records the steps in all")
     args = parser.parse_args()
     steps = checkpoint_steps(args.run)
     if not steps:
         parser.error(f"{args.run}: no checkpoint yet")
     loaded = load_model(args.run)
     config = read_run_config(args.run)
-    loaded.trained_scales = [[float(f) for f in s] if isinstance(s, tuple) else float(s)
-                             for s in config.patch_scales]
-    loaded.origin = {"kind": "srrecnn-jax fine-tuning", "run": "runs/thick_slice",
-                     "step": steps[-1], "fine_tuned_from": ORIGINAL}
+    if loaded.trained_scales is None:  # checkpoints of runs before they were recorded
+        loaded.trained_scales = [[float(f) for f in s] if isinstance(s, tuple) else float(s)
+                                 for s in config.patch_scales]
+    if args.spacing is not None:
+        loaded.trained_spacing = args.spacing
+    loaded.origin = {"kind": "srrecnn-jax fine-tuning", "run": str(args.run),
+                     "step": steps[-1], "steps_in_all": args.earlier_steps + steps[-1],
+                     "fine_tuned_from": ORIGINAL}
     save_model(args.out, loaded, force=True)
-    print(f"{args.out}: step {steps[-1]}, scales {loaded.trained_scales}")
+    print(f"{args.out}: step {steps[-1]}, scales {loaded.trained_scales}, "
+          f"spacing {loaded.trained_spacing} mm")
 
 
 if __name__ == "__main__":

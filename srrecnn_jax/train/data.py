@@ -44,8 +44,10 @@ def expand_sources(paths: Sequence[Path]) -> list[Path]:
 class PatchSet:
     """Read access to the rows of one or more HDF5 patch files, in order."""
 
-    #: The scales the patches were cut at: the HDF5 layout does not record them.
+    #: The scales the patches were cut at, and the HR voxel size: the HDF5 layout does
+    #: not record them.
     scales: tuple[float, ...] | None = None
+    spacing: float | None = None
 
     def __init__(self, paths: Sequence[Path]):
         self.paths = expand_sources(paths)
@@ -191,13 +193,17 @@ class RandomPatches:
     patch is degraded on its own from an HR block around it (``augment.degraded_patch``)
     and no whole-volume pairs are kept. Either way a sample draws its volume, scale
     and position first, so both paths cut the same places.
+
+    ``spacing`` is not used for cutting: it is recorded in the trained model folder
+    (``trained_spacing``) for the warning about inputs far from it.
     """
 
     def __init__(self, volumes: Sequence[np.ndarray], scales: Sequence[float | Sequence[float]],
                  patch: int, sigma: float = 1.0, order: int = 3, seed: int = 0,
                  others: Sequence[np.ndarray] | None = None, blur: str = "gaussian",
-                 augment: AugmentConfig | None = None):
+                 augment: AugmentConfig | None = None, spacing: float | None = None):
         self.augment = augment or AugmentConfig()
+        self.spacing = spacing  # mm, the HR volumes' voxel size if known and isotropic
         axes = [parse_scale(s) for s in scales]
         if self.augment.permute and any(len(set(a)) > 1 for a in axes):
             raise ValueError("augment.permute needs isotropic patch_scales, got "

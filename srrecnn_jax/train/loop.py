@@ -150,8 +150,12 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
                                f"infinite values, or lower the learning rate{kept}")
         return values
 
+    # What the model folder records for the warnings about untrained inputs; each
+    # checkpoint's metadata too, so a run still training can be shipped as it is.
+    trained = {"trained_scales": _trained_scales(data.scales), "trained_spacing": data.spacing}
+
     def save(step: int) -> None:
-        meta = {"train_config": config.to_dict(), "model": model_config.to_dict()}
+        meta = {"train_config": config.to_dict(), "model": model_config.to_dict(), **trained}
         manager.save(step, args=ocp.args.Composite(**{
             RUN_STATE: ocp.args.StandardSave(state), RUN_META: ocp.args.JsonSave(meta)}),
             force=True)
@@ -195,8 +199,7 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
     manager.wait_until_finished()
     if step == max_iter and process == 0:
         params = parallel.local_copy(state["params"])
-        scales = _trained_scales(data.scales)  # for the untrained-scale warning
-        save_model(run_dir / RUN_MODEL, LoadedModel(params, model_config, trained_scales=scales,
+        save_model(run_dir / RUN_MODEL, LoadedModel(params, model_config, **trained,
                                                   origin={"kind": "srrecnn-jax training",
                                                           "run": str(run_dir.resolve()),
                                                           "steps": step}), force=True)
@@ -246,8 +249,19 @@ def open_data(paths: Sequence[Path], config: TrainConfig) -> PatchSet | RandomPa
     if all(p.name.endswith((".h5", ".hdf5")) or io.is_list_file(p) for p in paths):
         return PatchSet(paths)
     volumes = [io.read_volume(path, "training image") for path in paths]
+    spacing = common_spacing([io.image_spacing(path, "training image") for path in paths])
     return RandomPatches(volumes, config.patch_scales, config.patch, seed=config.seed,
-                         blur=config.blur, augment=config.augment)
+                         blur=config.blur, augment=config.augment, spacing=spacing)
+
+
+def common_spacing(spacings: Sequence[Sequence[float]]) -> float | None:
+    """The one isotropic voxel size (mm) of all ``spacings`` (to 0.1%), else None: a model
+    folder's ``trained_spacing`` is one number, recorded only when it is true of every
+    training volume."""
+    values = np.asarray(spacings, float)
+    if values.size == 0 or not np.allclose(values, values.flat[0], rtol=1e-3, atol=0):
+        return None
+    return float(round(values.flat[0], 6))
 
 
 def train_files(data: Sequence[Path], run_dir: Path, *, config_file: Path | None = None,
