@@ -206,8 +206,14 @@ def _same_vjp(precision: str, tile: int, residuals: tuple,
     through the Winograd transforms it would come out as rounding noise, which Adam's
     normalised step turns into an update."""
     x, kernel = residuals
-    dx = _winograd_same(g, jnp.flip(kernel, (0, 1, 2)).swapaxes(3, 4), precision, tile)
-    return dx, _kernel_gradient(x, g, precision).astype(kernel.dtype)
+    return (_winograd_same(g, _transposed(kernel), precision, tile),
+            _kernel_gradient(x, g, precision).astype(kernel.dtype))
+
+
+def _transposed(kernel: jax.Array) -> jax.Array:
+    """The kernel of a SAME convolution's input gradient: flipped along x, y and z, with
+    C_in and C_out swapped."""
+    return jnp.flip(kernel, (0, 1, 2)).swapaxes(3, 4)
 
 
 def _kernel_gradient(x: jax.Array, g: jax.Array, precision: str) -> jax.Array:
@@ -300,8 +306,8 @@ def _matmul_forward(x: jax.Array, kernel: jax.Array, precision: str):
 
 def _matmul_vjp(precision: str, residuals: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, kernel = residuals
-    dx = _matmul_same(g, jnp.flip(kernel, (0, 1, 2)).swapaxes(3, 4), precision)
-    return dx, _kernel_gradient(x, g, precision).astype(kernel.dtype)
+    return (_matmul_same(g, _transposed(kernel), precision),
+            _kernel_gradient(x, g, precision).astype(kernel.dtype))
 
 
 _matmul_same.defvjp(_matmul_forward, _matmul_vjp)
