@@ -29,14 +29,16 @@ COLIN27_SCORES = "colin27_crop.json"
 @dataclasses.dataclass(frozen=True)
 class Shipped:
     """One shipped model: ``name``, its model folder ``path``, what it is for (``task``),
-    what it was trained on (``data``), the scales its folder records, and its PSNR on
-    Colin27 beside cubic spline's, per condition (``{"x2": (model, spline)}``)."""
+    what it was trained on (``data``), the scales and HR voxel size (mm, or None) its
+    folder records, and its PSNR on Colin27 beside cubic spline's, per condition
+    (``{"x2": (model, spline)}``)."""
 
     name: str
     path: Path
     task: str
     data: str
     trained_scales: tuple
+    trained_spacing: float | None
     colin27: dict[str, tuple[float, float]]
 
 
@@ -67,7 +69,7 @@ def describe(name: str, root: Path = CHECKPOINTS) -> Shipped:
     meta, _ = read_meta(folder / "model" / "config.json")
     scales = tuple(meta.get("trained_scales") or ())
     return Shipped(_folder_name(folder), folder / "model", task, data, scales,
-                   _colin27(folder.name, root / COLIN27_SCORES))
+                   meta.get("trained_spacing"), _colin27(folder.name, root / COLIN27_SCORES))
 
 
 def locate(value: str | Path, root: Path = CHECKPOINTS) -> Path:

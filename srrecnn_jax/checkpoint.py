@@ -382,10 +382,12 @@ def export_caffe(path: Path, output: Path, force: bool = False) -> LoadedModel:
 
 
 def describe_model(path: Path, prototxt: Path | None = None) -> dict:
-    """Architecture, parameter count, receptive field, trained scales and origin of a model."""
+    """Architecture, parameter count, receptive field, trained scales and voxel size, and
+    origin of a model."""
     loaded = load_model(path, prototxt)
     config = loaded.config
     return {"model": str(path), "architecture": config.describe(), "config": config.to_dict(),
             "parameters": model.param_count(loaded.params),
             "receptive_field": config.receptive_field,
-            "trained_scales": loaded.trained_scales, "origin": loaded.origin}
+            "trained_scales": loaded.trained_scales, "trained_spacing": loaded.trained_spacing,
+            "origin": loaded.origin}

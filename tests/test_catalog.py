@@ -21,12 +21,13 @@ MNI_X2 = catalog.CHECKPOINTS / "mni_x2" / "model"
 
 @pytest.fixture
 def shelf(tmp_path: Path) -> Path:
-    """A checkpoints folder with one tiny model ``tiny_x3`` (card, model trained at 3) and
-    a Colin27 table with its rows and spline's."""
+    """A checkpoints folder with one tiny model ``tiny_x3`` (card, model trained at 3 to
+    produce 1 mm voxels) and a Colin27 table with its rows and spline's."""
     config = recnn(layers=2, filters=2)
     (tmp_path / "tiny_x3").mkdir()
     save_model(tmp_path / "tiny_x3" / "model",
-               LoadedModel(model.init(jax.random.key(0), config), config, trained_scales=[3.0]))
+               LoadedModel(model.init(jax.random.key(0), config), config, trained_scales=[3.0],
+                           trained_spacing=1.0))
     (tmp_path / "tiny_x3" / catalog.CARD).write_text(json.dumps(
         {"task": "monomodal x3", "data": "MNI 2009a"}))
     (tmp_path / "no_card" / "model").mkdir(parents=True)
@@ -46,6 +47,11 @@ def test_description_holds_card_trained_scales_and_colin27_crop_scores(shelf):
     assert (tiny.task, tiny.data, tiny.trained_scales) == ("monomodal x3", "MNI 2009a", (3.0,))
     assert tiny.path == shelf / "tiny_x3" / "model"
     assert tiny.colin27 == {"x3": (31.5, 30.3)}
+
+
+def test_description_holds_the_trained_voxel_size(shelf):
+    (tiny,) = catalog.shipped(shelf)
+    assert tiny.trained_spacing == 1.0
 
 
 def test_a_name_locates_the_model_folder(shelf):
@@ -87,6 +93,14 @@ def test_models_lists_the_shipped_models_with_the_default_marked(capsys):
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     assert listed["mni-x2"]["default"] is True
     assert listed["mni-x2"]["trained_scales"] == [2.0]
+
+
+@pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
+def test_shipped_models_record_the_1mm_voxels_they_were_trained_on(capsys):
+    """Both were trained on 1 mm templates: the sr warning about far-off voxel sizes works."""
+    assert cli.main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed and all(m["trained_spacing"] == 1.0 for m in listed)
 
 
 def test_sr_with_an_unknown_model_name_is_one_line_naming_the_option(tmp_path, capsys):

@@ -118,7 +118,7 @@ def run_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"name": m.name, "default": m.name == DEFAULT, "path": str(m.path),
                            "task": m.task, "trained_scales": list(m.trained_scales),
-                           "data": m.data,
+                           "trained_spacing": m.trained_spacing, "data": m.data,
                            "colin27_crop_psnr": {c: {"model": v, "spline": s}
                                                  for c, (v, s) in m.colin27.items()}}
                           for m in models], indent=2))
@@ -130,9 +130,15 @@ def run_models(args: argparse.Namespace) -> int:
         scales = format_scales(list(m.trained_scales)) or "not recorded"
         scores = "; ".join(f"{c} {v:.2f} (spline {s:.2f})" for c, (v, s) in m.colin27.items())
         print(f"{m.name}{' (default)' if m.name == DEFAULT else ''}\n"
-              f"  task:    {m.task}\n  scales:  {scales}\n  data:    {m.data}\n"
+              f"  task:    {m.task}\n  scales:  {scales}\n"
+              f"  voxels:  {_spacing_text(m.trained_spacing)}\n  data:    {m.data}\n"
               f"  Colin27 crop PSNR, dB: {scores or 'not evaluated'}")
     return 0
+
+
+def _spacing_text(spacing: float | None) -> str:
+    """A model's trained HR voxel size for people."""
+    return f"{spacing:g} mm (output voxel size it learned)" if spacing else "not recorded"
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -215,5 +221,6 @@ def run_info(args: argparse.Namespace) -> int:
           f"parameters:      {facts['parameters']:,}\n"
           f"receptive field: {r}x{r}x{r} voxels\n"
           f"trained scales:  {format_scales(scales) if scales else 'unknown'}\n"
+          f"trained voxels:  {_spacing_text(facts['trained_spacing'])}\n"
           f"origin:          {where}")
     return 0
