@@ -31,7 +31,7 @@ import numpy as np
 
 
 def op_events(trace_dir: Path) -> list[tuple[float, float, int, str]]:
-    """``(start µs, duration µs, thread, HLO op)`` of every op a trace folder holds."""
+    """``(start us, duration us, thread, HLO op)`` of every op a trace folder holds."""
     files = sorted(trace_dir.rglob("*.trace.json.gz"))
     if not files:
         raise FileNotFoundError(f"{trace_dir}: no trace written")
@@ -41,7 +41,7 @@ def op_events(trace_dir: Path) -> list[tuple[float, float, int, str]]:
 
 
 def by_kind(ops: list[tuple[float, float, int, str]]) -> collections.Counter:
-    """Thread time (µs) per op kind: the op's name without its ``.N`` number."""
+    """Thread time (us) per op kind: the op's name without its ``.N`` number."""
     total: collections.Counter = collections.Counter()
     for _, duration, _, name in ops:
         total[re.sub(r"\.\d+$", "", name)] += duration
@@ -49,7 +49,7 @@ def by_kind(ops: list[tuple[float, float, int, str]]) -> collections.Counter:
 
 
 def concurrency(ops: list[tuple[float, float, int, str]]) -> dict[int, float]:
-    """Wall time (µs) from the first op's start to the last op's end during which n ops
+    """Wall time (us) from the first op's start to the last op's end during which n ops
     were running, for each n."""
     edges = sorted([(start, 1) for start, _, _, _ in ops]
                    + [(start + duration, -1) for start, duration, _, _ in ops])
@@ -104,7 +104,7 @@ def main() -> None:
     print("ops running at once, share of the step's span:")
     for count, micros in spans.items():
         print(f"  {count}: {micros / 1e6:6.2f} s  {100 * micros / wall:5.1f}%")
-    print(f"mean op {np.mean([d for _, d, _, _ in ops]):.0f} µs")
+    print(f"mean op {np.mean([d for _, d, _, _ in ops]):.0f} us")
 
 
 if __name__ == "__main__":

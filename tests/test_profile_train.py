@@ -10,7 +10,7 @@ from test_benchmarks import REPO
 
 from benchmarks.profile_train import by_kind, concurrency
 
-# (start µs, duration µs, thread, op): two threads, an op alone, two at once, a gap.
+# (start us, duration us, thread, op): two threads, an op alone, two at once, a gap.
 OPS = [(0.0, 10.0, 1, "concatenate.461"), (10.0, 5.0, 1, "ynn_fusion.105"),
        (10.0, 5.0, 2, "ynn_fusion.104"), (20.0, 4.0, 2, "concatenate.3")]
 
@@ -20,7 +20,7 @@ def test_op_kinds_sum_thread_time_without_the_op_numbers():
 
 
 def test_concurrency_splits_the_span_by_ops_running_at_once():
-    """0-10 one op, 10-15 two, 15-20 none, 20-24 one: the span is 24 µs."""
+    """0-10 one op, 10-15 two, 15-20 none, 20-24 one: the span is 24 us."""
     assert concurrency(OPS) == {0: 5.0, 1: 14.0, 2: 5.0}
 
 
