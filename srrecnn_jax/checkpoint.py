@@ -2,7 +2,8 @@
 
 Layout of a model folder::
 
-    MODEL/config.json   {"format": ..., "model": ModelConfig, "trained_scales": ..., "origin": ...}
+    MODEL/config.json   {"format": ..., "model": ModelConfig, "trained_scales": ...,
+                         "trained_spacing": ..., "origin": ...}
     MODEL/params/       orbax StandardCheckpointer tree {"conv1": {"kernel", "bias"}, ...}
 
 ``load_model`` also takes a ``.caffemodel`` file (converted on the fly) and a

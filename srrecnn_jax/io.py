@@ -599,16 +599,6 @@ def is_dicom_series(folder: Path) -> bool:
 
 def image_size(path: Path, role: str = "image") -> tuple[int, ...]:
     """The (x, y, z) size of a 3-D image file, from its header alone."""
-    return tuple(_header(path, role).GetSize())
-
-
-def image_spacing(path: Path, role: str = "image") -> tuple[float, ...]:
-    """The (x, y, z) voxel size in mm of a 3-D image file, from its header alone."""
-    return tuple(_header(path, role).GetSpacing())
-
-
-def _header(path: Path, role: str) -> sitk.ImageFileReader:
-    """A reader that has read ``path``'s header (checked 3-D), not its voxels."""
     if not path.is_file():
         raise SrrecnnError(f"{path}: no such {role} file")
     reader = sitk.ImageFileReader()
@@ -619,14 +609,21 @@ def _header(path: Path, role: str) -> sitk.ImageFileReader:
         raise SrrecnnError(f"{path}: unreadable or corrupt {role}") from None
     if reader.GetDimension() != 3:
         raise SrrecnnError(f"{path}: image is {reader.GetDimension()}-D, expected 3-D")
-    return reader
+    return tuple(reader.GetSize())
 
 
 def read_volume(path: Path, role: str = "image") -> np.ndarray:
     """An image file's voxels as a checked (finite, positive maximum) (x, y, z) float32 array."""
-    array = to_array(read_image(path, role))
+    return read_volume_spacing(path, role)[0]
+
+
+def read_volume_spacing(path: Path, role: str = "image"
+                        ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """``read_volume`` and the image's (x, y, z) voxel size in mm, from one read."""
+    image = read_image(path, role)
+    array = to_array(image)
     check_values(array, str(path))
-    return array
+    return array, tuple(image.GetSpacing())
 
 
 def header_warnings(image: sitk.Image, name: str, trained_spacing: float | None = None,

@@ -7,6 +7,7 @@ Training and validation images are two disjoint slabs of nibabel's real 2 mm T1
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,22 @@ def test_a_checkpoint_records_the_scales_and_voxel_size_before_the_run_ends(vali
     """A run still training can be scored and shipped with the same warnings."""
     checkpoint = load_model(validated_run / "checkpoints" / "2")
     assert (checkpoint.trained_scales, checkpoint.trained_spacing) == ([2.0], 2.0)
+
+
+def test_a_checkpoint_with_a_bad_voxel_size_is_one_error_line_naming_it(validated_run,
+                                                                        tmp_path, capsys):
+    """A damaged checkpoint's metadata is refused before any parameter is read."""
+    step = tmp_path / "run" / "checkpoints" / "2"
+    shutil.copytree(validated_run / "checkpoints" / "2", step)
+    (tmp_path / "run" / "train_config.json").write_text(
+        (validated_run / "train_config.json").read_text())
+    meta_file = step / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "trained_spacing": -1}))
+    assert main(["info", str(step)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err]
+    assert f"{step}: invalid checkpoint metadata: trained_spacing" in err
 
 
 def test_validation_logs_the_final_models_scores_on_the_held_out_image(validated_run, slabs):

@@ -248,10 +248,10 @@ def open_data(paths: Sequence[Path], config: TrainConfig) -> PatchSet | RandomPa
     ``config.augment``, ``config.seed``)."""
     if all(p.name.endswith((".h5", ".hdf5")) or io.is_list_file(p) for p in paths):
         return PatchSet(paths)
-    volumes = [io.read_volume(path, "training image") for path in paths]
-    spacing = common_spacing([io.image_spacing(path, "training image") for path in paths])
+    volumes, spacings = zip(*(io.read_volume_spacing(path, "training image") for path in paths))
     return RandomPatches(volumes, config.patch_scales, config.patch, seed=config.seed,
-                         blur=config.blur, augment=config.augment, spacing=spacing)
+                         blur=config.blur, augment=config.augment,
+                         spacing=common_spacing(spacings))
 
 
 def common_spacing(spacings: Sequence[Sequence[float]]) -> float | None:
