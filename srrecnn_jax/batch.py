@@ -525,7 +525,7 @@ class Presence:
 def start_together(out_dir: Path, process: int, count: int,
                    warn: Callable[[str], None] | None = None) -> tuple[Presence, str]:
     """Start process ``process`` of a ``jax.distributed`` batch of ``count``: enter its
-    ``Presence``, then, once every process has (``parallel.detach``: a collective), take
+    ``Presence``, then, once every process has (``parallel.detach``: a barrier), take
     process 0's run id and leave ``jax.distributed``, so that a process that dies later
     does not bring the others down with it. A failure to enter is raised only after the
     collective, so that the others do not wait for this process there."""

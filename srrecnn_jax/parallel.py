@@ -3,36 +3,65 @@ our own)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import numpy as np
 
+from srrecnn_jax.errors import SrrecnnError
+
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> tuple[int, int]:
+               process_id: int | None = None, collectives: bool = True) -> tuple[int, int]:
     """Join a multi-process JAX job; return ``(process_index, process_count)``.
 
-    With no arguments, JAX detects the cluster (Slurm, Open MPI, ...). On CPU
-    the collectives go through gloo, so CPU-only processes can join too.
+    With no arguments, JAX detects the cluster (Slurm, Open MPI, ...). On CPU the
+    collectives go through gloo, so CPU-only processes can join too. Without
+    ``collectives`` (a batch, whose processes only meet once, through ``detach``), no
+    gloo is set up: its connections between CPU clients can hang a process at start
+    or at exit when a peer has gone (seen about once in ten 2-process runs, JAX 0.10).
     """
-    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+    if collectives and (jax.config.jax_platforms in (None, "", "cpu")
+                        or "cpu" in str(jax.config.jax_platforms)):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
     return jax.process_index(), jax.process_count()
 
 
-def detach(values) -> np.ndarray:
+#: How long ``detach`` waits for the other processes (as ``jax.distributed.initialize``).
+DETACH_TIMEOUT_S = 300
+
+
+def detach(values: Sequence[int]) -> np.ndarray:
     """Leave the multi-process job: wait here for every process, hand each process 0's
     ``values`` (integers), then shut ``jax.distributed`` down, after which the processes
     go on independently on their local devices.
 
     For work that needs no collective after this point (batch super-resolution): while
     joined, the death of one process makes JAX's coordination service terminate all
-    the others, losing their work in flight.
+    the others, losing their work in flight. The values and the wait go through the
+    coordination service's key-value store and barrier, not a device collective, so no
+    device (nor gloo) takes part. JAX has no public handle on that store; orbax's
+    multi-host code uses the same client.
     """
-    from jax.experimental import multihost_utils
+    from jax._src import distributed
 
-    shared = np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(values, np.int64)))
+    client = distributed.global_state.client
+    if client is None:
+        raise RuntimeError("detach: jax.distributed is not initialized")
+    timeout_ms = DETACH_TIMEOUT_S * 1000
+    key = "srrecnn/detach/values"
+    if jax.process_index() == 0:
+        client.key_value_set(key, ",".join(str(int(v)) for v in values))
+    try:
+        client.wait_at_barrier("srrecnn/detach", timeout_ms)
+        shared = np.array([int(v) for v in client.blocking_key_value_get(key, timeout_ms)
+                           .split(",")], np.int64)
+    except jax.errors.JaxRuntimeError as e:
+        raise SrrecnnError(f"jax.distributed: not all {jax.process_count()} processes "
+                           f"met within {DETACH_TIMEOUT_S} s ({str(e).splitlines()[0]})"
+                           ) from None
     jax.distributed.shutdown()
     return shared
 

@@ -139,6 +139,29 @@ def run_as_slurm_tasks(in_dir: Path, out_dir: Path, model_dir: Path, logs: Path)
     return run_processes(commands, logs, envs=envs)
 
 
+#: Two processes join as a batch does (no collectives), meet in ``parallel.detach`` and
+#: print what they were handed, then leave.
+DETACH = """
+import sys
+from srrecnn_jax import parallel
+parallel.initialize(sys.argv[1], 2, int(sys.argv[2]), collectives=False)
+print(*parallel.detach([7 + int(sys.argv[2]), 2**40]))
+"""
+
+
+def test_detach_hands_every_process_the_values_of_process_0_three_times_running(tmp_path):
+    """Each round: both exit 0 having printed process 0's values (a hang fails the run:
+    before detach met through the coordination service, about one 2-process start in
+    six hung in gloo)."""
+    for round_ in range(3):
+        port, logs = free_port(), tmp_path / f"round{round_}"
+        commands = [[sys.executable, "-c", DETACH, f"127.0.0.1:{port}", str(i)]
+                    for i in range(2)]
+        assert run_processes(commands, logs, timeout=60) == [0, 0], stderr_of(logs, 2)
+        assert [(logs / f"{i}.out").read_text().split() for i in range(2)] == \
+            [["7", str(2**40)]] * 2
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     """A tiny saved model and eight volumes of 6-10 voxels per axis."""

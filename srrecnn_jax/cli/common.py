@@ -157,12 +157,14 @@ def configure_jax() -> None:
             os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
 
 
-def join_processes(args: argparse.Namespace) -> tuple[int, int]:
-    """``(process, count)``: joins the multi-process run with ``--distributed``, else (0, 1)."""
+def join_processes(args: argparse.Namespace, collectives: bool = True) -> tuple[int, int]:
+    """``(process, count)``: joins the multi-process run with ``--distributed``, else (0, 1);
+    ``collectives``: whether the processes will run computations together (training)."""
     if args.distributed:
         from srrecnn_jax import parallel
 
-        return parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+        return parallel.initialize(args.coordinator, args.num_processes, args.process_id,
+                                   collectives)
     if args.coordinator or args.num_processes or args.process_id is not None:
         raise SrrecnnError("--coordinator/--num-processes/--process-id: need --distributed")
     return 0, 1

@@ -159,7 +159,7 @@ def run_batch(args: argparse.Namespace) -> int:
             raise SrrecnnError("--shard: give either --shard or --distributed, not both")
         process, count = args.shard
     else:
-        process, count = common.join_processes(args)
+        process, count = common.join_processes(args, collectives=False)
     from srrecnn_jax import batch
 
     def say(message: str) -> None:
