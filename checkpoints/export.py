@@ -1,8 +1,9 @@
-"""Write the latest checkpoint of the thick-slice run as a model folder, with the scales
-it trains on and the original weights' provenance (CeCILL-B: a fine-tuned model is a
-derivative work of the original release).
+"""Write the latest checkpoint of a run fine-tuned from the original x2 weights as a model
+folder, with the scales and voxel size it trains on (recorded in each checkpoint) and
+the original weights' provenance (CeCILL-B: a fine-tuned model is a derivative work of
+the original release).
 
-    python checkpoints/thick_slice/export.py runs/thick_slice checkpoints/thick_slice/model
+    python checkpoints/export.py runs/thick_slice checkpoints/thick_slice/model
 
 A run that is still training has checkpoints but no final model; this is how its
 progress is scored (``checkpoints/evaluate.py``) and carried to the next session
@@ -15,7 +16,6 @@ import argparse
 from pathlib import Path
 
 from srrecnn_jax.checkpoint import checkpoint_steps, load_model, save_model
-from srrecnn_jax.train.config import read_run_config
 
 ORIGINAL = {"file": "SRReCNN3D_10Layers_IsoScalex2.caffemodel",
             "sha256": "2438b3686c47c233bf50186a7923fb243b516d54e31d528761bdeebcb9a87d18",
@@ -32,9 +32,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the training run folder")
     parser.add_argument("out", type=Path, help="model folder to write (replaced)")
-    parser.add_argument("--spacing", type=float, default=None, metavar="MM",
-                        help="the training volumes' voxel size, for a run whose checkpoints "
-                             "predate recording it (split_templates.py writes 1 mm slabs)")
     parser.add_argument("--earlier-steps", type=int, default=0, metavar="N",
                         help="steps of the earlier runs this one was initialised from "
                              "(--init), so that the folder records the steps in all")
@@ -43,12 +40,6 @@ def main() -> None:
     if not steps:
         parser.error(f"{args.run}: no checkpoint yet")
     loaded = load_model(args.run)
-    config = read_run_config(args.run)
-    if loaded.trained_scales is None:  # checkpoints of runs before they were recorded
-        loaded.trained_scales = [[float(f) for f in s] if isinstance(s, tuple) else float(s)
-                                 for s in config.patch_scales]
-    if args.spacing is not None:
-        loaded.trained_spacing = args.spacing
     loaded.origin = {"kind": "srrecnn-jax fine-tuning", "run": str(args.run),
                      "step": steps[-1], "steps_in_all": args.earlier_steps + steps[-1],
                      "fine_tuned_from": ORIGINAL}
