@@ -40,9 +40,9 @@ def unit(volume: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("settings", [
-    {}, {"gamma": (1.0, 1.0)}, {"noise": (0.0, 0.0)}, {"bias_field": 0.0},
-    {"blur_jitter": 0.0}, {"flips": False, "permute": False},
-], ids=["default", "gamma 1", "noise 0", "bias 0", "jitter 0", "no flips"])
+    {}, {"gamma": (1.0, 1.0)}, {"noise": (0.0, 0.0)}, {"hr_noise": (0.0, 0.0)},
+    {"bias_field": 0.0}, {"blur_jitter": 0.0}, {"flips": False, "permute": False},
+], ids=["default", "gamma 1", "noise 0", "hr noise 0", "bias 0", "jitter 0", "no flips"])
 def test_augmentations_off_leave_batches_bit_identical(volumes, settings):
     plain = RandomPatches(volumes, [2, 3], patch=9).batch(4, 6)
     off = RandomPatches(volumes, [2, 3], patch=9, augment=AugmentConfig(**settings)).batch(4, 6)
@@ -107,6 +107,32 @@ def test_noise_changes_the_input_only_at_its_level():
     residual = (noisy["data"] - noisy["label"])[flat]
     assert abs(residual.std() / 0.02 - 1) < 0.05
     assert abs(residual.mean() - (np.hypot(0.5, 0.02) - 0.5)) < 3e-4
+
+
+def test_hr_noise_reaches_label_and_input_at_its_level():
+    """Rician noise of sigma 0.02 on the HR of a flat 0.5 image at scale 1 (no blur, no
+    zoom): the input is the noisy label itself (to 1e-6), and label minus the plain label
+    has std 0.02 to 5% over 8 patches of 9^3 voxels."""
+    volume = np.full((30, 30, 30), 0.5, np.float32)
+    volume[0, 0, 0], volume[-1, -1, -1] = 0.0, 1.0  # min-max: the flat part stays 0.5
+    plain = RandomPatches([volume], [1], patch=9, blur="slice_profile").batch(0, 8)
+    noisy = RandomPatches([volume], [1], patch=9, blur="slice_profile",
+                          augment=AugmentConfig(hr_noise=(0.02, 0.02))).batch(0, 8)
+    np.testing.assert_allclose(noisy["data"], noisy["label"], rtol=0, atol=1e-6)
+    flat = plain["label"] == 0.5
+    assert abs((noisy["label"] - plain["label"])[flat].std() / 0.02 - 1) < 0.05
+
+
+def test_hr_noise_is_smoothed_by_the_degradation(big):
+    """At scale 2 (blur sigma 1, spline down and up) the input carries the HR noise
+    blurred: input minus plain input has less than half the std of label minus plain
+    label, and more than a tenth of it."""
+    plain = RandomPatches([big], [2], patch=9).batch(0, 8)
+    noisy = RandomPatches([big], [2], patch=9,
+                          augment=AugmentConfig(hr_noise=(0.03, 0.03))).batch(0, 8)
+    label_noise = (noisy["label"] - plain["label"]).std()
+    input_noise = (noisy["data"] - plain["data"]).std()
+    assert 0.1 * label_noise < input_noise < 0.5 * label_noise
 
 
 def test_rician_noise_at_zero_is_rayleigh():
@@ -194,6 +220,7 @@ def test_steps_and_process_shares_stay_deterministic_with_augmentations(volumes)
     ({"augment": {"gamma": [0, 1]}}, "augment.gamma"),
     ({"augment": {"noise": [-0.01, 0.02]}}, "augment.noise"),
     ({"augment": {"noise": [0.03, 0.01]}}, "augment.noise"),
+    ({"augment": {"hr_noise": [0.0, 1.5]}}, "augment.hr_noise"),
     ({"augment": {"bias_field": -0.1}}, "augment.bias_field"),
     ({"augment": {"blur_jitter": 1.0}}, "augment.blur_jitter"),
     ({"augment": {"flips": "yes"}}, "augment.flips"),
@@ -226,10 +253,11 @@ def test_toml_settings_round_trip_through_the_run_config():
     config = config_from(tomllib.loads(
         'patch_scales = [[1, 1, 2], [1, 1, 3], 2]\nvalidation_scale = [1, 1, 4]\n'
         'blur = "slice_profile"\n[augment]\ngamma = [0.7, 1.4]\nbias_field = 0.2\n'
-        'noise = [0.01, 0.03]\nblur_jitter = 0.1\nflips = true\n'))
+        'noise = [0.01, 0.03]\nblur_jitter = 0.1\nflips = true\nhr_noise = [0, 0.02]\n'))
     assert config.patch_scales == ((1.0, 1.0, 2.0), (1.0, 1.0, 3.0), 2.0)
     assert config.validation_scale == (1.0, 1.0, 4.0)
-    assert config.augment == AugmentConfig((0.7, 1.4), 0.2, (0.01, 0.03), 0.1, True, False)
+    assert config.augment == AugmentConfig(gamma=(0.7, 1.4), bias_field=0.2, noise=(0.01, 0.03),
+                                           blur_jitter=0.1, flips=True, hr_noise=(0.0, 0.02))
     saved = json.loads(json.dumps(config.to_dict()))
     assert saved["patch_scales"] == [[1, 1, 2], [1, 1, 3], 2]
     assert config_from(saved) == config

@@ -17,12 +17,17 @@ one models, and where it acts:
   the scanner's noise lives, before the spline zoom back up), ``sqrt((x + n1)^2 +
   n2^2)`` with n1, n2 normal of sigma uniform in [lo, hi] (the intensity range is
   1): input only.
+- ``hr_noise``: a real 1 mm scan has noise and texture of its own, which the smooth
+  templates lack; a model trained only on them reads the degraded noise of a scan as
+  structure to sharpen. Rician noise of sigma uniform in [lo, hi] on the HR image,
+  after gamma and bias field, before the degradation: label and input both (the
+  model learns to restore a noisy scan from its degraded version, as it is scored).
 - ``blur_jitter``: the true point spread function is not known exactly. Each blurred
   axis's sigma is multiplied by its own factor uniform in [1 - j, 1 + j]: input only.
 - ``flips``, ``permute``: orientation; a flip along each axis with probability 1/2,
   and a uniformly random axis order (isotropic scales only), of label and input alike.
 
-Gamma, bias field, noise and blur jitter act before or inside the observation
+Gamma, bias field, both noises and blur jitter act before or inside the observation
 model, so such patches are degraded one by one (``degraded_patch``): an HR block
 around the patch with a margin for the blur and the spline edges, degraded with
 ``degradation.degrade``'s conventions, and the patch cut from its centre. Each draw
@@ -185,7 +190,7 @@ def degraded_patch(unit: np.ndarray, corner: Sequence[int], patch: int,
       scale: the (x, y, z) scale; ``sigma``: the (x, y, z) blur (0: none).
       order: the spline order.
       config: the augmentations; draws in this order: gamma, bias coefficients, blur
-        factors, noise sigma, noise (each only when on).
+        factors, noise sigma, HR noise sigma, HR noise, noise (each only when on).
       other: a second input channel (another modality on the same grid), cut unchanged.
 
     Returns:
@@ -198,6 +203,7 @@ def degraded_patch(unit: np.ndarray, corner: Sequence[int], patch: int,
     if config.blur_jitter > 0:
         sigma = jittered(sigma, config.blur_jitter, rng)
     noise = rng.uniform(*config.noise) if config.noise != (0.0, 0.0) else 0.0
+    hr_noise = rng.uniform(*config.hr_noise) if config.hr_noise != (0.0, 0.0) else 0.0
 
     grid = [_kept(n, s) for n, s in zip(unit.shape, scale)]
     starts, lengths = [], []
@@ -212,6 +218,8 @@ def degraded_patch(unit: np.ndarray, corner: Sequence[int], patch: int,
         hr = np.power(np.maximum(hr, 0), np.float32(power))
     if coefficients is not None:
         hr *= bias_field(unit.shape, starts, lengths, coefficients)
+    if hr_noise > 0:
+        hr = rician(hr, hr_noise, rng)
     lr = separable(hr, [down_matrix(n, float(s), float(g), order)
                         for n, s, g in zip(lengths, scale, sigma)])
     if noise > 0:

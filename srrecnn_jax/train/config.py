@@ -102,6 +102,8 @@ class AugmentConfig:
     (label and input). ``bias_field = b``: smooth multiplicative field, polynomial
     coefficients uniform in [-b, b] (label and input). ``noise = [lo, hi]``: Rician
     noise of sigma uniform in [lo, hi] (intensity range 1) on the LR image (input only).
+    ``hr_noise = [lo, hi]``: the same on the HR image before the degradation (label and
+    input: the noise of the 1 mm scan itself).
     ``blur_jitter = j``: each blur sigma times uniform [1 - j, 1 + j] (input only).
     ``flips``: random flips along each axis; ``permute``: random axis order (both;
     isotropic ``patch_scales`` only).
@@ -113,19 +115,23 @@ class AugmentConfig:
     blur_jitter: float = 0.0
     flips: bool = False
     permute: bool = False
+    hr_noise: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
-        _check_finite(self, "gamma", "bias_field", "noise", "blur_jitter", prefix="augment.")
-        for name in ("gamma", "noise"):
+        _check_finite(self, "gamma", "bias_field", "noise", "hr_noise", "blur_jitter",
+                      prefix="augment.")
+        for name in ("gamma", "noise", "hr_noise"):
             values = getattr(self, name)
             if len(values) != 2 or not values[0] <= values[1]:
                 raise ValueError(f"augment.{name} must be [lo, hi] with lo <= hi, got "
                                  f"{list(values)}")
         if not self.gamma[0] > 0:
             raise ValueError(f"augment.gamma must be positive, got {list(self.gamma)}")
-        if not (0 <= self.noise[0] and self.noise[1] <= 1):
-            raise ValueError(f"augment.noise must be in [0, 1] (of the intensity range), got "
-                             f"{list(self.noise)}")
+        for name in ("noise", "hr_noise"):
+            values = getattr(self, name)
+            if not (0 <= values[0] and values[1] <= 1):
+                raise ValueError(f"augment.{name} must be in [0, 1] (of the intensity range), "
+                                 f"got {list(values)}")
         if not self.bias_field >= 0:
             raise ValueError(f"augment.bias_field must be >= 0, got {self.bias_field}")
         if not 0 <= self.blur_jitter < 1:
@@ -134,9 +140,9 @@ class AugmentConfig:
     @property
     def per_patch(self) -> bool:
         """Whether patches must be degraded one by one: an augmentation acts before or
-        inside the observation model (gamma, bias field, noise, blur jitter)."""
+        inside the observation model (gamma, bias field, noises, blur jitter)."""
         return (self.gamma != (1.0, 1.0) or self.bias_field > 0 or self.noise != (0.0, 0.0)
-                or self.blur_jitter > 0)
+                or self.hr_noise != (0.0, 0.0) or self.blur_jitter > 0)
 
     @property
     def active(self) -> bool:

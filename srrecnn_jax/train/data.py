@@ -188,8 +188,8 @@ class RandomPatches:
     shares of the same global batch.
 
     ``augment`` (``train/augment.py``; off by default, batches then as without it):
-    flips and axis permutations act on the cut pair; gamma, bias field, noise and
-    blur jitter act before or inside the degradation, so with any of them on each
+    flips and axis permutations act on the cut pair; gamma, bias field, both noises
+    and blur jitter act before or inside the degradation, so with any of them on each
     patch is degraded on its own from an HR block around it (``augment.degraded_patch``)
     and no whole-volume pairs are kept. Either way a sample draws its volume, scale
     and position first, so both paths cut the same places.
