@@ -110,14 +110,26 @@ def main(argv: list[str] | None = None) -> int:
                         default=["crop", "head"])
     parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS),
                         default=list(CONDITIONS))
-    parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        help="only these methods besides spline (folder names here, or "
+                             "'original 10L-64 x2'); default: all")
+    parser.add_argument("--json", type=Path,
+                        help="write the rows here; rows of a method, condition and region "
+                             "not run this time are kept from the file")
     args = parser.parse_args(argv)
     if not args.hr.is_file():
         print(f"evaluate.py: {args.hr}: not found (apt-get install mricron-data)",
               file=sys.stderr)
         return 1
     hr = io.to_array(io.read_image(args.hr), np.float64)
-    models = {name: load_model(path) for name, path in shipped_models().items()}
+    available = shipped_models()
+    unknown = sorted(set(args.models or ()) - set(available))
+    if unknown:
+        print(f"evaluate.py: --models: no such method: {', '.join(unknown)} (have: "
+              f"{', '.join(available)})", file=sys.stderr)
+        return 2
+    models = {name: load_model(path) for name, path in available.items()
+              if not args.models or name in args.models}
     rows = []
     for region in args.regions:
         volume = central_crop(hr) if region == "crop" else hr
@@ -126,12 +138,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{condition}: " + ", ".join(f"{r['region']} {r['method']} {r['psnr']:.2f} dB"
                                                for r in new), file=sys.stderr, flush=True)
             rows += new
+    if args.json:
+        rows = merged(args.json, rows)
     for region in dict.fromkeys(r["region"] for r in rows):
         print(table(rows, region) + "\n")
     if args.json:
         args.json.write_text(json.dumps({"hr": str(args.hr), "rows": rows}, indent=1) + "\n",
                              encoding="utf-8")
     return 0
+
+
+def merged(path: Path, rows: list[dict]) -> list[dict]:
+    """The rows of the JSON file ``path`` (if any), each replaced by the row of ``rows``
+    for the same method, condition and region, then the rest of ``rows``."""
+    key = lambda r: (r["method"], r["condition"], r["region"])  # noqa: E731
+    new = {key(r): r for r in rows}
+    old = json.loads(path.read_text(encoding="utf-8"))["rows"] if path.is_file() else []
+    kept = [new.pop(key(r), r) for r in old]
+    return kept + list(new.values())
 
 
 if __name__ == "__main__":

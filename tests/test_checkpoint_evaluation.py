@@ -36,3 +36,29 @@ def test_every_method_is_scored_at_every_condition(evaluate, anatomical_path, tm
 def test_a_missing_scan_is_one_line_and_exit_1(evaluate, tmp_path, capsys):
     assert evaluate.main(["--hr", str(tmp_path / "ch2.nii.gz")]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_run_of_some_models_keeps_the_other_rows_of_the_json(evaluate, anatomical_path,
+                                                                tmp_path):
+    """--models mni_x2 into a file holding every method's x2 row: mni_x2's and spline's
+    rows are replaced in place (new PSNR), the other methods' rows kept as they were,
+    and the new condition's rows appended."""
+    out = tmp_path / "rows.json"
+    args = ["--hr", str(anatomical_path), "--regions", "crop", "--json", str(out)]
+    assert evaluate.main([*args, "--conditions", "x2"]) == 0
+    before = json.loads(out.read_text())["rows"]
+    for row in before:
+        row["psnr"] = -1.0
+    out.write_text(json.dumps({"rows": before}))
+    assert evaluate.main([*args, "--conditions", "x2", "x3", "--models", "mni_x2"]) == 0
+    after = json.loads(out.read_text())["rows"]
+    assert [(r["method"], r["condition"]) for r in after[:len(before)]] == \
+        [(r["method"], r["condition"]) for r in before]
+    redone = {"cubic spline", "mni_x2"}
+    assert all((r["psnr"] > 0) == (r["method"] in redone) for r in after[:len(before)])
+    assert sorted(r["method"] for r in after[len(before):]) == sorted(redone)
+
+
+def test_an_unknown_model_is_one_line_and_exit_2(evaluate, anatomical_path, capsys):
+    assert evaluate.main(["--hr", str(anatomical_path), "--models", "nope"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
