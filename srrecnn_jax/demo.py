@@ -1,8 +1,10 @@
 """``srrecnn demo``: degrade a brain no shipped model saw by 2, restore it, score it, show it.
 
 The scan is Colin27 (Debian's ``mricron-data``, one real person) when installed, else
-the slab of the MNI T1 that ``checkpoints/mni_x2`` held out of its training: a demo
-never scores a model on what it was trained on.
+the slab of the MNI T1 that every shipped model held out of its training (world z
+28-68 mm: ``checkpoints/mni_x2/split_mni.py``, ``checkpoints/split_templates.py``): a
+demo never scores a model on what it was trained on. The model is the shipped
+``default`` (``catalog.DEFAULT``) unless one is given.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import io
+from srrecnn_jax import catalog, io
 from srrecnn_jax.degradation import degrade_image
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import head_mask, score, spline_baseline
@@ -21,12 +23,13 @@ from srrecnn_jax.inference import SuperResolver
 from srrecnn_jax.plots import draw_montage
 
 MNI_T1 = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-#: z index range of the MNI T1 that checkpoints/mni_x2 never trained on (split_mni.py).
+#: z index range of the MNI T1 that no shipped model trained on (split_mni.py).
 MNI_HELD_OUT = (100, 140)
 #: Colin27 from Debian's mricron-data (BSD-3): a real single-subject 1 mm T1.
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 CROP_SHAVE = 6  # HR voxels left out at each face of a crop when scoring
-SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "mni_x2" / "model"
+#: Where the shipped models are (``catalog.CHECKPOINTS``; a test points it elsewhere).
+SHIPPED_ROOT = catalog.CHECKPOINTS
 #: The original release's monomodal x2 weights, where the source tree has them beside it.
 ORIGINAL = (Path(__file__).resolve().parents[2] / "shared" / "caffe"
             / "SRReCNN3D_10Layers_IsoScalex2.caffemodel")
@@ -50,8 +53,18 @@ def unseen_scan() -> tuple[sitk.Image, str]:
                 f"Colin27 ({COLIN27}), a real brain no shipped model was trained on")
     low, high = MNI_HELD_OUT
     return (mni_t1()[:, :, low:high],
-            f"MNI T1 z {low}-{high - 1}, held out of checkpoints/mni_x2's training "
+            f"MNI T1 z {low}-{high - 1}, held out of every shipped model's training "
             "(apt-get install mricron-data to score Colin27, a real brain, instead)")
+
+
+def default_model() -> Path:
+    """The shipped ``default`` model's folder."""
+    try:
+        return catalog.locate("default", SHIPPED_ROOT)
+    except SrrecnnError:
+        raise SrrecnnError(f"no shipped default model in {SHIPPED_ROOT} (a source checkout "
+                           "installed with pip install -e has it); give a model",
+                           "model") from None
 
 
 def run_demo(out_dir: Path, model: Path | None = None, crop: int | None = None,
@@ -60,7 +73,7 @@ def run_demo(out_dir: Path, model: Path | None = None, crop: int | None = None,
 
     Args:
       out_dir: created if needed.
-      model: defaults to the project's shipped checkpoint.
+      model: defaults to the shipped ``default`` model.
       crop: use only a centred crop of this many HR voxels per axis (quick runs);
         scores then leave out ``CROP_SHAVE`` voxels at each face.
       tile: passed to the network (see ``srrecnn sr --tile``).
@@ -72,9 +85,7 @@ def run_demo(out_dir: Path, model: Path | None = None, crop: int | None = None,
       "psnr_sr_head", "ssim_spline", "ssim_sr"}``, and ``"psnr_original"`` /
       ``"ssim_original"`` with the original weights.
     """
-    model = model or SHIPPED
-    if not model.exists():
-        raise SrrecnnError(f"no shipped checkpoint at {model}; give a model", "model")
+    model = model or default_model()
     resolver = SuperResolver.load(model)
     hr, data = unseen_scan()
     if crop:

@@ -33,7 +33,7 @@ def test_demo_writes_volumes_and_a_montage(mni_t1_path, tmp_path, capsys):
 def test_demo_without_a_checkpoint_is_one_error_line(tmp_path, capsys, monkeypatch):
     from srrecnn_jax import demo
 
-    monkeypatch.setattr(demo, "SHIPPED", tmp_path / "none")
+    monkeypatch.setattr(demo, "SHIPPED_ROOT", tmp_path / "none")
     assert main(["demo", "--out", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "--model" in err

@@ -5,18 +5,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import package_file, write
+from conftest import REPO, package_file, write
 
 from srrecnn_jax import cli, conv, io, model
 from srrecnn_jax import config as configs
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.degradation import degrade
-from srrecnn_jax.demo import SHIPPED
 from srrecnn_jax.inference import super_resolve_array
 from srrecnn_jax.metrics import psnr
 
 MNI = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+#: The shipped 5-layer, 16-filter x2 model: a real trained model, quick on a CPU.
+SHIPPED = REPO / "checkpoints" / "mni_x2" / "model"
 
 
 @pytest.fixture(scope="module")

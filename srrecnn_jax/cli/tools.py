@@ -70,9 +70,9 @@ def add_to(commands) -> None:
                             "degraded x2",
                             description="Degrade a 1 mm brain no shipped model was trained on "
                             "by 2 (observation model): Colin27 when Debian's mricron-data is "
-                            "installed, else the slab of nilearn's MNI T1 held out of the "
-                            "shipped checkpoint's training. Super-resolve it with that "
-                            "checkpoint (or --model), print spline vs SR PSNR (and the "
+                            "installed, else the slab of nilearn's MNI T1 held out of every "
+                            "shipped model's training. Super-resolve it with the default "
+                            "shipped model (or --model), print spline vs SR PSNR (and the "
                             "original release's x2 weights' when ../shared/caffe is beside the "
                             "source tree) and which data was scored, and write the volumes and "
                             "a montage.png (three planes: spline, SR, HR, error).")
