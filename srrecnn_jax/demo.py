@@ -63,7 +63,7 @@ def default_model() -> Path:
         return catalog.locate("default", SHIPPED_ROOT)
     except SrrecnnError:
         raise SrrecnnError(f"no shipped default model in {SHIPPED_ROOT} (a source checkout "
-                           "installed with pip install -e has it); give a model",
+                           "installed in editable mode has it); give a model",
                            "model") from None
 
 
