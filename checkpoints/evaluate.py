@@ -143,19 +143,25 @@ def main(argv: list[str] | None = None) -> int:
     for region in dict.fromkeys(r["region"] for r in rows):
         print(table(rows, region) + "\n")
     if args.json:
-        args.json.write_text(json.dumps({"hr": str(args.hr), "rows": rows}, indent=1) + "\n",
-                             encoding="utf-8")
+        # Through a temporary name: the file holds rows this run did not recompute.
+        partial = args.json.with_name(args.json.name + ".partial")
+        partial.write_text(json.dumps({"hr": str(args.hr), "rows": rows}, indent=1) + "\n",
+                           encoding="utf-8")
+        partial.replace(args.json)
     return 0
 
 
 def merged(path: Path, rows: list[dict]) -> list[dict]:
     """The rows of the JSON file ``path`` (if any), each replaced by the row of ``rows``
     for the same method, condition and region, then the rest of ``rows``."""
-    key = lambda r: (r["method"], r["condition"], r["region"])  # noqa: E731
-    new = {key(r): r for r in rows}
+    new = {_key(r): r for r in rows}
     old = json.loads(path.read_text(encoding="utf-8"))["rows"] if path.is_file() else []
-    kept = [new.pop(key(r), r) for r in old]
+    kept = [new.pop(_key(r), r) for r in old]
     return kept + list(new.values())
+
+
+def _key(row: dict) -> tuple[str, str, str]:
+    return row["method"], row["condition"], row["region"]
 
 
 if __name__ == "__main__":

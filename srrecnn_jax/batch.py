@@ -528,7 +528,7 @@ def start_together(out_dir: Path, process: int, count: int,
     ``Presence``, then, once every process has (``parallel.detach``: a barrier), take
     process 0's run id and leave ``jax.distributed``, so that a process that dies later
     does not bring the others down with it. A failure to enter is raised only after the
-    collective, so that the others do not wait for this process there."""
+    barrier, so that the others do not wait for this process there."""
     presence, error = Presence(out_dir, process, count, warn), None
     try:
         presence.enter()
