@@ -2,6 +2,7 @@
 that no model here was trained or selected on.
 
     python checkpoints/evaluate.py [--regions crop head] [--json checkpoints/colin27.json]
+    python checkpoints/evaluate.py --hr T1.nii.gz --reference T2.nii.gz ...
 
 Colin27 (``ch2.nii.gz``, one person scanned 27 times and averaged, 1 mm, from
 Debian's ``mricron-data``: ``apt-get install mricron-data``) is degraded by:
@@ -12,8 +13,14 @@ Debian's ``mricron-data``: ``apt-get install mricron-data``) is degraded by:
   along z only, modcrop, downsampling along z.
 
 and restored by cubic spline, by the original release's monomodal x2 weights (when
-``../shared/caffe`` is present) and by every ``checkpoints/*/model``, each run at the
-degradation's scale through ``super_resolve_array`` (as ``srrecnn sr``). Regions:
+``../shared/caffe`` is present) and by every monomodal ``checkpoints/*/model``, each run
+at the degradation's scale through ``super_resolve_array`` (as ``srrecnn sr``).
+
+With ``--reference`` (an HR image of another modality on the grid of ``--hr``, e.g.
+the held-out slab of the ICBM 2009c T1/T2 pair: no real T1/T2 pair is installable),
+the methods are the multimodal ones instead: the original release's multimodal x2
+weights and every two-channel ``checkpoints/*/model``, given the reference cropped as
+the HR image is. Regions:
 
 - ``crop``: the central 96 x 112 x 96 voxels, degraded on their own, scored with a
   4-voxel border shaved;
@@ -42,7 +49,11 @@ from srrecnn_jax.inference import super_resolve_array
 
 HERE = Path(__file__).resolve().parent
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
-ORIGINAL = HERE.parents[1] / "shared" / "caffe" / "SRReCNN3D_10Layers_IsoScalex2.caffemodel"
+CAFFE = HERE.parents[1] / "shared" / "caffe"
+#: input channels -> (method name, the original release's weights)
+ORIGINALS = {1: ("original 10L-64 x2", CAFFE / "SRReCNN3D_10Layers_IsoScalex2.caffemodel"),
+             2: ("original multimodal 10L-64 x2",
+                 CAFFE / "MultiSRReCNN3D_10Layers_IsoScalex2.caffemodel")}
 CROP = (96, 112, 96)
 SHAVE = 4
 #: name -> (scale (x, y, z), blur sigma per axis)
@@ -50,11 +61,14 @@ CONDITIONS = {"x2": ((2, 2, 2), 1.0), "x2.5": ((2.5, 2.5, 2.5), 1.0), "x3": ((3,
 CONDITIONS |= {f"1x1x{s}": ((1, 1, s), slice_profile((1, 1, s))) for s in (2, 3, 4, 5)}
 
 
-def shipped_models() -> dict[str, Path]:
-    """Methods besides spline: the original weights when present, every shipped model."""
-    models = {"original 10L-64 x2": ORIGINAL} if ORIGINAL.is_file() else {}
+def shipped_models(channels: int = 1) -> dict[str, Path]:
+    """Methods besides spline with ``channels`` inputs (1: T1 alone; 2: T1 and a
+    reference): the original weights when present, every shipped model."""
+    name, original = ORIGINALS[channels]
+    models = {name: original} if original.is_file() else {}
     for folder in sorted(HERE.glob("*/model")):
-        models[folder.parent.name] = folder
+        if load_model(folder).config.in_channels == channels:
+            models[folder.parent.name] = folder
     return models
 
 
@@ -64,17 +78,21 @@ def central_crop(volume: np.ndarray, size=CROP) -> np.ndarray:
     return volume[tuple(slice(a, a + c) for a, c in zip(start, size))]
 
 
-def evaluate(hr: np.ndarray, condition: str, models: dict, region: str) -> list[dict]:
-    """Rows ``{condition, region, method, psnr, ssim}`` for one degradation of ``hr``."""
+def evaluate(hr: np.ndarray, condition: str, models: dict, region: str,
+             reference: np.ndarray | None = None) -> list[dict]:
+    """Rows ``{condition, region, method, psnr, ssim}`` for one degradation of ``hr``;
+    ``reference`` (the grid of ``hr``) goes to every model, cropped as ``hr`` is."""
     scale, sigma = CONDITIONS[condition]
     lr, truth = degrade(hr, scale, sigma)
+    if reference is not None:
+        reference = reference[tuple(slice(0, n) for n in truth.shape)]
     factors = [a / b for a, b in zip(truth.shape, lr.shape)]
     masks = {"crop": None} if region == "crop" else {"head": None,
                                                       "head (mask)": head_mask(truth)}
     rows = []
     for i, (method, loaded) in enumerate(models.items()):
         start = time.perf_counter()
-        sr = super_resolve_array(loaded.params, loaded.config, lr, factors)
+        sr = super_resolve_array(loaded.params, loaded.config, lr, factors, reference)
         seconds = round(time.perf_counter() - start, 1)
         for name, mask in masks.items():
             scores = score(sr, truth, lr if i == 0 else None, mask, SHAVE)
@@ -110,9 +128,15 @@ def main(argv: list[str] | None = None) -> int:
                         default=["crop", "head"])
     parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS),
                         default=list(CONDITIONS))
+    parser.add_argument("--reference", type=Path,
+                        help="HR image of another modality on the grid of --hr: score the "
+                             "multimodal methods, given it, instead of the monomodal ones")
     parser.add_argument("--models", nargs="+", metavar="NAME",
                         help="only these methods besides spline (folder names here, or "
-                             "'original 10L-64 x2'); default: all")
+                             "the original weights' name); default: all")
+    parser.add_argument("--extra", type=Path, action="append", default=[], metavar="MODEL",
+                        help="also score this model folder, training run or .caffemodel, "
+                             "named by its path (repeatable)")
     parser.add_argument("--json", type=Path,
                         help="write the rows here; rows of a method, condition and region "
                              "not run this time are kept from the file")
@@ -121,8 +145,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate.py: {args.hr}: not found (apt-get install mricron-data)",
               file=sys.stderr)
         return 1
+    for path in [args.reference, *args.extra]:
+        if path is not None and not path.exists():
+            print(f"evaluate.py: {path}: not found", file=sys.stderr)
+            return 1
     hr = io.to_array(io.read_image(args.hr), np.float64)
-    available = shipped_models()
+    reference = (None if args.reference is None
+                 else io.to_array(io.read_image(args.reference), np.float64))
+    if reference is not None and reference.shape != hr.shape:
+        print(f"evaluate.py: {args.reference}: {reference.shape} voxels, --hr has "
+              f"{hr.shape}: not on the same grid", file=sys.stderr)
+        return 1
+    available = shipped_models(1 if reference is None else 2)
     unknown = sorted(set(args.models or ()) - set(available))
     if unknown:
         print(f"evaluate.py: --models: no such method: {', '.join(unknown)} (have: "
@@ -130,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     models = {name: load_model(path) for name, path in available.items()
               if not args.models or name in args.models}
+    models |= {str(path): load_model(path) for path in args.extra}
     rows = []
     for region in args.regions:
-        volume = central_crop(hr) if region == "crop" else hr
+        volume, other = ((hr, reference) if region == "head" else
+                         (central_crop(hr), None if reference is None
+                          else central_crop(reference)))
         for condition in args.conditions:
-            new = evaluate(volume, condition, models, region)
+            new = evaluate(volume, condition, models, region, other)
             print(f"{condition}: " + ", ".join(f"{r['region']} {r['method']} {r['psnr']:.2f} dB"
                                                for r in new), file=sys.stderr, flush=True)
             rows += new

@@ -8,7 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REPO
+import SimpleITK as sitk
+from conftest import REPO, write
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,41 @@ def test_a_run_of_some_models_keeps_the_other_rows_of_the_json(evaluate, anatomi
 def test_an_unknown_model_is_one_line_and_exit_2(evaluate, anatomical_path, capsys):
     assert evaluate.main(["--hr", str(anatomical_path), "--models", "nope"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.fixture
+def pair(anatomical, tmp_path):
+    """A T1 and a second "modality" on its grid: the T1's intensities inverted inside
+    the head, as T2 contrast roughly is."""
+    t1 = np.asarray(sitk.GetArrayFromImage(anatomical), np.float64).transpose(2, 1, 0)
+    other = np.where(t1 > 0, t1.max() - t1, 0.0)
+    return write(t1, tmp_path / "t1.nii.gz"), write(other, tmp_path / "t2.nii.gz")
+
+
+def test_with_a_reference_the_multimodal_methods_are_scored_and_given_it(
+        evaluate, pair, models, tmp_path):
+    """--reference scores the two-channel methods (the original multimodal weights when
+    ../shared is present, an --extra two-channel model) and none of the monomodal ones;
+    the model's score changes with the reference it is given."""
+    t1, t2 = pair
+    rows = {}
+    for reference in (t2, t1):
+        out = tmp_path / f"{reference.stem}.json"
+        assert evaluate.main(["--hr", str(t1), "--reference", str(reference), "--regions",
+                              "crop", "--conditions", "x2", "--extra", str(models["multi"]),
+                              "--json", str(out)]) == 0
+        rows[reference] = {r["method"]: r["psnr"] for r in
+                           json.loads(out.read_text())["rows"]}
+    methods = set(rows[t2])
+    assert methods == {"cubic spline", *evaluate.shipped_models(2), str(models["multi"])}
+    assert not methods & set(evaluate.shipped_models(1))
+    assert rows[t2][str(models["multi"])] != rows[t1][str(models["multi"])]
+
+
+def test_a_reference_off_the_grid_of_the_scan_is_one_line_and_exit_1(
+        evaluate, pair, anatomical_path, tmp_path, capsys):
+    t1, _ = pair
+    small = write(np.ones((20, 20, 20)), tmp_path / "small.nii.gz")
+    assert evaluate.main(["--hr", str(t1), "--reference", str(small)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "small.nii.gz" in err
