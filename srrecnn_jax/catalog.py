@@ -3,8 +3,10 @@
 A shipped model is a folder ``checkpoints/<folder>/`` holding ``model/`` (a model
 folder, see ``checkpoint``) and ``card.json`` (its task and training data in words).
 Its name is the folder's with ``-`` for ``_`` (``mni_x2`` -> ``mni-x2``); ``default``
-names ``DEFAULT``. Scores on Colin27, a real brain no shipped model trained on, come
-from ``checkpoints/colin27_crop.json``, written by ``checkpoints/evaluate.py``.
+names ``DEFAULT``. Its scores come from a table written by ``checkpoints/evaluate.py``:
+Colin27, a real brain no shipped model trained on (``colin27_crop.json``), unless the
+card names another (``"scores": {"table", "region", "on"}``: a multimodal model is
+scored on the held-out slab of a T1/T2 template pair, as no real pair is installable).
 
 The folder sits beside the package in a source checkout (the README's install is
 editable); an installed wheel has none, and then no model is shipped.
@@ -24,13 +26,16 @@ DEFAULT = "mni-x2"
 CARD = "card.json"
 #: The Colin27 table of ``checkpoints/evaluate.py`` (central crop).
 COLIN27_SCORES = "colin27_crop.json"
+#: Where a model's scores come from unless its card says otherwise.
+DEFAULT_SCORES = {"table": COLIN27_SCORES, "region": "crop", "on": "Colin27 crop"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Shipped:
     """One shipped model: ``name``, its model folder ``path``, what it is for (``task``),
     what it was trained on (``data``), the scales and HR voxel size (mm, or None) its
-    folder records, and its PSNR on Colin27 beside cubic spline's, per condition
+    folder records, what it was scored on (``scored_on``: Colin27's crop unless its card
+    says otherwise) and its PSNR there beside cubic spline's, per condition
     (``{"x2": (model, spline)}``)."""
 
     name: str
@@ -39,7 +44,8 @@ class Shipped:
     data: str
     trained_scales: tuple
     trained_spacing: float | None
-    colin27: dict[str, tuple[float, float]]
+    scored_on: str
+    psnr: dict[str, tuple[float, float]]
 
 
 def names(root: Path = CHECKPOINTS) -> list[str]:
@@ -64,12 +70,15 @@ def describe(name: str, root: Path = CHECKPOINTS) -> Shipped:
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
         task, data = str(card["task"]), str(card["data"])
+        scores = {**DEFAULT_SCORES, **card.get("scores", {})}
+        table, region, scored_on = (str(scores[k]) for k in ("table", "region", "on"))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SrrecnnError(f"{card_path}: unreadable model card ({e})") from None
     meta, _ = read_meta(folder / "model" / "config.json")
     scales = tuple(meta.get("trained_scales") or ())
     return Shipped(_folder_name(folder), folder / "model", task, data, scales,
-                   meta.get("trained_spacing"), _colin27(folder.name, root / COLIN27_SCORES))
+                   meta.get("trained_spacing"), scored_on,
+                   _psnr(folder.name, root / table, region))
 
 
 def locate(value: str | Path, root: Path = CHECKPOINTS) -> Path:
@@ -99,14 +108,14 @@ def _folder(name: str, root: Path) -> Path:
     return folder
 
 
-def _colin27(method: str, table: Path) -> dict[str, tuple[float, float]]:
-    """``{condition: (model PSNR, spline PSNR)}`` for ``method`` in the Colin27 crop table
-    (empty when the table or the model's rows are missing)."""
+def _psnr(method: str, table: Path, region: str) -> dict[str, tuple[float, float]]:
+    """``{condition: (model PSNR, spline PSNR)}`` for ``method`` in ``region`` of an
+    ``evaluate.py`` table (empty when the table or the model's rows are missing)."""
     try:
         rows = json.loads(table.read_text(encoding="utf-8"))["rows"]
     except (OSError, ValueError, KeyError):
         return {}
-    psnr = {(r["condition"], r["method"]): r["psnr"] for r in rows if r.get("region") == "crop"}
+    psnr = {(r["condition"], r["method"]): r["psnr"] for r in rows if r.get("region") == region}
     return {condition: (value, psnr[condition, "cubic spline"])
             for (condition, method_name), value in psnr.items()
             if method_name == method and (condition, "cubic spline") in psnr}

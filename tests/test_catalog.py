@@ -46,7 +46,20 @@ def test_description_holds_card_trained_scales_and_colin27_crop_scores(shelf):
     (tiny,) = catalog.shipped(shelf)
     assert (tiny.task, tiny.data, tiny.trained_scales) == ("monomodal x3", "MNI 2009a", (3.0,))
     assert tiny.path == shelf / "tiny_x3" / "model"
-    assert tiny.colin27 == {"x3": (31.5, 30.3)}
+    assert (tiny.scored_on, tiny.psnr) == ("Colin27 crop", {"x3": (31.5, 30.3)})
+
+
+def test_a_card_naming_its_own_score_table_is_scored_from_it(shelf):
+    """A multimodal model's card points at the held-out pair's table and region."""
+    card = shelf / "tiny_x3" / catalog.CARD
+    card.write_text(json.dumps({"task": "multimodal x3", "data": "a pair", "scores": {
+        "table": "pair.json", "region": "head", "on": "held-out pair slab"}}))
+    rows = [{"condition": "x3", "region": "head", "method": "cubic spline", "psnr": 33.0},
+            {"condition": "x3", "region": "head", "method": "tiny_x3", "psnr": 36.5},
+            {"condition": "x3", "region": "crop", "method": "tiny_x3", "psnr": 1.0}]
+    (shelf / "pair.json").write_text(json.dumps({"rows": rows}))
+    (tiny,) = catalog.shipped(shelf)
+    assert (tiny.scored_on, tiny.psnr) == ("held-out pair slab", {"x3": (36.5, 33.0)})
 
 
 def test_description_holds_the_trained_voxel_size(shelf):

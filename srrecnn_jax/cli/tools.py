@@ -119,8 +119,9 @@ def run_models(args: argparse.Namespace) -> int:
         print(json.dumps([{"name": m.name, "default": m.name == DEFAULT, "path": str(m.path),
                            "task": m.task, "trained_scales": list(m.trained_scales),
                            "trained_spacing": m.trained_spacing, "data": m.data,
-                           "colin27_crop_psnr": {c: {"model": v, "spline": s}
-                                                 for c, (v, s) in m.colin27.items()}}
+                           "scored_on": m.scored_on,
+                           "psnr": {c: {"model": v, "spline": s}
+                                    for c, (v, s) in m.psnr.items()}}
                           for m in models], indent=2))
         return 0
     if not models:
@@ -128,11 +129,11 @@ def run_models(args: argparse.Namespace) -> int:
         return 0
     for m in models:
         scales = format_scales(list(m.trained_scales)) or "not recorded"
-        scores = "; ".join(f"{c} {v:.2f} (spline {s:.2f})" for c, (v, s) in m.colin27.items())
+        scores = "; ".join(f"{c} {v:.2f} (spline {s:.2f})" for c, (v, s) in m.psnr.items())
         print(f"{m.name}{' (default)' if m.name == DEFAULT else ''}\n"
               f"  task:    {m.task}\n  scales:  {scales}\n"
               f"  voxels:  {_spacing_text(m.trained_spacing)}\n  data:    {m.data}\n"
-              f"  Colin27 crop PSNR, dB: {scores or 'not evaluated'}")
+              f"  {m.scored_on} PSNR, dB: {scores or 'not evaluated'}")
     return 0
 
 
