@@ -1,7 +1,8 @@
-"""Write the latest checkpoint of a run fine-tuned from the original x2 weights as a model
-folder, with the scales and voxel size it trains on (recorded in each checkpoint) and
-the original weights' provenance (CeCILL-B: a fine-tuned model is a derivative work of
-the original release).
+"""Write the latest checkpoint (or ``--step``) of a run fine-tuned from the original x2
+weights as a model folder, with the scales and voxel size it trains on (recorded in each
+checkpoint) and the original weights' provenance (CeCILL-B: a fine-tuned model is a
+derivative work of the original release): the monomodal weights' for a one-channel
+model, the multimodal weights' for a two-channel one.
 
     python checkpoints/export.py runs/thick_slice checkpoints/thick_slice/model
 
@@ -17,15 +18,22 @@ from pathlib import Path
 
 from srrecnn_jax.checkpoint import checkpoint_steps, load_model, save_model
 
-ORIGINAL = {"file": "SRReCNN3D_10Layers_IsoScalex2.caffemodel",
-            "sha256": "2438b3686c47c233bf50186a7923fb243b516d54e31d528761bdeebcb9a87d18",
-            "source": "github.com/rousseau/deepBrain, SRReCNN3D/Monomodal/Test/caffe_model",
-            "licence": "CeCILL-B",
+_RELEASE = {"licence": "CeCILL-B",
             "authors": "Chi-Hieu Pham, Carlos Tor-Diez, Helene Meunier, Nathalie Bednarek, "
                        "Ronan Fablet, Nicolas Passat, Francois Rousseau",
             "citation": "Pham et al., Multiscale brain MRI super-resolution using deep 3D "
                         "convolutional networks, Computerized Medical Imaging and Graphics 77, "
                         "101647 (2019)"}
+#: input channels -> the original weights a model with them was fine-tuned from
+ORIGINALS = {
+    1: {"file": "SRReCNN3D_10Layers_IsoScalex2.caffemodel",
+        "sha256": "2438b3686c47c233bf50186a7923fb243b516d54e31d528761bdeebcb9a87d18",
+        "source": "github.com/rousseau/deepBrain, SRReCNN3D/Monomodal/Test/caffe_model",
+        **_RELEASE},
+    2: {"file": "MultiSRReCNN3D_10Layers_IsoScalex2.caffemodel",
+        "sha256": "ddfd7ad5943385317a2dce0e7146ca0961f5a2a51893225318af4abaef0870e9",
+        "source": "github.com/rousseau/deepBrain, SRReCNN3D/Multimodal/Test/caffe_model",
+        **_RELEASE}}
 
 
 def main() -> None:
@@ -35,16 +43,20 @@ def main() -> None:
     parser.add_argument("--earlier-steps", type=int, default=0, metavar="N",
                         help="steps of the earlier runs this one was initialised from "
                              "(--init), so that the folder records the steps in all")
+    parser.add_argument("--step", type=int, help="this checkpoint (default: the latest)")
     args = parser.parse_args()
     steps = checkpoint_steps(args.run)
     if not steps:
         parser.error(f"{args.run}: no checkpoint yet")
-    loaded = load_model(args.run)
+    step = steps[-1] if args.step is None else args.step
+    if step not in steps:
+        parser.error(f"{args.run}: no checkpoint of step {step} (have {steps})")
+    loaded = load_model(args.run / "checkpoints" / str(step))
     loaded.origin = {"kind": "srrecnn-jax fine-tuning", "run": str(args.run),
-                     "step": steps[-1], "steps_in_all": args.earlier_steps + steps[-1],
-                     "fine_tuned_from": ORIGINAL}
+                     "step": step, "steps_in_all": args.earlier_steps + step,
+                     "fine_tuned_from": ORIGINALS[loaded.config.in_channels]}
     save_model(args.out, loaded, force=True)
-    print(f"{args.out}: step {steps[-1]}, scales {loaded.trained_scales}, "
+    print(f"{args.out}: step {step}, scales {loaded.trained_scales}, "
           f"spacing {loaded.trained_spacing} mm")
 
 
