@@ -36,7 +36,7 @@ ORIGINALS = {
         **_RELEASE}}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the training run folder")
     parser.add_argument("out", type=Path, help="model folder to write (replaced)")
@@ -44,7 +44,7 @@ def main() -> None:
                         help="steps of the earlier runs this one was initialised from "
                              "(--init), so that the folder records the steps in all")
     parser.add_argument("--step", type=int, help="this checkpoint (default: the latest)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     steps = checkpoint_steps(args.run)
     if not steps:
         parser.error(f"{args.run}: no checkpoint yet")

@@ -1,0 +1,70 @@
+"""checkpoints/export.py: a training run's checkpoint as a model folder that records the
+original weights it was fine-tuned from (CeCILL-B provenance)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, write
+
+from srrecnn_jax import cli
+from srrecnn_jax.checkpoint import load_model
+
+
+@pytest.fixture(scope="module")
+def export():
+    spec = importlib.util.spec_from_file_location("export", REPO / "checkpoints" / "export.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def two_channel_run(tmp_path_factory):
+    """A tiny two-channel run (T1 and its inverse as the reference) with checkpoints at
+    steps 2 and 4."""
+    root = tmp_path_factory.mktemp("export")
+    rng = np.random.default_rng(0)
+    hr = rng.uniform(10.0, 100.0, (24, 24, 20)).astype(np.float32)
+    first = write(hr, root / "t1.nii.gz")
+    other = write(110.0 - hr, root / "t2.nii.gz")
+    h5 = root / "pair.h5"
+    assert cli.main(["make-patches", "--mode", "intermod", "-f", str(first), "-i", str(other),
+                     "-o", str(h5), "--patch", "9", "--stride", "5", "--border", "0,0,0",
+                     "--quiet"]) == 0
+    run = root / "run"
+    settings = {"layers": 2, "filters": 4, "batch": 2, "in_channels": 2, "max_iter": 4,
+                "checkpoint_every": 2, "log_every": 2, "keep": 2}
+    assert cli.main(["train", str(h5), "--out", str(run), "--quiet",
+                     *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]) == 0
+    return run
+
+
+def test_a_chosen_step_is_written_with_the_multimodal_provenance(export, two_channel_run,
+                                                                 tmp_path):
+    """--step 2 writes checkpoint 2's parameters (bitwise) and records step 2 and the
+    original multimodal weights' file and sha256 for a two-channel model."""
+    out = tmp_path / "model"
+    export.main([str(two_channel_run), str(out), "--step", "2"])
+    written = load_model(out)
+    expected = load_model(two_channel_run / "checkpoints" / "2")
+    for a, b in zip(jax.tree_util.tree_leaves(written.params),
+                    jax.tree_util.tree_leaves(expected.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    origin = json.loads((out / "config.json").read_text())["origin"]
+    assert origin["step"] == 2
+    assert origin["fine_tuned_from"] == export.ORIGINALS[2]
+    assert origin["fine_tuned_from"]["file"].startswith("Multi")
+
+
+def test_a_step_without_a_checkpoint_is_an_error_naming_the_steps(export, two_channel_run,
+                                                                  tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        export.main([str(two_channel_run), str(tmp_path / "model"), "--step", "3"])
+    assert stop.value.code == 2
+    assert "no checkpoint of step 3 (have [2, 4])" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
