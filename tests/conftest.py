@@ -62,6 +62,14 @@ def mni_t1_path() -> Path:
                         "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
 
 
+def checkpoints_script(name: str):
+    """A script of ``checkpoints/`` (``evaluate``, ``export``) imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "checkpoints" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def crop(image: sitk.Image, lower: tuple[int, int, int], size: tuple[int, int, int]) -> sitk.Image:
     """A sub-volume (x, y, z index ranges) keeping its physical position."""
     return image[lower[0]:lower[0] + size[0], lower[1]:lower[1] + size[1],

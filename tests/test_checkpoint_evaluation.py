@@ -3,21 +3,17 @@ a real scan at isotropic and thick-slice scales (Colin27 by default; a fixture h
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import REPO, write
+from conftest import checkpoints_script, write
 
 
 @pytest.fixture(scope="module")
 def evaluate():
-    spec = importlib.util.spec_from_file_location("evaluate", REPO / "checkpoints" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return checkpoints_script("evaluate")
 
 
 def test_every_method_is_scored_at_every_condition(evaluate, anatomical_path, tmp_path):

@@ -3,13 +3,12 @@ original weights it was fine-tuned from (CeCILL-B provenance)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, write
+from conftest import checkpoints_script, write
 
 from srrecnn_jax import cli
 from srrecnn_jax.checkpoint import load_model
@@ -17,10 +16,7 @@ from srrecnn_jax.checkpoint import load_model
 
 @pytest.fixture(scope="module")
 def export():
-    spec = importlib.util.spec_from_file_location("export", REPO / "checkpoints" / "export.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return checkpoints_script("export")
 
 
 @pytest.fixture(scope="module")
