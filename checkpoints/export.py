@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="steps of the earlier runs this one was initialised from "
                              "(--init), so that the folder records the steps in all")
     parser.add_argument("--step", type=int, help="this checkpoint (default: the latest)")
+    parser.add_argument("--scales", type=float, nargs="+", metavar="S",
+                        help="the scales trained, for a run from HDF5 patches (which do not "
+                             "record them); refused when the checkpoint records its own")
+    parser.add_argument("--spacing", type=float, metavar="MM",
+                        help="the HR voxel size (mm) trained on, likewise")
     args = parser.parse_args(argv)
     steps = checkpoint_steps(args.run)
     if not steps:
@@ -52,6 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     if step not in steps:
         parser.error(f"{args.run}: no checkpoint of step {step} (have {steps})")
     loaded = load_model(args.run / "checkpoints" / str(step))
+    for name, value in (("scales", args.scales), ("spacing", args.spacing)):
+        if value is not None and getattr(loaded, f"trained_{name}") is not None:
+            parser.error(f"--{name}: {args.run} records its own")
+    loaded.trained_scales = loaded.trained_scales or args.scales
+    loaded.trained_spacing = loaded.trained_spacing or args.spacing
     loaded.origin = {"kind": "srrecnn-jax fine-tuning", "run": str(args.run),
                      "step": step, "steps_in_all": args.earlier_steps + step,
                      "fine_tuned_from": ORIGINALS[loaded.config.in_channels]}

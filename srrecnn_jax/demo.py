@@ -87,6 +87,9 @@ def run_demo(out_dir: Path, model: Path | None = None, crop: int | None = None,
     """
     model = model or default_model()
     resolver = SuperResolver.load(model)
+    if resolver.config.in_channels != 1:
+        raise SrrecnnError(f"{model}: a multimodal model; the demo scores monomodal ones (no "
+                           "second modality of its brain is installable)", "model")
     hr, data = unseen_scan()
     if crop:
         size = [min(crop, n) for n in hr.GetSize()]

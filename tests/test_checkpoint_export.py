@@ -64,3 +64,13 @@ def test_a_step_without_a_checkpoint_is_an_error_naming_the_steps(export, two_ch
     assert stop.value.code == 2
     assert "no checkpoint of step 3 (have [2, 4])" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
+
+
+def test_a_run_from_hdf5_patches_gets_the_scales_and_spacing_given(export, two_channel_run,
+                                                                   tmp_path):
+    """HDF5 patches record no scale or voxel size: --scales and --spacing supply them, so
+    that the "scale not trained for" and voxel-size warnings work for the model."""
+    out = tmp_path / "model"
+    export.main([str(two_channel_run), str(out), "--scales", "2", "--spacing", "1"])
+    written = load_model(out)
+    assert (written.trained_scales, written.trained_spacing) == ([2.0], 1.0)

@@ -39,6 +39,16 @@ def test_demo_without_a_checkpoint_is_one_error_line(tmp_path, capsys, monkeypat
     assert len(err.splitlines()) == 1 and "--model" in err
 
 
+def test_demo_of_a_multimodal_model_is_one_error_line_and_writes_nothing(models, tmp_path,
+                                                                        capsys):
+    """The demo brain has no second modality to give a two-channel model."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "-m", str(models["multi"]), "--crop", "32"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "multimodal" in err and "--model" in err
+    assert not out.exists()
+
+
 def test_demo_runs_the_shipped_checkpoint_by_default(mni_t1_path, tmp_path, capsys):
     """No --model: checkpoints/mni_x2 (5 layers, 16 filters) restores a crop better than
     spline (interior of a 48^3 crop)."""
