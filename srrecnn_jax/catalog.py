@@ -21,8 +21,8 @@ from pathlib import Path
 from srrecnn_jax.errors import SrrecnnError
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-#: What ``default`` names: the monomodal x2 model (``mono-x2`` once it ships).
-DEFAULT = "mni-x2"
+#: What ``default`` names: the monomodal x2 model fine-tuned from the 2019 weights.
+DEFAULT = "mono-x2"
 CARD = "card.json"
 #: The Colin27 table of ``checkpoints/evaluate.py`` (central crop).
 COLIN27_SCORES = "colin27_crop.json"

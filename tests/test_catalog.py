@@ -88,9 +88,9 @@ def test_an_unknown_name_is_an_error_listing_the_names(shelf):
 
 
 @pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
-def test_default_is_the_shipped_mni_x2_model():
-    assert catalog.DEFAULT == "mni-x2"
-    assert catalog.locate("default") == MNI_X2
+def test_default_is_the_shipped_mono_x2_model():
+    assert catalog.DEFAULT == "mono-x2"
+    assert catalog.locate("default") == catalog.CHECKPOINTS / "mono_x2" / "model"
     assert catalog.locate("mni-x2") == MNI_X2
 
 
@@ -104,16 +104,18 @@ def test_info_takes_a_shipped_models_name(capsys):
 def test_models_lists_the_shipped_models_with_the_default_marked(capsys):
     assert cli.main(["models", "--json"]) == 0
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
-    assert listed["mni-x2"]["default"] is True
+    assert listed["mono-x2"]["default"] is True and listed["mni-x2"]["default"] is False
     assert listed["mni-x2"]["trained_scales"] == [2.0]
 
 
 @pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
 def test_shipped_models_record_the_1mm_voxels_they_were_trained_on(capsys):
-    """Both were trained on 1 mm templates: the sr warning about far-off voxel sizes works."""
+    """Those trained on 1 mm templates record it, so the sr warning about far-off voxel
+    sizes works; mono-x2, trained on the templates at 1, 1.5 and 2 mm, records none."""
     assert cli.main(["models", "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
-    assert listed and all(m["trained_spacing"] == 1.0 for m in listed)
+    spacing = {m["name"]: m["trained_spacing"] for m in json.loads(capsys.readouterr().out)}
+    assert spacing.pop("mono-x2") is None
+    assert spacing and all(value == 1.0 for value in spacing.values())
 
 
 def test_sr_with_an_unknown_model_name_is_one_line_naming_the_option(tmp_path, capsys):
