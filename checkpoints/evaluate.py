@@ -42,8 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from srrecnn_jax import io
-from srrecnn_jax.checkpoint import load_model
+from srrecnn_jax.checkpoint import load_model, read_meta
 from srrecnn_jax.degradation import degrade, slice_profile
+from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import head_mask, score
 from srrecnn_jax.inference import super_resolve_array
 
@@ -67,7 +68,8 @@ def shipped_models(channels: int = 1) -> dict[str, Path]:
     name, original = ORIGINALS[channels]
     models = {name: original} if original.is_file() else {}
     for folder in sorted(HERE.glob("*/model")):
-        if load_model(folder).config.in_channels == channels:
+        _, config = read_meta(folder / "config.json")  # the config alone, not the weights
+        if config.in_channels == channels:
             models[folder.parent.name] = folder
     return models
 
@@ -149,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and not path.exists():
             print(f"evaluate.py: {path}: not found", file=sys.stderr)
             return 1
-    hr = io.to_array(io.read_image(args.hr), np.float64)
-    reference = (None if args.reference is None
-                 else io.to_array(io.read_image(args.reference), np.float64))
+    try:
+        hr = io.to_array(io.read_image(args.hr), np.float64)
+        reference = (None if args.reference is None
+                     else io.to_array(io.read_image(args.reference), np.float64))
+    except SrrecnnError as e:
+        print(f"evaluate.py: {e}", file=sys.stderr)
+        return 1
     if reference is not None and reference.shape != hr.shape:
         print(f"evaluate.py: {args.reference}: {reference.shape} voxels, --hr has "
               f"{hr.shape}: not on the same grid", file=sys.stderr)
@@ -167,9 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     models |= {str(path): load_model(path) for path in args.extra}
     rows = []
     for region in args.regions:
-        volume, other = ((hr, reference) if region == "head" else
-                         (central_crop(hr), None if reference is None
-                          else central_crop(reference)))
+        cut = central_crop if region == "crop" else np.asarray
+        volume, other = cut(hr), None if reference is None else cut(reference)
         for condition in args.conditions:
             new = evaluate(volume, condition, models, region, other)
             print(f"{condition}: " + ", ".join(f"{r['region']} {r['method']} {r['psnr']:.2f} dB"

@@ -90,10 +90,19 @@ def test_with_a_reference_the_multimodal_methods_are_scored_and_given_it(
     assert rows[t2][str(models["multi"])] != rows[t1][str(models["multi"])]
 
 
-def test_a_reference_off_the_grid_of_the_scan_is_one_line_and_exit_1(
-        evaluate, pair, anatomical_path, tmp_path, capsys):
+def test_a_reference_off_the_grid_of_the_scan_is_one_line_and_exit_1(evaluate, pair, tmp_path,
+                                                                     capsys):
     t1, _ = pair
     small = write(np.ones((20, 20, 20)), tmp_path / "small.nii.gz")
     assert evaluate.main(["--hr", str(t1), "--reference", str(small)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "small.nii.gz" in err
+
+
+def test_an_unreadable_reference_is_one_line_and_exit_1(evaluate, pair, tmp_path, capsys):
+    t1, _ = pair
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"not an image")
+    assert evaluate.main(["--hr", str(t1), "--reference", str(junk)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "junk.nii.gz" in err
