@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.resources
 import io as stdio
 import json
 import math
@@ -42,15 +41,13 @@ import jax
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import cli, io
+from srrecnn_jax import cli, io, sources
 from srrecnn_jax.batch import Options
 from srrecnn_jax.degradation import degrade
 from srrecnn_jax.inference import SuperResolver
 from srrecnn_jax.tiling import run_network
 
-DEFAULT_MODEL = (Path(__file__).resolve().parents[2] / "shared" / "caffe"
-                 / "SRReCNN3D_10Layers_IsoScalex2.caffemodel")
-MNI = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+DEFAULT_MODEL = sources.release_weights(1)
 
 
 def padded(shape, bucket: int) -> tuple[int, ...]:
@@ -60,7 +57,7 @@ def padded(shape, bucket: int) -> tuple[int, ...]:
 
 def make_volumes(folder: Path, count: int, crop: int | None) -> list[Path]:
     """Write ``count`` slightly different x2-degraded MNI volumes; their paths."""
-    hr_image = sitk.ReadImage(str(importlib.resources.files("nilearn") / MNI))
+    hr_image = sitk.ReadImage(str(sources.mni_2009a_t1()))
     lr, _ = degrade(io.to_array(hr_image), (2, 2, 2))
     lr_image = io.to_image(lr, [2.0] * 3, hr_image.GetOrigin(), hr_image.GetDirection())
     shape = np.array(lr.shape)

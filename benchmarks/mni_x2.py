@@ -16,7 +16,6 @@ monomodal x2 weights from ../shared/caffe.
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import platform
 import resource
@@ -27,15 +26,13 @@ import jax
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import io
+from srrecnn_jax import io, sources
 from srrecnn_jax.degradation import degrade
 from srrecnn_jax.evaluation import score
 from srrecnn_jax.inference import SuperResolver
 from srrecnn_jax.tiling import run_network
 
-DEFAULT_MODEL = (Path(__file__).resolve().parents[2] / "shared" / "caffe"
-                 / "SRReCNN3D_10Layers_IsoScalex2.caffemodel")
-MNI = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+DEFAULT_MODEL = sources.release_weights(1)
 
 
 def network_speed(resolver: SuperResolver, edge: int, repeats: int = 3) -> float:
@@ -59,7 +56,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
 
-    hr_image = sitk.ReadImage(str(importlib.resources.files("nilearn") / MNI))
+    hr_image = sitk.ReadImage(str(sources.mni_2009a_t1()))
     hr_full = io.to_array(hr_image)
     lr, hr = degrade(hr_full, (2, 2, 2))
     lr_image = io.to_image(lr, [2.0] * 3, hr_image.GetOrigin(), hr_image.GetDirection())

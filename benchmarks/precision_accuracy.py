@@ -25,7 +25,6 @@ monomodal x2 weights from ../shared/caffe when present, else the project's
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import os
 import platform
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import conv, io, model
+from srrecnn_jax import conv, io, model, sources
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.degradation import degrade
 from srrecnn_jax.evaluation import score
@@ -45,9 +44,8 @@ from srrecnn_jax.inference import finish_array, prepare_array
 from srrecnn_jax.tiling import run_network
 
 ROOT = Path(__file__).resolve().parents[1]
-ORIGINAL = ROOT.parent / "shared" / "caffe" / "SRReCNN3D_10Layers_IsoScalex2.caffemodel"
+ORIGINAL = sources.release_weights(1)
 SHIPPED = ROOT / "checkpoints" / "mni_x2" / "model"
-MNI = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
 
 def round_tf32(x: jax.Array) -> jax.Array:
@@ -77,7 +75,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
 
-    hr_full = io.to_array(sitk.ReadImage(str(importlib.resources.files("nilearn") / MNI)))
+    hr_full = io.to_array(sitk.ReadImage(str(sources.mni_2009a_t1())))
     if args.crop:
         lo = [(s - args.crop) // 2 for s in hr_full.shape]
         hr_full = hr_full[tuple(slice(a, a + args.crop) for a in lo)]

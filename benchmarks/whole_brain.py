@@ -37,13 +37,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import io
+from srrecnn_jax import io, sources
 from srrecnn_jax.checkpoint import LoadedModel, load_model, save_model
 from srrecnn_jax.degradation import degrade
 from srrecnn_jax.demo import mni_t1
 
 HERE = Path(__file__).resolve().parent
-ORIGINAL = HERE.parents[1] / "shared" / "caffe" / "SRReCNN3D_10Layers_IsoScalex2.caffemodel"
+ORIGINAL = sources.release_weights(1)
 
 
 def timed_process(command: list[str], env: dict[str, str] | None = None) -> dict:

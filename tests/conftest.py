@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import importlib.util
 import os
 import shutil
@@ -16,24 +15,22 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from srrecnn_jax import io
+from srrecnn_jax import io, sources
+from srrecnn_jax.errors import SrrecnnError
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CAFFE = REPO.parent / "shared" / "caffe"
-MONO = "SRReCNN3D_10Layers_IsoScalex2.caffemodel"
-MULTI = "MultiSRReCNN3D_10Layers_IsoScalex2.caffemodel"
+SHARED_CAFFE = sources.RELEASE_DIR
+MONO = sources.RELEASE[1]["file"]
+MULTI = sources.RELEASE[2]["file"]
 SRCNN = "SRCNN3D_iter_470000.caffemodel"
 
 
 def package_file(package: str, relative: str) -> Path:
     """A data file shipped inside an installed package; skip the test if absent."""
     try:
-        path = importlib.resources.files(package) / relative
-    except ModuleNotFoundError:
-        pytest.skip(f"{package} is not installed")
-    if not path.is_file():
-        pytest.skip(f"{package} does not ship {relative}")
-    return Path(str(path))
+        return sources.package_data(package, relative)
+    except SrrecnnError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture
@@ -58,8 +55,7 @@ def anatomical(anatomical_path: Path) -> sitk.Image:
 @pytest.fixture
 def mni_t1_path() -> Path:
     """nilearn's MNI ICBM152 2009a T1 at 1 mm (197 x 233 x 189, uint8)."""
-    return package_file("nilearn",
-                        "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    return package_file(*sources.MNI_2009A_T1)
 
 
 def checkpoints_script(name: str):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import checkpoints_script, write
 
-from srrecnn_jax import cli
+from srrecnn_jax import cli, sources
 from srrecnn_jax.checkpoint import load_model
 
 
@@ -53,7 +53,7 @@ def test_a_chosen_step_is_written_with_the_multimodal_provenance(export, two_cha
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     origin = json.loads((out / "config.json").read_text())["origin"]
     assert origin["step"] == 2
-    assert origin["fine_tuned_from"] == export.ORIGINALS[2]
+    assert origin["fine_tuned_from"] == sources.RELEASE[2]
     assert origin["fine_tuned_from"]["file"].startswith("Multi")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from conftest import MONO
 
 from srrecnn_jax import config as configs
 from srrecnn_jax import model
@@ -110,9 +111,9 @@ def test_exported_layers_are_caffe_style(tmp_path):
 
 def test_export_round_trips_the_published_weights(caffe_dir, tmp_path):
     """The original monomodal caffemodel -> export -> convert: the same arrays."""
-    original = load_caffemodel(caffe_dir / "SRReCNN3D_10Layers_IsoScalex2.caffemodel")
+    original = load_caffemodel(caffe_dir / MONO)
     out = tmp_path / "again.caffemodel"
-    assert main(["export-caffe", str(caffe_dir / "SRReCNN3D_10Layers_IsoScalex2.caffemodel"),
+    assert main(["export-caffe", str(caffe_dir / MONO),
                  "-o", str(out)]) == 0
     back = load_caffemodel(out)
     assert back.config == original.config

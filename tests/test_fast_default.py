@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import MONO
 
 from benchmarks.reference import reference_network
 from srrecnn_jax import io
@@ -50,5 +51,5 @@ def test_shipped_model_on_a_real_brain(brain, impl):
 
 @pytest.mark.parametrize("impl", ["auto", "exact"])
 def test_original_weights_on_a_real_brain(brain, caffe_dir, impl):
-    loaded = load_caffemodel(caffe_dir / "SRReCNN3D_10Layers_IsoScalex2.caffemodel")
+    loaded = load_caffemodel(caffe_dir / MONO)
     assert _error(loaded.params, loaded.config, brain, impl) < BOUND[impl]

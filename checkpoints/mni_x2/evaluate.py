@@ -15,12 +15,12 @@ import argparse
 import json
 from pathlib import Path
 
-from srrecnn_jax import io
+from srrecnn_jax import io, sources
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.evaluation import validate
 
 HERE = Path(__file__).resolve().parent
-ORIGINAL = HERE.parents[2] / "shared" / "caffe" / "SRReCNN3D_10Layers_IsoScalex2.caffemodel"
+ORIGINAL = sources.release_weights(1)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
