@@ -23,7 +23,7 @@ LAYERS = [
     ["inference"],
     ["tiling", "checkpoint"],
     ["model", "degradation", "plots"],
-    ["conv", "caffe", "io", "interpolation", "metrics", "parallel", "locking"],
+    ["conv", "caffe", "io", "interpolation", "metrics", "parallel", "locking", "sources"],
     ["config"],
     ["errors"],
 ]
