@@ -618,11 +618,12 @@ def test_symlink_loop_in_batch_mode_is_a_failed_job_naming_it(link_loop, lr_path
 
 @pytest.mark.slow
 def test_ctrl_c_during_the_network_exits_130_with_one_line(tmp_path, out_dir, models):
-    """The real command on a 48^3 image zoomed by 4 (a multimodal model, the reference off
+    """The real command on a 64^3 image zoomed by 4 (a multimodal model, the reference off
     the output grid, so a note is printed just before the zoom and the network run),
     interrupted with SIGINT a second after that note: exit status 130 (it used to die of
     a segmentation fault in some tries), one "srrecnn: interrupted" line after the note,
-    no traceback, no output and no temporary file."""
+    no traceback, no output and no temporary file. (At 48^3 a run on a busy machine
+    once finished before the signal came.)"""
     import signal
     import subprocess
     import sys
@@ -631,7 +632,7 @@ def test_ctrl_c_during_the_network_exits_130_with_one_line(tmp_path, out_dir, mo
 
     import jax
 
-    values = np.random.default_rng(3).uniform(0.1, 1.0, (48, 48, 48)).astype(np.float32)
+    values = np.random.default_rng(3).uniform(0.1, 1.0, (64, 64, 64)).astype(np.float32)
     image = tmp_path / "t1.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(values), str(image))
     command = [sys.executable, "-m", "srrecnn_jax.cli", "sr", str(image), "-o",

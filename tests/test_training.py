@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from srrecnn_jax.checkpoint import LoadedModel, load_model, save_model
 from srrecnn_jax.config import recnn
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.train import loop as trainer
-from srrecnn_jax.train.config import TrainConfig, config_from, from_caffe_solver
+from srrecnn_jax.train.config import TrainConfig, config_from, from_caffe_solver, read_run_config
 from srrecnn_jax.train.data import PatchSet
 from srrecnn_jax.train.step import (
     compile_step,
@@ -420,6 +421,43 @@ def test_stop_saves_a_checkpoint_at_the_current_step(patch_set, tmp_path):
     stop_at_step_12(patch_set, run)
     state, _ = trainer.restore_state(run)
     assert int(state["step"]) == 12
+
+
+def finished_at_step_12(patch_set, run: Path) -> None:
+    trainer.train(small_config(**{**RESUME, "max_iter": 12}), patch_set, run)
+    assert (run / "model").exists()
+
+
+def test_a_finished_run_trains_on_to_a_larger_max_iter(patch_set, tmp_path,
+                                                        uninterrupted_state):
+    """A run finished at max_iter 12, trained again with max_iter 24: the state equals an
+    uninterrupted 24-step run's bitwise (CPU), and the run folder records 24."""
+    run = tmp_path / "run"
+    finished_at_step_12(patch_set, run)
+    trainer.train(small_config(**RESUME), patch_set, run)
+    state, _ = trainer.restore_state(run)
+    assert int(state["step"]) == 24
+    assert_trees_equal(state["params"], uninterrupted_state["params"])
+    assert_trees_equal(state["opt_state"], uninterrupted_state["opt_state"])
+    assert read_run_config(run).schedule.max_iter == 24
+
+
+def test_a_rerun_with_other_settings_is_refused(patch_set, tmp_path):
+    """Another learning rate on a started run: one error naming the folder; the saved
+    settings are kept."""
+    run = tmp_path / "run"
+    finished_at_step_12(patch_set, run)
+    with pytest.raises(SrrecnnError, match=re.escape(f"{run}: holds a run with other settings")):
+        trainer.train(small_config(**RESUME, learning_rate=3e-4), patch_set, run)
+    assert read_run_config(run).schedule.max_iter == 12
+
+
+def test_a_max_iter_below_the_runs_step_is_refused(patch_set, tmp_path):
+    """max_iter 8 on a run at step 12: an error naming max_iter and the step reached."""
+    run = tmp_path / "run"
+    finished_at_step_12(patch_set, run)
+    with pytest.raises(SrrecnnError, match=r"max_iter: 8 is below .* reached \(12\)"):
+        trainer.train(small_config(**{**RESUME, "max_iter": 8}), patch_set, run)
 
 
 # --- 8. resume after kill -9 ------------------------------------------------------------

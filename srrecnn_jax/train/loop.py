@@ -2,7 +2,8 @@
 
 A run folder holds (names in ``checkpoint``, which reads runs without this code)::
 
-    RUN/train_config.json     the TrainConfig (a rerun with another config is refused)
+    RUN/train_config.json     the TrainConfig (a rerun with another config is refused,
+                              except a larger max_iter: the run trains on)
     RUN/checkpoints/<step>/   orbax: "state" (params, optimizer state, step) + "meta" (JSON)
     RUN/metrics.jsonl         one line per logged step
     RUN/curves.png            loss and held-out PSNR curves
@@ -16,6 +17,7 @@ resumed run sees exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -120,14 +122,18 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / RUN_CONFIG
     started = bool(checkpoint_steps(run_dir)) or (run_dir / RUN_MODEL).exists()
-    if config_file.exists() and started and read_run_config(run_dir) != config:
+    saved = read_run_config(run_dir) if config_file.exists() and started else None
+    if saved is not None and not _continues(saved, config):
         raise SrrecnnError(f"{run_dir}: holds a run with other settings; use a new folder "
-                           "or the same settings to resume")
-    if process == 0 and not (config_file.exists() and started):
+                           "or the same settings to resume (max_iter may differ)")
+    if process == 0 and saved != config:
         io.write_text_atomic(config_file, json.dumps(config.to_dict(), indent=2) + "\n")
 
     manager = _manager(run_dir, config.keep)
     start = manager.latest_step() or 0
+    if start > max_iter:
+        raise SrrecnnError(f"{max_iter} is below the step the run in {run_dir} has reached "
+                           f"({start})", "max_iter")
     log_file = run_dir / "metrics.jsonl"
     if process == 0:
         _forget_later_logs(log_file, run_dir / "curves.png", start)
@@ -204,6 +210,15 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
                                                           "run": str(run_dir.resolve()),
                                                           "steps": step}), force=True)
     return last
+
+
+def _continues(saved: TrainConfig, config: TrainConfig) -> bool:
+    """Whether ``config`` resumes the run that ``saved`` started: the same settings, save
+    ``max_iter``, so that a finished run can be trained on. Each step's batch and learning
+    rate depend on the step alone, so the longer run equals one started with the larger
+    ``max_iter``."""
+    schedule = dataclasses.replace(saved.schedule, max_iter=config.schedule.max_iter)
+    return dataclasses.replace(saved, schedule=schedule) == config
 
 
 def _trained_scales(scales: Sequence | None) -> list | None:
