@@ -391,6 +391,14 @@ def uninterrupted_state(patch_set, tmp_path_factory):
     return to_numpy(state)
 
 
+def assert_state_equal(run: Path, uninterrupted_state: dict) -> None:
+    """The run's last checkpoint is at step 24 and equals the uninterrupted run's bitwise."""
+    state, _ = trainer.restore_state(run)
+    assert int(state["step"]) == 24
+    assert_trees_equal(state["params"], uninterrupted_state["params"])
+    assert_trees_equal(state["opt_state"], uninterrupted_state["opt_state"])
+
+
 def stop_at_step_12(patch_set, run: Path) -> None:
     stop = threading.Event()
 
@@ -408,10 +416,7 @@ def test_resume_after_stop_equals_an_uninterrupted_run(patch_set, tmp_path, unin
     run = tmp_path / "run"
     stop_at_step_12(patch_set, run)
     trainer.train(small_config(**RESUME), patch_set, run)
-    state, _ = trainer.restore_state(run)
-    assert int(state["step"]) == 24
-    assert_trees_equal(state["params"], uninterrupted_state["params"])
-    assert_trees_equal(state["opt_state"], uninterrupted_state["opt_state"])
+    assert_state_equal(run, uninterrupted_state)
 
 
 def test_stop_saves_a_checkpoint_at_the_current_step(patch_set, tmp_path):
@@ -435,10 +440,7 @@ def test_a_finished_run_trains_on_to_a_larger_max_iter(patch_set, tmp_path,
     run = tmp_path / "run"
     finished_at_step_12(patch_set, run)
     trainer.train(small_config(**RESUME), patch_set, run)
-    state, _ = trainer.restore_state(run)
-    assert int(state["step"]) == 24
-    assert_trees_equal(state["params"], uninterrupted_state["params"])
-    assert_trees_equal(state["opt_state"], uninterrupted_state["opt_state"])
+    assert_state_equal(run, uninterrupted_state)
     assert read_run_config(run).schedule.max_iter == 24
 
 
