@@ -41,7 +41,7 @@ import jax
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import cli, io, sources
+from srrecnn_jax import cli, demo, io, sources
 from srrecnn_jax.batch import Options
 from srrecnn_jax.degradation import degrade
 from srrecnn_jax.inference import SuperResolver
@@ -57,7 +57,7 @@ def padded(shape, bucket: int) -> tuple[int, ...]:
 
 def make_volumes(folder: Path, count: int, crop: int | None) -> list[Path]:
     """Write ``count`` slightly different x2-degraded MNI volumes; their paths."""
-    hr_image = sitk.ReadImage(str(sources.mni_2009a_t1()))
+    hr_image = demo.mni_t1()
     lr, _ = degrade(io.to_array(hr_image), (2, 2, 2))
     lr_image = io.to_image(lr, [2.0] * 3, hr_image.GetOrigin(), hr_image.GetDirection())
     shape = np.array(lr.shape)

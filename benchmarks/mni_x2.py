@@ -24,9 +24,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import SimpleITK as sitk
 
-from srrecnn_jax import io, sources
+from srrecnn_jax import demo, io, sources
 from srrecnn_jax.degradation import degrade
 from srrecnn_jax.evaluation import score
 from srrecnn_jax.inference import SuperResolver
@@ -56,7 +55,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
 
-    hr_image = sitk.ReadImage(str(sources.mni_2009a_t1()))
+    hr_image = demo.mni_t1()
     hr_full = io.to_array(hr_image)
     lr, hr = degrade(hr_full, (2, 2, 2))
     lr_image = io.to_image(lr, [2.0] * 3, hr_image.GetOrigin(), hr_image.GetDirection())
