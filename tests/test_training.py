@@ -455,11 +455,13 @@ def test_a_rerun_with_other_settings_is_refused(patch_set, tmp_path):
 
 
 def test_a_max_iter_below_the_runs_step_is_refused(patch_set, tmp_path):
-    """max_iter 8 on a run at step 12: an error naming max_iter and the step reached."""
+    """max_iter 8 on a run at step 12: an error naming max_iter and the step reached; the
+    saved settings are kept."""
     run = tmp_path / "run"
     finished_at_step_12(patch_set, run)
     with pytest.raises(SrrecnnError, match=r"max_iter: 8 is below .* reached \(12\)"):
         trainer.train(small_config(**{**RESUME, "max_iter": 8}), patch_set, run)
+    assert read_run_config(run).schedule.max_iter == 12
 
 
 # --- 8. resume after kill -9 ------------------------------------------------------------

@@ -121,19 +121,20 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
                            f"configured {model_config.describe()}", "init")
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / RUN_CONFIG
-    started = bool(checkpoint_steps(run_dir)) or (run_dir / RUN_MODEL).exists()
+    done_steps = checkpoint_steps(run_dir)
+    started = bool(done_steps) or (run_dir / RUN_MODEL).exists()
     saved = read_run_config(run_dir) if config_file.exists() and started else None
     if saved is not None and not _continues(saved, config):
         raise SrrecnnError(f"{run_dir}: holds a run with other settings; use a new folder "
                            "or the same settings to resume (max_iter may differ)")
+    if done_steps and done_steps[-1] > max_iter:  # checked before the settings are saved
+        raise SrrecnnError(f"{max_iter} is below the step the run in {run_dir} has reached "
+                           f"({done_steps[-1]})", "max_iter")
     if process == 0 and saved != config:
         io.write_text_atomic(config_file, json.dumps(config.to_dict(), indent=2) + "\n")
 
     manager = _manager(run_dir, config.keep)
     start = manager.latest_step() or 0
-    if start > max_iter:
-        raise SrrecnnError(f"{max_iter} is below the step the run in {run_dir} has reached "
-                           f"({start})", "max_iter")
     log_file = run_dir / "metrics.jsonl"
     if process == 0:
         _forget_later_logs(log_file, run_dir / "curves.png", start)
