@@ -203,3 +203,29 @@ def test_export_caffe_of_a_checkpoint_folder_holds_that_steps_parameters(validat
         np.testing.assert_array_equal(exported[name]["kernel"], layer["kernel"])
         np.testing.assert_array_equal(exported[name]["bias"], layer["bias"])
     assert not np.array_equal(exported["conv1"]["kernel"], final["conv1"]["kernel"])
+
+
+def test_the_progress_bars_rate_counts_only_the_steps_this_process_ran():
+    """A run resumed at step 600 of 1100: after 10 steps in 20 s the bar shows 2 s a step
+    and 16:20 left for the 490 to go (it showed 610 steps over the 20 s, 30 steps/s, and
+    16 s left)."""
+    import io as stdio
+
+    from tqdm import tqdm
+
+    from srrecnn_jax.cli.train import progress
+
+    clock = [1000.0]
+    with tqdm(total=1100, file=stdio.StringIO()) as bar:
+        bar._time = lambda: clock[0]
+        bar.start_t = bar.last_print_t = clock[0]
+        on_log = progress(bar)
+        metrics = {"loss": 1.0, "learning_rate": 3e-5, "steps_per_s": 0.5,
+                   "data_wait_fraction": 0.01}
+        on_log({**metrics, "step": 600})
+        clock[0] += 20.0
+        on_log({**metrics, "step": 610})
+        shown = bar.format_dict
+    elapsed, done = shown["elapsed"], shown["n"] - shown["initial"]
+    assert (done, elapsed) == (10, 20.0)
+    assert "[00:20<16:20,  2.00s/it" in tqdm.format_meter(**shown)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from srrecnn_jax.cli import common
@@ -94,6 +95,30 @@ def run_make_patches(args: argparse.Namespace) -> int:
     return 0
 
 
+def progress(bar) -> Callable[[dict], None]:
+    """The training loop's ``on_log``: moves ``bar`` (tqdm) to each logged step and shows
+    the loss, learning rate, measured steps/s, data wait and validation. The bar's own
+    rate and time left count from the first logged step, so that neither the steps of a
+    resumed run's earlier sessions nor the compilation make them up."""
+    first = True
+
+    def on_log(metrics: dict) -> None:
+        nonlocal first
+        if first:
+            bar.reset()
+            bar.initial = bar.last_print_n = metrics["step"]
+            first = False
+        bar.n = metrics["step"]
+        val = (f" val {metrics['val_psnr']:.2f} dB (spline "
+               f"{metrics['val_spline_psnr']:.2f})" if "val_psnr" in metrics else "")
+        bar.set_postfix_str(f"loss {metrics['loss']:.4g} lr {metrics['learning_rate']:.3g} "
+                            f"{metrics['steps_per_s']:.3g} steps/s "
+                            f"data wait {metrics['data_wait_fraction']:.0%}{val}")
+        bar.refresh()
+
+    return on_log
+
+
 def run_train(args: argparse.Namespace) -> int:
     common.join_processes(args)
     from srrecnn_jax.train.loop import train_files
@@ -103,19 +128,10 @@ def run_train(args: argparse.Namespace) -> int:
             bar.total = config.schedule.max_iter
             bar.refresh()
 
-        def on_log(metrics: dict) -> None:
-            bar.n = metrics["step"]
-            val = (f" val {metrics['val_psnr']:.2f} dB (spline "
-                   f"{metrics['val_spline_psnr']:.2f})" if "val_psnr" in metrics else "")
-            bar.set_postfix_str(f"loss {metrics['loss']:.4g} lr {metrics['learning_rate']:.3g} "
-                                f"{metrics['steps_per_s']:.3g} steps/s "
-                                f"data wait {metrics['data_wait_fraction']:.0%}{val}")
-            bar.refresh()
-
         last, config = train_files(args.data, args.out, config_file=args.config,
                                    caffe_solver=args.from_caffe_solver, overrides=args.set,
                                    init=args.init, validation=args.validate, stop=stop,
-                                   on_start=on_start, on_log=on_log)
+                                   on_start=on_start, on_log=progress(bar))
     if stop.is_set():
         print(f"srrecnn: stopped at step {last.get('step')}; the same command resumes",
               file=sys.stderr)
