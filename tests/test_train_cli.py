@@ -205,20 +205,20 @@ def test_export_caffe_of_a_checkpoint_folder_holds_that_steps_parameters(validat
     assert not np.array_equal(exported["conv1"]["kernel"], final["conv1"]["kernel"])
 
 
-def test_the_progress_bars_rate_counts_only_the_steps_this_process_ran():
+def test_the_progress_bars_rate_counts_only_the_steps_this_process_ran(monkeypatch):
     """A run resumed at step 600 of 1100: after 10 steps in 20 s the bar shows 2 s a step
     and 16:20 left for the 490 to go (it showed 610 steps over the 20 s, 30 steps/s, and
     16 s left)."""
     import io as stdio
 
+    from tqdm import std as tqdm_std
     from tqdm import tqdm
 
     from srrecnn_jax.cli.train import progress
 
     clock = [1000.0]
+    monkeypatch.setattr(tqdm_std, "time", lambda: clock[0])  # the bar's clock
     with tqdm(total=1100, file=stdio.StringIO()) as bar:
-        bar._time = lambda: clock[0]
-        bar.start_t = bar.last_print_t = clock[0]
         on_log = progress(bar)
         metrics = {"loss": 1.0, "learning_rate": 3e-5, "steps_per_s": 0.5,
                    "data_wait_fraction": 0.01}
