@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha: {args.alpha} is not between 0 and 1")
+    for source in (args.start, args.fine_tuned):
+        if args.out.resolve() == source.resolve():
+            parser.error(f"{args.out}: is an input; write the average elsewhere")
     start, fine_tuned = load_model(args.start), load_model(args.fine_tuned)
     try:
         loaded = interpolate(start, fine_tuned, args.alpha)

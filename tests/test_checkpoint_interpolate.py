@@ -92,3 +92,12 @@ def test_an_alpha_outside_0_to_1_is_refused(interpolate, pair, tmp_path, capsys)
     assert stop.value.code == 2
     assert "--alpha: 1.5 is not between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "model").exists()
+
+
+def test_an_input_is_never_the_output(interpolate, pair, capsys):
+    before = fingerprint(load_model(pair[1]))
+    with pytest.raises(SystemExit) as stop:
+        interpolate.main([str(pair[0]), str(pair[1]), str(pair[1])])
+    assert stop.value.code == 2
+    assert f"{pair[1]}: is an input" in capsys.readouterr().err
+    assert fingerprint(load_model(pair[1])) == before
