@@ -3,13 +3,16 @@ fine-tuned from, ``(1 - alpha) * start + alpha * fine_tuned``, as a model folder
 
 This is WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022):
 a model fine-tuned on one kind of data (here smooth population templates) loses some of
-what its starting weights knew of another (real scans); the average of the two sits
-between them on the data fine-tuned on and is often better than both on the other.
+what its starting weights knew of another (real scans); the average of the two keeps
+much of the gain on the first kind and is often better than both on the other.
 ``alpha = 0.5`` is the paper's default where no data of the other kind may choose it,
 as here (Colin27 is for evaluation only).
 
     python checkpoints/interpolate.py ../shared/caffe/SRReCNN3D_10Layers_IsoScalex2.caffemodel \\
-        checkpoints/mono_x2/model checkpoints/mono_x2_wise/model --alpha 0.5
+        mono_x2_400 checkpoints/mono_x2/model --alpha 0.5
+
+(``mono_x2_400``: the fine-tuned run's step 400, written by ``export.py``; see
+``mono_x2/README.md``.)
 
 Both models must have the same architecture. The folder records both sources and
 alpha; its trained scales and voxel size are the fine-tuned model's, and so is the
