@@ -101,3 +101,16 @@ def test_an_input_is_never_the_output(interpolate, pair, capsys):
     assert stop.value.code == 2
     assert f"{pair[1]}: is an input" in capsys.readouterr().err
     assert fingerprint(load_model(pair[1])) == before
+
+
+def test_info_names_the_average_and_its_alpha(interpolate, pair, tmp_path, capsys):
+    from srrecnn_jax import cli
+
+    out = tmp_path / "model"
+    interpolate.main([str(pair[0]), str(pair[1]), str(out), "--alpha", "0.25"])
+    capsys.readouterr()
+    assert cli.main(["info", str(out)]) == 0
+    origin = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith("origin:")]
+    assert origin == ["origin:          srrecnn-jax weight interpolation (WiSE-FT), "
+                      "alpha 0.25 of the fine-tuned weights"]

@@ -215,6 +215,8 @@ def run_info(args: argparse.Namespace) -> int:
         where += f" {source['file']} (sha256 {source.get('sha256', '?')})"
     if "step" in origin or "steps" in origin:
         where += f", step {origin.get('step', origin.get('steps'))}"
+    if "alpha" in origin:  # a weight average (checkpoints/interpolate.py)
+        where += f", alpha {origin['alpha']:g} of the fine-tuned weights"
     scales = facts["trained_scales"]
     r = facts["receptive_field"]
     print(f"model:           {facts['model']}\n"
