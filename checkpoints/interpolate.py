@@ -24,9 +24,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from srrecnn_jax.checkpoint import LoadedModel, fingerprint, load_model, save_model
+from srrecnn_jax.errors import SrrecnnError
 
 
 def interpolate(start: LoadedModel, fine_tuned: LoadedModel, alpha: float) -> LoadedModel:
@@ -35,11 +37,10 @@ def interpolate(start: LoadedModel, fine_tuned: LoadedModel, alpha: float) -> Lo
     if start.config != fine_tuned.config:
         raise ValueError(f"the architectures differ: {start.config.describe()} and "
                          f"{fine_tuned.config.describe()}")
-    params = {
-        layer: {leaf: ((1.0 - alpha) * np.asarray(start.params[layer][leaf], np.float64)
-                       + alpha * np.asarray(value, np.float64)).astype(np.float32)
-                for leaf, value in leaves.items()}
-        for layer, leaves in fine_tuned.params.items()}
+    params = jax.tree_util.tree_map(
+        lambda a, b: ((1.0 - alpha) * np.asarray(a, np.float64)
+                      + alpha * np.asarray(b, np.float64)).astype(np.float32),
+        start.params, fine_tuned.params)
     return LoadedModel(params=params, config=fine_tuned.config,
                        trained_scales=fine_tuned.trained_scales,
                        trained_spacing=fine_tuned.trained_spacing)
@@ -59,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     for source in (args.start, args.fine_tuned):
         if args.out.resolve() == source.resolve():
             parser.error(f"{args.out}: is an input; write the average elsewhere")
-    start, fine_tuned = load_model(args.start), load_model(args.fine_tuned)
+    try:
+        start, fine_tuned = load_model(args.start), load_model(args.fine_tuned)
+    except SrrecnnError as error:  # a missing or unreadable model: one line, no traceback
+        parser.error(str(error))
     try:
         loaded = interpolate(start, fine_tuned, args.alpha)
     except ValueError as error:
@@ -71,7 +75,10 @@ def main(argv: list[str] | None = None) -> None:
                                     "fingerprint": fingerprint(fine_tuned),
                                     "origin": fine_tuned.origin},
                      "fine_tuned_from": fine_tuned.origin.get("fine_tuned_from")}
-    save_model(args.out, loaded, force=True)
+    try:
+        save_model(args.out, loaded, force=True)
+    except SrrecnnError as error:  # e.g. the output's folder does not exist
+        parser.error(str(error))
     print(f"{args.out}: {1 - args.alpha:g} x {args.start} + {args.alpha:g} x {args.fine_tuned}")
 
 

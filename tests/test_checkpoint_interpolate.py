@@ -114,3 +114,12 @@ def test_info_names_the_average_and_its_alpha(interpolate, pair, tmp_path, capsy
               if line.startswith("origin:")]
     assert origin == ["origin:          srrecnn-jax weight interpolation (WiSE-FT), "
                       "alpha 0.25 of the fine-tuned weights"]
+
+
+def test_a_missing_model_is_one_error_line_naming_it(interpolate, pair, tmp_path, capsys):
+    missing = tmp_path / "absent.caffemodel"
+    with pytest.raises(SystemExit) as stop:
+        interpolate.main([str(missing), str(pair[1]), str(tmp_path / "model")])
+    assert stop.value.code == 2
+    assert f"{missing}: no such model file" in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "model").exists()
