@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from srrecnn_jax.checkpoint import checkpoint_steps, load_model, save_model
+from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.sources import RELEASE
 
 
@@ -34,13 +35,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spacing", type=float, metavar="MM",
                         help="the HR voxel size (mm) trained on, likewise")
     args = parser.parse_args(argv)
+    if args.out.resolve() in (args.run.resolve(), *args.run.resolve().parents):
+        parser.error(f"{args.out}: would replace the run {args.run}; write the model elsewhere")
     steps = checkpoint_steps(args.run)
     if not steps:
         parser.error(f"{args.run}: no checkpoint yet")
     step = steps[-1] if args.step is None else args.step
     if step not in steps:
         parser.error(f"{args.run}: no checkpoint of step {step} (have {steps})")
-    loaded = load_model(args.run / "checkpoints" / str(step))
+    try:
+        loaded = load_model(args.run / "checkpoints" / str(step))
+    except SrrecnnError as error:  # an unreadable checkpoint: one line, no traceback
+        parser.error(str(error))
     for name, value in (("scales", args.scales), ("spacing", args.spacing)):
         if value is not None and getattr(loaded, f"trained_{name}") is not None:
             parser.error(f"--{name}: {args.run} records its own")
@@ -49,7 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     loaded.origin = {"kind": "srrecnn-jax fine-tuning", "run": str(args.run),
                      "step": step, "steps_in_all": args.earlier_steps + step,
                      "fine_tuned_from": RELEASE[loaded.config.in_channels]}
-    save_model(args.out, loaded, force=True)
+    try:
+        save_model(args.out, loaded, force=True)
+    except SrrecnnError as error:  # e.g. the output's folder does not exist
+        parser.error(str(error))
     print(f"{args.out}: step {step}, scales {loaded.trained_scales}, "
           f"spacing {loaded.trained_spacing} mm")
 

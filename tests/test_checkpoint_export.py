@@ -74,3 +74,21 @@ def test_a_run_from_hdf5_patches_gets_the_scales_and_spacing_given(export, two_c
     export.main([str(two_channel_run), str(out), "--scales", "2", "--spacing", "1"])
     written = load_model(out)
     assert (written.trained_scales, written.trained_spacing) == ([2.0], 1.0)
+
+
+def test_an_output_in_a_missing_folder_is_one_error_line(export, two_channel_run, tmp_path,
+                                                         capsys):
+    out = tmp_path / "absent" / "model"
+    with pytest.raises(SystemExit) as stop:
+        export.main([str(two_channel_run), str(out)])
+    assert stop.value.code == 2
+    assert f"{out}: folder {out.parent} does not exist" in capsys.readouterr().err
+    assert not out.parent.exists()
+
+
+def test_the_run_itself_is_never_the_output(export, two_channel_run, capsys):
+    with pytest.raises(SystemExit) as stop:
+        export.main([str(two_channel_run), str(two_channel_run)])
+    assert stop.value.code == 2
+    assert "would replace the run" in capsys.readouterr().err
+    assert (two_channel_run / "checkpoints" / "4").is_dir()
