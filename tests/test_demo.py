@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import runpy
-import sys
 
 import jax
 import pytest
@@ -80,14 +79,27 @@ def test_whole_volume_demo_prints_the_readmes_figures(mni_t1_path, tmp_path, cap
 
 def test_demo_never_scores_the_shipped_checkpoints_training_data(mni_t1_path, tmp_path,
                                                                 monkeypatch):
-    """Without Colin27, the scan is the slab that checkpoints/mni_x2/split_mni.py held out
-    of the checkpoint's training set, voxel for voxel."""
+    """Without Colin27, the scan is the slab that checkpoints/split_templates.py holds out
+    of every shipped model's training set, voxel for voxel."""
     from srrecnn_jax import demo
 
     monkeypatch.setattr(demo, "COLIN27", tmp_path / "absent.nii.gz")
     scan, data = demo.unseen_scan()
-    monkeypatch.setattr(sys, "argv", ["split_mni.py", str(tmp_path / "split")])
-    runpy.run_path(str(REPO / "checkpoints" / "mni_x2" / "split_mni.py"), run_name="__main__")
+    split = runpy.run_path(str(REPO / "checkpoints" / "split_templates.py"))["split"]
+    split(tmp_path / "split", {"a": demo.mni_t1()})
     heldout = sitk.ReadImage(str(tmp_path / "split" / "heldout.nii.gz"))
     assert "held out" in data and scan.GetSize() == heldout.GetSize()
     assert (sitk.GetArrayFromImage(scan) == sitk.GetArrayFromImage(heldout)).all()
+
+
+def test_template_split_keeps_the_mni_x2_training_slabs(mni_t1_path, tmp_path):
+    """The 2009a training slabs are the MNI T1's z 0-99 and 140-188 (the files
+    checkpoints/mni_x2 trained on), so the held-out z 100-139 touch none of them."""
+    from srrecnn_jax import demo
+
+    split = runpy.run_path(str(REPO / "checkpoints" / "split_templates.py"))["split"]
+    split(tmp_path, {"a": demo.mni_t1()})
+    t1 = sitk.GetArrayFromImage(demo.mni_t1())  # (z, y, x)
+    inferior = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a_inferior.nii.gz")))
+    superior = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a_superior.nii.gz")))
+    assert (inferior == t1[:100]).all() and (superior == t1[140:]).all()

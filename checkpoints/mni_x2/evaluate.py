@@ -2,10 +2,10 @@
 
     python checkpoints/mni_x2/evaluate.py HELDOUT.nii.gz [--json OUT]
 
-The held-out slab (see split_mni.py) is degraded x2 by the observation model
-and restored by cubic spline, by the original release's monomodal weights
-(when ../shared/caffe is present) and by checkpoints/mni_x2/model; PSNR peak
-= HR maximum, SSIM with a Gaussian window (sigma 1.5). These are the same
+The held-out slab (``heldout.nii.gz`` of ../split_templates.py) is degraded x2
+by the observation model and restored by cubic spline, by the original release's
+monomodal weights (when ../shared/caffe is present) and by checkpoints/mni_x2/model;
+PSNR peak = HR maximum, SSIM with a Gaussian window (sigma 1.5). These are the same
 numbers `srrecnn train --validate` logs as val_psnr / val_spline_psnr.
 """
 
