@@ -19,9 +19,10 @@ FWHM ``sqrt(MM^2 - 1)`` mm (on top of the 1 mm voxels' own) and resampled onto a
 ``MM`` mm grid. A population average is much smoother than a scan at its own voxel
 size (below); at coarser voxels it is less so, so these slabs teach a x2 model a
 scan's sharpness per voxel. ``sharpness`` of nibabel's real 2 mm T1
-(``tests/data/anatomical.nii``): 0.217; of the whole templates at 1, 1.5 and 2 mm
-(``coarser``): 2009a 0.044, 0.083, 0.118; 2009c 0.017, 0.040, 0.064 (``--sharpness``
-prints these). Part of the real scan's is noise (``augment.noise``, ``hr_noise``).
+(``tests/data/anatomical.nii``): 0.217; of the whole templates at 1, 1.5, 2, 2.5 and
+3 mm (``coarser``): 2009a 0.044, 0.083, 0.118, 0.155, 0.186; 2009c 0.017, 0.040, 0.064,
+0.089, 0.113 (``--sharpness`` prints these). Part of the real scan's is noise
+(``augment.noise``, ``hr_noise``).
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def print_sharpness() -> None:
     real = sources.package_data("nibabel", "tests/data/anatomical.nii")
     print(f"nibabel's real 2 mm T1: {sharpness(sitk.ReadImage(str(real))):.3f}")
     for name, image in templates(("t1",)).items():
-        print(f"{name} at 1, 1.5, 2 mm: " + ", ".join(
-            f"{sharpness(image if v == 1 else coarser(image, v)):.3f}" for v in (1, 1.5, 2)))
+        print(f"{name} at 1, 1.5, 2, 2.5, 3 mm: " + ", ".join(
+            f"{sharpness(image if v == 1 else coarser(image, v)):.3f}"
+            for v in (1, 1.5, 2, 2.5, 3)))
 
 
 def split(out: Path, images: dict[str, sitk.Image], coarse: tuple[float, ...] = ()) -> None:
