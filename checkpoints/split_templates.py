@@ -95,14 +95,14 @@ def split(out: Path, images: dict[str, sitk.Image], coarse: tuple[float, ...] = 
     for name, image in images.items():
         lo, hi = held_out_range(image, world)
         for part, slab in (("inferior", image[:, :, :lo]), ("superior", image[:, :, hi:])):
-            sitk.WriteImage(slab, str(out / f"{name}_{part}.nii.gz"))
+            io.write_image_atomic(slab, str(out / f"{name}_{part}.nii.gz"))
             for voxel in coarse if name != "c_t2" else ():
-                sitk.WriteImage(coarser(slab, voxel),
+                io.write_image_atomic(coarser(slab, voxel),
                                 str(out / f"{name}_{part}_{voxel:g}mm.nii.gz"))
         if name != "a":
-            sitk.WriteImage(image[:, :, lo:hi], str(out / f"{name}_heldout.nii.gz"))
+            io.write_image_atomic(image[:, :, lo:hi], str(out / f"{name}_heldout.nii.gz"))
         print(f"{name}: held out z {lo}-{hi - 1} of {image.GetSize()[2]}")
-    sitk.WriteImage(a[:, :, MNI_HELD_OUT[0]:MNI_HELD_OUT[1]], str(out / "heldout.nii.gz"))
+    io.write_image_atomic(a[:, :, MNI_HELD_OUT[0]:MNI_HELD_OUT[1]], str(out / "heldout.nii.gz"))
 
 
 if __name__ == "__main__":
