@@ -98,7 +98,7 @@ def split(out: Path, images: dict[str, sitk.Image], coarse: tuple[float, ...] = 
             io.write_image_atomic(slab, str(out / f"{name}_{part}.nii.gz"))
             for voxel in coarse if name != "c_t2" else ():
                 io.write_image_atomic(coarser(slab, voxel),
-                                str(out / f"{name}_{part}_{voxel:g}mm.nii.gz"))
+                                      str(out / f"{name}_{part}_{voxel:g}mm.nii.gz"))
         if name != "a":
             io.write_image_atomic(image[:, :, lo:hi], str(out / f"{name}_heldout.nii.gz"))
         print(f"{name}: held out z {lo}-{hi - 1} of {image.GetSize()[2]}")
