@@ -12,9 +12,12 @@ Debian's ``mricron-data``: ``apt-get install mricron-data``) is degraded by:
 - thick slices 1 x 1 x s, s = 2..5: a Gaussian slice profile with FWHM = s voxels
   along z only, modcrop, downsampling along z.
 
-and restored by cubic spline, by the original release's monomodal x2 weights (when
-``../shared/caffe`` is present) and by every monomodal ``checkpoints/*/model``, each run
-at the degradation's scale through ``super_resolve_array`` (as ``srrecnn sr``).
+and, with ``--noise P``, Rician noise of sigma P % of the HR maximum added to the LR
+image (seeded: the same noisy image for every method; a scan's own noise, which the
+degradation above leaves out), and restored by cubic spline, by the original
+release's monomodal x2 weights (when ``../shared/caffe`` is present) and by every
+monomodal ``checkpoints/*/model``, each run at the degradation's scale through
+``super_resolve_array`` (as ``srrecnn sr``).
 
 With ``--reference`` (an HR image of another modality on the grid of ``--hr``, e.g.
 the held-out slab of the ICBM 2009c T1/T2 pair: no real T1/T2 pair is installable),
@@ -34,6 +37,7 @@ head with the 10-layer original weights takes minutes per condition on 2 cores.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -48,6 +52,7 @@ from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import head_mask, score
 from srrecnn_jax.inference import super_resolve_array
 from srrecnn_jax.sources import COLIN27, release_weights
+from srrecnn_jax.train.augment import rician
 
 HERE = Path(__file__).resolve().parent
 #: input channels -> (method name, the original release's weights)
@@ -78,12 +83,26 @@ def central_crop(volume: np.ndarray, size=CROP) -> np.ndarray:
     return volume[tuple(slice(a, a + c) for a, c in zip(start, size))]
 
 
+def condition_name(condition: str, noise: float = 0.0) -> str:
+    """The row label of ``condition`` with ``noise`` % Rician noise: ``x2``, ``x2 + 1% noise``."""
+    return f"{condition} + {noise:g}% noise" if noise else condition
+
+
+def noisy(lr: np.ndarray, noise: float, peak: float) -> np.ndarray:
+    """``lr`` with Rician noise of sigma ``noise`` % of ``peak``, from a generator seeded
+    with 0: every method of a run, and every run, gets the same noisy image."""
+    return rician(lr, noise / 100 * peak, np.random.default_rng(0)) if noise else lr
+
+
 def evaluate(hr: np.ndarray, condition: str, models: dict, region: str,
-             reference: np.ndarray | None = None) -> list[dict]:
-    """Rows ``{condition, region, method, psnr, ssim}`` for one degradation of ``hr``;
-    ``reference`` (the grid of ``hr``) goes to every model, cropped as ``hr`` is."""
+             reference: np.ndarray | None = None, noise: float = 0.0) -> list[dict]:
+    """Rows ``{condition, region, method, psnr, ssim}`` for one degradation of ``hr``
+    (``noise``: Rician, % of the HR maximum, on the LR image); ``reference`` (the grid
+    of ``hr``) goes to every model, cropped as ``hr`` is."""
     scale, sigma = CONDITIONS[condition]
     lr, truth = degrade(hr, scale, sigma)
+    lr = noisy(lr, noise, float(hr.max()))
+    condition = condition_name(condition, noise)
     if reference is not None:
         reference = reference[tuple(slice(0, n) for n in truth.shape)]
     factors = [a / b for a, b in zip(truth.shape, lr.shape)]
@@ -128,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                         default=["crop", "head"])
     parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS),
                         default=list(CONDITIONS))
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0], metavar="PCT",
+                        help="Rician noise on the LR image, sigma in %% of the HR maximum; "
+                             "each condition once per value (default: 0, none)")
     parser.add_argument("--reference", type=Path,
                         help="HR image of another modality on the grid of --hr: score the "
                              "multimodal methods, given it, instead of the monomodal ones")
@@ -145,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluate.py: {args.hr}: not found (apt-get install mricron-data)",
               file=sys.stderr)
         return 1
+    if not all(0 <= p < 100 for p in args.noise):
+        print(f"evaluate.py: --noise: {args.noise}: each must be in [0, 100)", file=sys.stderr)
+        return 2
     for path in [args.reference, *args.extra]:
         if path is not None and not path.exists():
             print(f"evaluate.py: {path}: not found", file=sys.stderr)
@@ -173,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     for region in args.regions:
         cut = central_crop if region == "crop" else np.asarray
         volume, other = cut(hr), None if reference is None else cut(reference)
-        for condition in args.conditions:
-            new = evaluate(volume, condition, models, region, other)
-            print(f"{condition}: " + ", ".join(f"{r['region']} {r['method']} {r['psnr']:.2f} dB"
-                                               for r in new), file=sys.stderr, flush=True)
+        for condition, noise in itertools.product(args.conditions, args.noise):
+            new = evaluate(volume, condition, models, region, other, noise)
+            scores = ", ".join(f"{r['region']} {r['method']} {r['psnr']:.2f} dB" for r in new)
+            print(f"{condition_name(condition, noise)}: {scores}", file=sys.stderr, flush=True)
             rows += new
     if args.json:
         rows = merged(args.json, rows)

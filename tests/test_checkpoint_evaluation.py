@@ -106,3 +106,35 @@ def test_an_unreadable_reference_is_one_line_and_exit_1(evaluate, pair, tmp_path
     assert evaluate.main(["--hr", str(t1), "--reference", str(junk)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "junk.nii.gz" in err
+
+
+def test_noise_is_rician_of_the_given_percent_of_the_peak(evaluate):
+    """On a bright flat image (SNR 100) Rician noise is nearly Gaussian: 1% of a peak of
+    200 is sigma 2 (std within 2%, mean within 0.05 of 100 + sigma^2 / 200); the same
+    call gives the same image, and 0% gives the input itself."""
+    flat = np.full((40, 40, 40), 100.0)
+    noisy = evaluate.noisy(flat, 1.0, 200.0)
+    assert abs(np.std(noisy) - 2.0) < 0.04
+    assert abs(np.mean(noisy) - 100.02) < 0.05
+    assert np.array_equal(noisy, evaluate.noisy(flat, 1.0, 200.0))
+    assert evaluate.noisy(flat, 0.0, 200.0) is flat
+
+
+def test_each_noise_level_is_its_own_condition(evaluate, anatomical_path, tmp_path):
+    """--noise 0 5 scores each condition twice, the noisy one named for its level, and
+    noise costs spline PSNR."""
+    out = tmp_path / "rows.json"
+    assert evaluate.main(["--hr", str(anatomical_path), "--regions", "crop", "--conditions",
+                          "x2", "--models", "mni_x2", "--noise", "0", "5",
+                          "--json", str(out)]) == 0
+    rows = {(r["condition"], r["method"]): r["psnr"]
+            for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {(c, m) for c in ("x2", "x2 + 5% noise")
+                         for m in ("cubic spline", "mni_x2")}
+    assert rows["x2 + 5% noise", "cubic spline"] < rows["x2", "cubic spline"]
+
+
+def test_a_noise_level_out_of_range_is_one_line_and_exit_2(evaluate, anatomical_path, capsys):
+    assert evaluate.main(["--hr", str(anatomical_path), "--noise", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--noise" in err
