@@ -12,8 +12,9 @@ Debian's ``mricron-data``: ``apt-get install mricron-data``) is degraded by:
 - thick slices 1 x 1 x s, s = 2..5: a Gaussian slice profile with FWHM = s voxels
   along z only, modcrop, downsampling along z.
 
-and, with ``--noise P``, Rician noise of sigma P % of the HR maximum added to the LR
-image (seeded: the same noisy image for every method; a scan's own noise, which the
+and, with ``--noise P``, Rician noise of sigma P % of the HR maximum (of the region
+scored, the PSNR peak: Colin27's crop 190, its whole head 254) added to the LR image
+(seeded: the same noisy image for every method; a scan's own noise, which the
 degradation above leaves out), and restored by cubic spline, by the original
 release's monomodal x2 weights (when ``../shared/caffe`` is present) and by every
 monomodal ``checkpoints/*/model``, each run at the degradation's scale through
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS),
                         default=list(CONDITIONS))
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0], metavar="PCT",
-                        help="Rician noise on the LR image, sigma in %% of the HR maximum; "
+                        help="Rician noise on the LR image, sigma in %% of the HR maximum of "
+                             "the region (the PSNR peak); "
                              "each condition once per value (default: 0, none)")
     parser.add_argument("--reference", type=Path,
                         help="HR image of another modality on the grid of --hr: score the "
