@@ -96,3 +96,20 @@ def test_thick_slices_leave_the_plane_unblurred():
     batch = RandomPatches([volume], [[1, 1, 4]], patch=9, blur="slice_profile").batch(0, 4)
     np.testing.assert_allclose(batch["data"], batch["label"], rtol=0, atol=1e-5)
     assert batch["label"].std() > 0.05  # there is in-plane detail to lose
+
+
+def test_a_volume_with_scales_of_its_own_is_cut_only_at_them(volumes):
+    """``volume_scales`` overrides the common scales for that volume: with x3 of its
+    own, the batches are exactly those of a set whose only scale is 3."""
+    own = RandomPatches(volumes[:1], [2], patch=9, volume_scales=[[3]]).batch(4, 6)
+    only = RandomPatches(volumes[:1], [3], patch=9).batch(4, 6)
+    for key in ("data", "label"):
+        np.testing.assert_array_equal(own[key], only[key])
+
+
+def test_scales_of_their_own_draw_each_volume_and_scale_entry_once(volumes):
+    """Volume 0 at the common x2, volume 1 at x2 and x3 of its own: three (volume,
+    scale) entries to draw from, and both scales recorded as trained."""
+    patches = RandomPatches(volumes, [2], patch=9, volume_scales=[None, [2, 3]])
+    assert patches.entries == [(0, 0), (1, 0), (1, 1)]
+    assert patches.scales == (2.0, 3.0)

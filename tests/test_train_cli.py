@@ -77,6 +77,32 @@ def test_thick_slice_export_writes_the_triples_and_the_originals_provenance(slab
                for n in exported.params for k in exported.params[n])
 
 
+def test_images_matching_a_glob_train_at_its_scales_and_the_model_records_all(slabs,
+                                                                              tmp_path):
+    """``patch_scales_by_file``: the glob's scales for the images it matches, recorded
+    with the common ones as trained, and saved so a rerun resumes with them."""
+    train, held_out = slabs
+    run = tmp_path / "run"
+    assert main(["train", str(train), str(held_out), "--out", str(run), *TINY,
+                 "--set", "max_iter=1", "--set", 'patch_scales_by_file={"val*" = [3]}',
+                 "--quiet"]) == 0
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["patch_scales_by_file"] == {"val*": [3.0]}
+    assert load_model(run / "model").trained_scales == [2.0, 3.0]
+    assert main(["train", str(train), str(held_out), "--out", str(run), "--quiet"]) == 0
+
+
+def test_a_scales_glob_matching_no_training_image_is_one_error_line(slabs, tmp_path, capsys):
+    """A mistyped glob would silently train every image at the common scales."""
+    train, _ = slabs
+    status = main(["train", str(train), "--out", str(tmp_path / "run"), *TINY,
+                   "--set", 'patch_scales_by_file={"*_3mm.nii.gz" = [3]}', "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and len(err.splitlines()) == 1  # as any bad training setting
+    assert "patch_scales_by_file" in err and "'*_3mm.nii.gz' matches none" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_images_train_with_the_recipe_settings(validated_run):
     """The recipe file's settings, overridden by --set, are the run's settings."""
     saved = json.loads((validated_run / "train_config.json").read_text())

@@ -10,7 +10,8 @@ the on-the-fly augmentations are an ``augment`` table (``AugmentConfig``
 fields; ``augment.noise = [0.01, 0.03]`` as a ``key=value`` override).
 A scale (``patch_scales`` entries, ``validation_scale``) is a number s, the
 isotropic (s, s, s), or three numbers ``[sx, sy, sz]``: ``patch_scales = [2, 3]``
-is two isotropic scales, ``patch_scales = [[1, 1, 4]]`` one thick-slice scale.
+is two isotropic scales, ``patch_scales = [[1, 1, 4]]`` one thick-slice scale;
+a ``patch_scales_by_file`` table (file-name glob -> scales) overrides them per image.
 Sources, later ones winning: defaults (or the ``--init`` model's
 architecture), a Caffe solver, a TOML/JSON file, ``key=value`` overrides.
 """
@@ -18,6 +19,7 @@ architecture), a Caffe solver, a TOML/JSON file, ``key=value`` overrides.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -171,6 +173,10 @@ class TrainConfig:
     validation_scale: Scale = 2.0
     patch: int = 21  # on-the-fly patches from images (no HDF5)
     patch_scales: tuple[Scale, ...] = (2.0,)
+    # Training images whose file name matches a glob use that glob's scales instead of
+    # patch_scales (the first match wins): ((glob, scales), ...); in TOML a table,
+    # [patch_scales_by_file] "*_3mm.nii.gz" = [[1, 1, 4], [1, 1, 5]].
+    patch_scales_by_file: tuple[tuple[str, tuple[Scale, ...]], ...] = ()
     blur: str = "gaussian"  # of the observation model (patches, validation): BLURS
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
@@ -193,17 +199,39 @@ class TrainConfig:
             values = getattr(self, name)
             if not all(v > 0 for v in _numbers(values)):
                 raise ValueError(f"{name} must be positive, got {_plain(values)}")
+        for glob, scales in self.patch_scales_by_file:
+            name = f"patch_scales_by_file[{glob!r}]"
+            if not scales or not all(0 < abs(v) <= _FLOAT32_MAX for v in _numbers(scales)):
+                raise ValueError(f"{name} must be one or more positive finite scales, got "
+                                 f"{_plain(scales)}")
         if self.blur not in BLURS:
             raise ValueError(f"blur must be {' or '.join(BLURS)}, not {self.blur!r}")
-        anisotropic = [s for s in self.patch_scales if len(set(scale_axes(s))) > 1]
+        anisotropic = [s for s in self.all_patch_scales if len(set(scale_axes(s))) > 1]
         if self.augment.permute and anisotropic:
             raise ValueError("augment.permute needs isotropic patch_scales (permuting the axes "
                              f"would move the thick axis), got {_plain(anisotropic)}")
+
+    @property
+    def all_patch_scales(self) -> tuple[Scale, ...]:
+        """``patch_scales`` and every ``patch_scales_by_file`` scale, each once."""
+        found: list[Scale] = []
+        for scale in self.patch_scales + sum((s for _, s in self.patch_scales_by_file), ()):
+            found += [] if scale in found else [scale]
+        return tuple(found)
+
+    def scales_for(self, path: Path) -> tuple[Scale, ...]:
+        """The patch scales of the training image ``path``: those of the first
+        ``patch_scales_by_file`` glob its file name matches, else ``patch_scales``."""
+        for glob, scales in self.patch_scales_by_file:
+            if fnmatch.fnmatchcase(path.name, glob):
+                return scales
+        return self.patch_scales
 
     def to_dict(self) -> dict[str, Any]:
         """Flat settings plus a ``model`` table (the form ``config_from`` reads)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.name not in _PARTS}
+        values["patch_scales_by_file"] = dict(self.patch_scales_by_file)
         for part in ("optimizer", "schedule"):
             values |= dataclasses.asdict(getattr(self, part))
         values["augment"] = dataclasses.asdict(self.augment)
@@ -281,6 +309,12 @@ def _checked(name: str, value: Any, kind: str) -> Any:
 
     if kind == "Scale":
         return scale(value)
+    if kind == "tuple[tuple[str, tuple[Scale, ...]], ...]":  # a table glob -> scales
+        if not isinstance(value, Mapping):
+            raise SrrecnnError(f"training setting {name}: expected a table of file-name "
+                               f"globs and their scales, got {value!r}")
+        return tuple((str(glob), _checked(f"{name}[{glob!r}]", scales, "tuple[Scale, ...]"))
+                     for glob, scales in value.items())
     if kind == "tuple[Scale, ...]":  # a bare number is one scale; [2, 3] two isotropic ones
         return tuple(scale(v) for v in (value if isinstance(value, list | tuple) else [value]))
     if kind.startswith("tuple"):

@@ -194,6 +194,11 @@ class RandomPatches:
     and no whole-volume pairs are kept. Either way a sample draws its volume, scale
     and position first, so both paths cut the same places.
 
+    ``volume_scales`` gives volumes scales of their own (None: ``scales``), e.g. the
+    coarsest thick-slice spacings only from templates resampled to coarse voxels. A
+    sample draws a (volume, scale) entry uniformly, so a volume with fewer scales is
+    drawn less often.
+
     ``spacing`` is not used for cutting: it is recorded in the trained model folder
     (``trained_spacing``) for the warning about inputs far from it.
     """
@@ -201,23 +206,35 @@ class RandomPatches:
     def __init__(self, volumes: Sequence[np.ndarray], scales: Sequence[float | Sequence[float]],
                  patch: int, sigma: float = 1.0, order: int = 3, seed: int = 0,
                  others: Sequence[np.ndarray] | None = None, blur: str = "gaussian",
-                 augment: AugmentConfig | None = None, spacing: float | None = None):
+                 augment: AugmentConfig | None = None, spacing: float | None = None,
+                 volume_scales: Sequence[Sequence[float | Sequence[float]] | None] | None = None):
         self.augment = augment or AugmentConfig()
         self.spacing = spacing  # mm, the HR volumes' voxel size if known and isotropic
-        axes = [parse_scale(s) for s in scales]
+        per_volume = [list(scales) if own is None else list(own)
+                      for own in (volume_scales or [None] * len(volumes))]
+        if len(per_volume) != len(volumes):
+            raise ValueError(f"volume_scales has {len(per_volume)} entries for "
+                             f"{len(volumes)} volumes")
+        axes: list[tuple[float, float, float]] = []  # every scale once, in order of use
+        for own in per_volume:
+            axes += [a for a in map(parse_scale, own) if a not in axes]
         if self.augment.permute and any(len(set(a)) > 1 for a in axes):
             raise ValueError("augment.permute needs isotropic patch_scales, got "
                              f"{[list(a) for a in axes]}")
         self.sigmas = [tuple(float(g) for g in np.broadcast_to(blur_sigma(a, blur, sigma), 3))
                        for a in axes]  # (x, y, z) per scale
-        self.shapes = []  # the label grid of each (volume, scale), volume-major
-        for i, volume in enumerate(volumes):
-            for scale, axis_scale in zip(scales, axes):
+        # One entry per (volume, scale) drawn from, volume-major: (volume, index in axes),
+        # and the label grid it is cut from.
+        self.entries, self.shapes = [], []
+        for i, (volume, own) in enumerate(zip(volumes, per_volume)):
+            for scale in own:
+                axis_scale = parse_scale(scale)
                 check_degradable(volume.shape, scale, f"training volume {i}", "patch_scales")
                 shape = tuple(int(np.floor(n / s) * s) for n, s in zip(volume.shape, axis_scale))
                 if min(shape) < patch:
                     raise SrrecnnError(f"training volume {i}: {shape} is smaller than the "
                                        f"{patch}^3 patch")
+                self.entries.append((i, axes.index(axis_scale)))
                 self.shapes.append(shape)
         self.pairs, self.units, self.others = [], [], []
         if self.augment.per_patch:
@@ -225,8 +242,10 @@ class RandomPatches:
             self.others = [rescale_unit(v) for v in others] if others else []
         else:
             for i, volume in enumerate(volumes):
-                self.pairs += _whole_pairs(volume, others[i] if others else None, axes,
-                                           self.sigmas, patch, order)
+                own = [j for v, j in self.entries if v == i]
+                self.pairs += _whole_pairs(volume, others[i] if others else None,
+                                           [axes[j] for j in own], [self.sigmas[j] for j in own],
+                                           patch, order)
         self.patch, self.seed, self.order = patch, seed, order
         self.scales = tuple(tuple(a) if len(set(a)) > 1 else a[0] for a in axes)
         self._axes = axes
@@ -235,16 +254,16 @@ class RandomPatches:
     def batch(self, step: int, batch: int, process: int = 0,
               processes: int = 1) -> dict[str, np.ndarray]:
         share = batch // processes
-        p, augment, count = self.patch, self.augment, len(self._axes)
+        p, augment = self.patch, self.augment
         data, label = [], []
         for i in range(process * share, (process + 1) * share):
             rng = np.random.default_rng([self.seed, step, i])
             k = int(rng.integers(len(self.shapes)))
             x, y, z = (int(rng.integers(n - p + 1)) for n in self.shapes[k])
             if augment.per_patch:
-                v = k // count
-                d, t = degraded_patch(self.units[v], (x, y, z), p, self._axes[k % count],
-                                      self.sigmas[k % count], self.order, augment, rng,
+                v, j = self.entries[k]
+                d, t = degraded_patch(self.units[v], (x, y, z), p, self._axes[j],
+                                      self.sigmas[j], self.order, augment, rng,
                                       self.others[v] if self.others else None)
             else:
                 volume, truth = self.pairs[k]

@@ -18,6 +18,7 @@ resumed run sees exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import threading
 import time
@@ -260,14 +261,19 @@ def _forget_later_logs(log_file: Path, curves: Path, step: int) -> None:
 
 def open_data(paths: Sequence[Path], config: TrainConfig) -> PatchSet | RandomPatches:
     """HDF5 patch sets (or list files naming them), else HR images to cut random patches
-    from on the fly (``config.patch``, ``config.patch_scales``, ``config.blur``,
-    ``config.augment``, ``config.seed``)."""
+    from on the fly (``config.patch``, ``config.patch_scales`` and
+    ``patch_scales_by_file``, ``config.blur``, ``config.augment``, ``config.seed``)."""
     if all(p.name.endswith((".h5", ".hdf5")) or io.is_list_file(p) for p in paths):
         return PatchSet(paths)
+    for glob, _ in config.patch_scales_by_file:
+        if not any(fnmatch.fnmatchcase(p.name, glob) for p in paths):
+            raise SrrecnnError(f"patch_scales_by_file: {glob!r} matches none of the training "
+                               f"images ({', '.join(p.name for p in paths)})")
     volumes, spacings = zip(*(io.read_volume_spacing(path, "training image") for path in paths))
     return RandomPatches(volumes, config.patch_scales, config.patch, seed=config.seed,
                          blur=config.blur, augment=config.augment,
-                         spacing=common_spacing(spacings))
+                         spacing=common_spacing(spacings),
+                         volume_scales=[config.scales_for(p) for p in paths])
 
 
 def common_spacing(spacings: Sequence[Sequence[float]]) -> float | None:
