@@ -103,6 +103,18 @@ def test_a_scales_glob_matching_no_training_image_is_one_error_line(slabs, tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_an_image_too_thin_for_its_own_scales_is_one_error_line_naming_it(slabs, tmp_path,
+                                                                          capsys):
+    """The held-out slab's 12 planes leave one at 1x1x7: the error names that file and
+    the setting its scale came from."""
+    train, held_out = slabs
+    status = main(["train", str(train), str(held_out), "--out", str(tmp_path / "run"), *TINY,
+                   "--set", 'patch_scales_by_file={"val*" = [[1, 1, 7]]}', "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and len(err.splitlines()) == 1
+    assert f"training image {held_out}" in err and "patch_scales_by_file [1, 1, 7]" in err
+
+
 def test_images_train_with_the_recipe_settings(validated_run):
     """The recipe file's settings, overridden by --set, are the run's settings."""
     saved = json.loads((validated_run / "train_config.json").read_text())

@@ -219,13 +219,13 @@ class TrainConfig:
             found += [] if scale in found else [scale]
         return tuple(found)
 
-    def scales_for(self, path: Path) -> tuple[Scale, ...]:
+    def scales_for(self, path: Path) -> tuple[Scale, ...] | None:
         """The patch scales of the training image ``path``: those of the first
-        ``patch_scales_by_file`` glob its file name matches, else ``patch_scales``."""
+        ``patch_scales_by_file`` glob its file name matches, else None (``patch_scales``)."""
         for glob, scales in self.patch_scales_by_file:
             if fnmatch.fnmatchcase(path.name, glob):
                 return scales
-        return self.patch_scales
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """Flat settings plus a ``model`` table (the form ``config_from`` reads)."""

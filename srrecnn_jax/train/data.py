@@ -160,6 +160,13 @@ def _check_finite_rows(path: Path, name: str, first: int, rows: np.ndarray) -> N
                            "values (NaN or infinity)")
 
 
+def _shown(scale: float | Sequence[float]) -> str:
+    """A scale as a setting writes it: ``2.5`` or ``[1, 1, 4]``."""
+    if isinstance(scale, int | float):
+        return f"{scale:g}"
+    return f"[{', '.join(f'{s:g}' for s in parse_scale(scale))}]"
+
+
 def check_degradable(shape: Sequence[int], scale: float | Sequence[float], name: str,
                      setting: str) -> None:
     """Refuse a volume of ``shape`` that degrading by ``scale`` (a number, or (x, y, z)
@@ -168,9 +175,8 @@ def check_degradable(shape: Sequence[int], scale: float | Sequence[float], name:
     axes = parse_scale(scale)
     low = tuple(int(n // s) for n, s in zip(shape, axes))
     if min(low) < 2:
-        shown = f"{scale:g}" if isinstance(scale, int | float) else \
-            f"[{', '.join(f'{s:g}' for s in axes)}]"
-        raise SrrecnnError(f"{name} of {tuple(shape)} voxels degraded by {setting} {shown} "
+        raise SrrecnnError(f"{name} of {tuple(shape)} voxels degraded by {setting} "
+                           f"{_shown(scale)} "
                            f"leaves {low} low-resolution voxels; at least 2 per axis are "
                            "needed")
 
@@ -199,6 +205,8 @@ class RandomPatches:
     sample draws a (volume, scale) entry uniformly, so a volume with fewer scales is
     drawn less often.
 
+    ``names`` (default "training volume i") name the volumes in errors.
+
     ``spacing`` is not used for cutting: it is recorded in the trained model folder
     (``trained_spacing``) for the warning about inputs far from it.
     """
@@ -207,11 +215,13 @@ class RandomPatches:
                  patch: int, sigma: float = 1.0, order: int = 3, seed: int = 0,
                  others: Sequence[np.ndarray] | None = None, blur: str = "gaussian",
                  augment: AugmentConfig | None = None, spacing: float | None = None,
-                 volume_scales: Sequence[Sequence[float | Sequence[float]] | None] | None = None):
+                 volume_scales: Sequence[Sequence[float | Sequence[float]] | None] | None = None,
+                 names: Sequence[str] | None = None):
         self.augment = augment or AugmentConfig()
+        names = names or [f"training volume {i}" for i in range(len(volumes))]
         self.spacing = spacing  # mm, the HR volumes' voxel size if known and isotropic
-        per_volume = [list(scales) if own is None else list(own)
-                      for own in (volume_scales or [None] * len(volumes))]
+        volume_scales = volume_scales or [None] * len(volumes)
+        per_volume = [list(scales) if own is None else list(own) for own in volume_scales]
         if len(per_volume) != len(volumes):
             raise ValueError(f"volume_scales has {len(per_volume)} entries for "
                              f"{len(volumes)} volumes")
@@ -227,13 +237,14 @@ class RandomPatches:
         # and the label grid it is cut from.
         self.entries, self.shapes = [], []
         for i, (volume, own) in enumerate(zip(volumes, per_volume)):
+            setting = "patch_scales" if volume_scales[i] is None else "patch_scales_by_file"
             for scale in own:
                 axis_scale = parse_scale(scale)
-                check_degradable(volume.shape, scale, f"training volume {i}", "patch_scales")
+                check_degradable(volume.shape, scale, names[i], setting)
                 shape = tuple(int(np.floor(n / s) * s) for n, s in zip(volume.shape, axis_scale))
                 if min(shape) < patch:
-                    raise SrrecnnError(f"training volume {i}: {shape} is smaller than the "
-                                       f"{patch}^3 patch")
+                    raise SrrecnnError(f"{names[i]}: {shape} at scale {_shown(scale)} "
+                                       f"is smaller than the {patch}^3 patch")
                 self.entries.append((i, axes.index(axis_scale)))
                 self.shapes.append(shape)
         self.pairs, self.units, self.others = [], [], []

@@ -273,7 +273,8 @@ def open_data(paths: Sequence[Path], config: TrainConfig) -> PatchSet | RandomPa
     return RandomPatches(volumes, config.patch_scales, config.patch, seed=config.seed,
                          blur=config.blur, augment=config.augment,
                          spacing=common_spacing(spacings),
-                         volume_scales=[config.scales_for(p) for p in paths])
+                         volume_scales=[config.scales_for(p) for p in paths],
+                         names=[f"training image {p}" for p in paths])
 
 
 def common_spacing(spacings: Sequence[Sequence[float]]) -> float | None:
