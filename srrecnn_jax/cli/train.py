@@ -60,7 +60,7 @@ def add_to(commands) -> None:
                    help="HDF5 patch files (from make-patches or the original scripts), text "
                    "files listing them (train.txt; paths relative to the list file), or HR "
                    "images (NIfTI...) to cut random patches from on the fly (settings patch, "
-                   "patch_scales, blur, and the augment table)")
+                   "patch_scales, patch_scales_by_file, blur, and the augment table)")
     p.add_argument("--out", type=Path, required=True,
                    help="run folder (created or resumed; one with no checkpoint yet restarts "
                    "with the settings given)")

@@ -195,15 +195,14 @@ class TrainConfig:
         _check_finite(self, "validation_scale", "patch_scales")
         if not self.patch_scales:
             raise ValueError("patch_scales needs at least one scale")
-        for name in ("validation_scale", "patch_scales"):
-            values = getattr(self, name)
-            if not all(v > 0 for v in _numbers(values)):
-                raise ValueError(f"{name} must be positive, got {_plain(values)}")
+        named = [("validation_scale", self.validation_scale), ("patch_scales", self.patch_scales)]
         for glob, scales in self.patch_scales_by_file:
-            name = f"patch_scales_by_file[{glob!r}]"
-            if not scales or not all(0 < abs(v) <= _FLOAT32_MAX for v in _numbers(scales)):
-                raise ValueError(f"{name} must be one or more positive finite scales, got "
-                                 f"{_plain(scales)}")
+            if not scales:
+                raise ValueError(f"patch_scales_by_file[{glob!r}] needs at least one scale")
+            named.append((f"patch_scales_by_file[{glob!r}]", scales))
+        for name, values in named:
+            if not all(0 < v <= _FLOAT32_MAX for v in _numbers(values)):
+                raise ValueError(f"{name} must be positive, got {_plain(values)}")
         if self.blur not in BLURS:
             raise ValueError(f"blur must be {' or '.join(BLURS)}, not {self.blur!r}")
         anisotropic = [s for s in self.all_patch_scales if len(set(scale_axes(s))) > 1]
@@ -219,13 +218,16 @@ class TrainConfig:
             found += [] if scale in found else [scale]
         return tuple(found)
 
-    def scales_for(self, path: Path) -> tuple[Scale, ...] | None:
-        """The patch scales of the training image ``path``: those of the first
-        ``patch_scales_by_file`` glob its file name matches, else None (``patch_scales``)."""
-        for glob, scales in self.patch_scales_by_file:
-            if fnmatch.fnmatchcase(path.name, glob):
-                return scales
-        return None
+    def scales_for(self, paths: Sequence[Path]) -> list[tuple[Scale, ...] | None]:
+        """The patch scales of each training image: those of the first
+        ``patch_scales_by_file`` glob its file name matches, else None (``patch_scales``).
+        A glob matching none of ``paths`` is an error (a typo would train at the others)."""
+        for glob, _ in self.patch_scales_by_file:
+            if not any(fnmatch.fnmatchcase(p.name, glob) for p in paths):
+                raise SrrecnnError(f"patch_scales_by_file: {glob!r} matches none of the "
+                                   f"training images ({', '.join(p.name for p in paths)})")
+        return [next((scales for glob, scales in self.patch_scales_by_file
+                      if fnmatch.fnmatchcase(p.name, glob)), None) for p in paths]
 
     def to_dict(self) -> dict[str, Any]:
         """Flat settings plus a ``model`` table (the form ``config_from`` reads)."""

@@ -18,7 +18,6 @@ resumed run sees exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 import threading
 import time
@@ -265,15 +264,12 @@ def open_data(paths: Sequence[Path], config: TrainConfig) -> PatchSet | RandomPa
     ``patch_scales_by_file``, ``config.blur``, ``config.augment``, ``config.seed``)."""
     if all(p.name.endswith((".h5", ".hdf5")) or io.is_list_file(p) for p in paths):
         return PatchSet(paths)
-    for glob, _ in config.patch_scales_by_file:
-        if not any(fnmatch.fnmatchcase(p.name, glob) for p in paths):
-            raise SrrecnnError(f"patch_scales_by_file: {glob!r} matches none of the training "
-                               f"images ({', '.join(p.name for p in paths)})")
+    own_scales = config.scales_for(paths)
     volumes, spacings = zip(*(io.read_volume_spacing(path, "training image") for path in paths))
     return RandomPatches(volumes, config.patch_scales, config.patch, seed=config.seed,
                          blur=config.blur, augment=config.augment,
                          spacing=common_spacing(spacings),
-                         volume_scales=[config.scales_for(p) for p in paths],
+                         volume_scales=own_scales,
                          names=[f"training image {p}" for p in paths])
 
 
