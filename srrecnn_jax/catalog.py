@@ -1,26 +1,37 @@
-"""The models shipped in the source tree's ``checkpoints/`` folder, by name.
+"""The models shipped with the package, by name.
 
-A shipped model is a folder ``checkpoints/<folder>/`` holding ``model/`` (a model
+They are the source tree's ``checkpoints/`` folder, installed as the package
+``srrecnn_jax.shipped_models`` (``pyproject.toml``): found through
+``importlib.resources`` in an installed wheel and in an editable install alike.
+A shipped model is a folder ``<folder>/`` holding ``model/`` (a model
 folder, see ``checkpoint``) and ``card.json`` (its task and training data in words).
 Its name is the folder's with ``-`` for ``_`` (``mni_x2`` -> ``mni-x2``); ``default``
 names ``DEFAULT``. Its scores come from a table written by ``checkpoints/evaluate.py``:
 Colin27, a real brain no shipped model trained on (``colin27_crop.json``), unless the
 card names another (``"scores": {"table", "region", "on"}``: a multimodal model is
 scored on the held-out slab of a T1/T2 template pair, as no real pair is installable).
-
-The folder sits beside the package in a source checkout (the README's install is
-editable); an installed wheel has none, and then no model is shipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 from pathlib import Path
 
 from srrecnn_jax.errors import SrrecnnError
 
-CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+def _shipped_root() -> Path:
+    """The installed ``srrecnn_jax.shipped_models`` folder; in a source tree imported
+    without installing (``PYTHONPATH``), the ``checkpoints/`` folder beside the package."""
+    try:
+        return Path(str(importlib.resources.files("srrecnn_jax.shipped_models")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+CHECKPOINTS = _shipped_root()
 #: What ``default`` names: the monomodal x2 model fine-tuned from the 2019 weights.
 DEFAULT = "mono-x2"
 CARD = "card.json"

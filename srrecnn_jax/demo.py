@@ -54,8 +54,8 @@ def default_model() -> Path:
     try:
         return catalog.locate("default", SHIPPED_ROOT)
     except SrrecnnError:
-        raise SrrecnnError(f"no shipped default model in {SHIPPED_ROOT} (a source checkout "
-                           "installed in editable mode has it); give a model",
+        raise SrrecnnError(f"no shipped default model in {SHIPPED_ROOT} (an installation "
+                           "without its package data); reinstall srrecnn-jax or give a model",
                            "model") from None
 
 
