@@ -4,7 +4,7 @@ from srrecnn_jax.errors import SrrecnnError
 
 __version__ = "0.1.0"
 
-__all__ = ["SrrecnnError", "SuperResolver", "super_resolve_array", "__version__"]
+__all__ = ["SRReCNN3D", "SrrecnnError", "SuperResolver", "super_resolve_array", "__version__"]
 
 
 def __getattr__(name: str):
@@ -13,4 +13,8 @@ def __getattr__(name: str):
         from srrecnn_jax import inference
 
         return getattr(inference, name)
+    if name == "SRReCNN3D":
+        from srrecnn_jax.flax_module import SRReCNN3D
+
+        return SRReCNN3D
     raise AttributeError(name)

@@ -36,20 +36,23 @@ def param_shapes(config: ModelConfig) -> dict[str, dict[str, tuple[int, ...]]]:
 
 def init(key: jax.Array, config: ModelConfig) -> Params:
     """He (fan-in) Gaussian weights, std sqrt(2 / (C_in k^3)), zero biases, as the original."""
-    params = {}
     shapes = param_shapes(config)
-    for name, sub in zip(shapes, jax.random.split(key, config.layers)):
-        k_shape = shapes[name]["kernel"]
-        fan_in = math.prod(k_shape[:4])
-        params[name] = {
-            # Drawn flat, then shaped: the same numbers (threefry counts elements in
-            # row-major order), but XLA compiles a 1-D draw in well under a second where
-            # some 5-D kernel shapes took it 3-10 s on CPU.
-            "kernel": jax.random.normal(sub, (math.prod(k_shape),), jnp.float32)
-            .reshape(k_shape) * math.sqrt(2.0 / fan_in),
-            "bias": jnp.zeros(shapes[name]["bias"], jnp.float32),
-        }
-    return params
+    return {name: init_layer(sub, shapes[name]["kernel"])
+            for name, sub in zip(shapes, jax.random.split(key, config.layers))}
+
+
+def init_layer(key: jax.Array, kernel_shape: tuple[int, ...]) -> dict[str, jax.Array]:
+    """One layer's ``{"kernel": (k, k, k, C_in, C_out), "bias": (C_out,)}``: He (fan-in)
+    Gaussian kernel drawn from ``key``, zero bias."""
+    fan_in = math.prod(kernel_shape[:4])
+    return {
+        # Drawn flat, then shaped: the same numbers (threefry counts elements in
+        # row-major order), but XLA compiles a 1-D draw in well under a second where
+        # some 5-D kernel shapes took it 3-10 s on CPU.
+        "kernel": jax.random.normal(key, (math.prod(kernel_shape),), jnp.float32)
+        .reshape(kernel_shape) * math.sqrt(2.0 / fan_in),
+        "bias": jnp.zeros(kernel_shape[-1:], jnp.float32),
+    }
 
 
 def param_count(params: Params) -> int:

@@ -22,6 +22,7 @@ LAYERS = [
     ["evaluation"],
     ["inference"],
     ["tiling", "checkpoint"],
+    ["flax_module"],
     ["model", "degradation", "plots"],
     ["conv", "caffe", "io", "interpolation", "metrics", "parallel", "locking", "sources"],
     ["config"],
