@@ -24,6 +24,12 @@ one models, and where it acts:
   model learns to restore a noisy scan from its degraded version, as it is scored).
 - ``blur_jitter``: the true point spread function is not known exactly. Each blurred
   axis's sigma is multiplied by its own factor uniform in [1 - j, 1 + j]: input only.
+- ``kspace = p``, ``kspace_windows``: a scanner acquiring at low resolution keeps the
+  central 1 / s of k-space (a box in k-space, often apodised by a filter), not a
+  Gaussian's attenuated band. With probability p a patch's point spread is that
+  (``degradation.kspace_matrix``, the window drawn uniformly from ``kspace_windows``)
+  instead of the Gaussian, along every axis of scale > 1; the image is its magnitude:
+  input only.
 - ``flips``, ``permute``: orientation; a flip along each axis with probability 1/2,
   and a uniformly random axis order (isotropic scales only), of label and input alike.
 
@@ -45,6 +51,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.ndimage
 
+from srrecnn_jax.degradation import kspace_matrix, rician_noise
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.interpolation import zoom_matrix
 from srrecnn_jax.train.config import AugmentConfig
@@ -63,12 +70,8 @@ def draw_gamma(rng: np.random.Generator, bounds: Sequence[float]) -> float:
     return float(np.exp(rng.uniform(math.log(bounds[0]), math.log(bounds[1]))))
 
 
-def rician(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """``sqrt((x + n1)^2 + n2^2)``, n1 and n2 normal of ``sigma``: the magnitude of a
-    complex signal x with Gaussian noise on both channels. Same dtype as ``image``."""
-    n1 = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(sigma)
-    n2 = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(sigma)
-    return np.sqrt((image + n1) ** 2 + n2 ** 2).astype(image.dtype)
+#: Rician noise: the magnitude of a complex image with Gaussian noise on both channels.
+rician = rician_noise
 
 
 def jittered(sigma: Sequence[float], jitter: float,
@@ -127,6 +130,21 @@ def down_matrix(length: int, scale: float, sigma: float, order: int) -> np.ndarr
     elif sigma == 0:
         return None
     return matrix.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=512)
+def kspace_down_matrix(length: int, scale: float, window: str, order: int) -> np.ndarray:
+    """The (m, length) float32 matrix of the k-space low-pass (``kspace_matrix``) then the
+    spline zoom to ``m = round(length / scale)`` samples, along one axis of a block that
+    modcrop keeps whole. The magnitude is taken after all axes (``degraded_patch``)."""
+    m = int(round(length / scale))
+    return (zoom_matrix(length, m, order) @ kspace_matrix(length, scale, window)
+            ).astype(np.float32)
+
+
+#: HR voxels of margin per unit of scale for a k-space point spread: its sinc tails
+#: decay as 1 / distance, and the block is zero beyond its edges.
+KSPACE_MARGIN = 8
 
 
 @functools.lru_cache(maxsize=512)
@@ -190,7 +208,8 @@ def degraded_patch(unit: np.ndarray, corner: Sequence[int], patch: int,
       scale: the (x, y, z) scale; ``sigma``: the (x, y, z) blur (0: none).
       order: the spline order.
       config: the augmentations; draws in this order: gamma, bias coefficients, blur
-        factors, noise sigma, HR noise sigma, HR noise, noise (each only when on).
+        factors, noise sigma, HR noise sigma, k-space point spread and its window, HR
+        noise, noise (each only when on).
       other: a second input channel (another modality on the same grid), cut unchanged.
 
     Returns:
@@ -204,11 +223,15 @@ def degraded_patch(unit: np.ndarray, corner: Sequence[int], patch: int,
         sigma = jittered(sigma, config.blur_jitter, rng)
     noise = rng.uniform(*config.noise) if config.noise != (0.0, 0.0) else 0.0
     hr_noise = rng.uniform(*config.hr_noise) if config.hr_noise != (0.0, 0.0) else 0.0
+    window = None
+    if config.kspace > 0 and rng.random() < config.kspace:
+        window = config.kspace_windows[int(rng.integers(len(config.kspace_windows)))]
 
     grid = [_kept(n, s) for n, s in zip(unit.shape, scale)]
     starts, lengths = [], []
     for n, c, s, g in zip(grid, corner, scale, sigma):
-        margin = math.ceil(4 * g) + (SPLINE_MARGIN * math.ceil(s) if s != 1 else 0)
+        spread = KSPACE_MARGIN * math.ceil(s) if window and s > 1 else math.ceil(4 * g)
+        margin = spread + (SPLINE_MARGIN * math.ceil(s) if s != 1 else 0)
         length = block_length(n, patch, margin, float(s))
         lowest, highest = max(0, c + patch - length), min(c, n - length)
         starts.append(min(max(c - (length - patch) // 2, lowest), highest))
@@ -220,8 +243,13 @@ def degraded_patch(unit: np.ndarray, corner: Sequence[int], patch: int,
         hr *= bias_field(unit.shape, starts, lengths, coefficients)
     if hr_noise > 0:
         hr = rician(hr, hr_noise, rng)
-    lr = separable(hr, [down_matrix(n, float(s), float(g), order)
-                        for n, s, g in zip(lengths, scale, sigma)])
+    if window is None:
+        lr = separable(hr, [down_matrix(n, float(s), float(g), order)
+                            for n, s, g in zip(lengths, scale, sigma)])
+    else:
+        lr = np.abs(separable(hr, [kspace_down_matrix(n, float(s), window, order) if s > 1
+                                   else down_matrix(n, float(s), 0.0, order)
+                                   for n, s in zip(lengths, scale)]))
     if noise > 0:
         lr = rician(lr, noise, rng)
     offsets = [c - a for c, a in zip(corner, starts)]

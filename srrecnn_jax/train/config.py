@@ -29,6 +29,7 @@ from typing import Any
 from srrecnn_jax.caffe import parse_prototxt
 from srrecnn_jax.checkpoint import RUN_CONFIG
 from srrecnn_jax.config import ModelConfig, recnn
+from srrecnn_jax.degradation import KSPACE_WINDOWS
 from srrecnn_jax.errors import SrrecnnError
 
 
@@ -107,6 +108,9 @@ class AugmentConfig:
     ``hr_noise = [lo, hi]``: the same on the HR image before the degradation (label and
     input: the noise of the 1 mm scan itself).
     ``blur_jitter = j``: each blur sigma times uniform [1 - j, 1 + j] (input only).
+    ``kspace = p``: with probability p a patch's point spread is a k-space box apodised by
+    a window drawn from ``kspace_windows`` (``degradation.KSPACE_WINDOWS``) instead of the
+    Gaussian, magnitude image (input only).
     ``flips``: random flips along each axis; ``permute``: random axis order (both;
     isotropic ``patch_scales`` only).
     """
@@ -118,10 +122,21 @@ class AugmentConfig:
     flips: bool = False
     permute: bool = False
     hr_noise: tuple[float, float] = (0.0, 0.0)
+    kspace: float = 0.0
+    kspace_windows: tuple[str, ...] = ("none",)
 
     def __post_init__(self) -> None:
         _check_finite(self, "gamma", "bias_field", "noise", "hr_noise", "blur_jitter",
-                      prefix="augment.")
+                      "kspace", prefix="augment.")
+        if not 0 <= self.kspace <= 1:
+            raise ValueError(f"augment.kspace must be in [0, 1] (a probability), got "
+                             f"{self.kspace}")
+        windows = self.kspace_windows
+        if (not isinstance(windows, tuple | list) or not windows
+                or any(w not in KSPACE_WINDOWS for w in windows)):
+            raise ValueError(f"augment.kspace_windows must be a non-empty list of "
+                             f"{', '.join(KSPACE_WINDOWS)}, got {windows!r}")
+        object.__setattr__(self, "kspace_windows", tuple(windows))
         for name in ("gamma", "noise", "hr_noise"):
             values = getattr(self, name)
             if len(values) != 2 or not values[0] <= values[1]:
@@ -144,7 +159,7 @@ class AugmentConfig:
         """Whether patches must be degraded one by one: an augmentation acts before or
         inside the observation model (gamma, bias field, noises, blur jitter)."""
         return (self.gamma != (1.0, 1.0) or self.bias_field > 0 or self.noise != (0.0, 0.0)
-                or self.hr_noise != (0.0, 0.0) or self.blur_jitter > 0)
+                or self.hr_noise != (0.0, 0.0) or self.blur_jitter > 0 or self.kspace > 0)
 
     @property
     def active(self) -> bool:
@@ -320,7 +335,7 @@ def _checked(name: str, value: Any, kind: str) -> Any:
     if kind == "tuple[Scale, ...]":  # a bare number is one scale; [2, 3] two isotropic ones
         return tuple(scale(v) for v in (value if isinstance(value, list | tuple) else [value]))
     if kind.startswith("tuple"):
-        inner = "int" if "int" in kind else "float"
+        inner = "int" if "int" in kind else "str" if "str" in kind else "float"
         items = value if isinstance(value, list | tuple) else [value]
         return tuple(scalar(v, inner) for v in items)
     return scalar(value, kind)
