@@ -49,6 +49,26 @@ RELEASE = {
         **_RELEASE}}
 
 
+#: Real single-subject scans beside a source checkout (``shared/data/real/``, never
+#: shipped, see its PROVENANCE.md). Those with a truth have a held-out slab, z indices
+#: ``[first, last)`` (the middle quarter of the volume), fixed before any training: models
+#: train on the rest and are scored on it. The thick-slice scans have no truth.
+REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL_HELD_OUT = {"ce_T1_1mm": (54, 90), "stroke_T2w_1mm": (58, 97),
+                 "T1_head_1p6mm": (50, 83)}
+REAL_THICK = ("clinical_T2w_5p5mm", "PD_2p4mm")
+
+
+def real_scan(name: str) -> Path:
+    """The path of the real scan ``name`` (``REAL_HELD_OUT`` or ``REAL_THICK``) in a source
+    checkout; a one-line error when it is not there."""
+    path = REAL_DIR / f"{name}.nii.gz"
+    if not path.is_file():
+        raise SrrecnnError(f"{path}: no such real scan (shared/data/real/ is beside a source "
+                           "checkout only)")
+    return path
+
+
 def release_weights(in_channels: int = 1) -> Path:
     """The path the release's x2 weights with ``in_channels`` inputs have in a source
     checkout (it may not exist: callers check, and score without them)."""
