@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from srrecnn_jax.config import ModelConfig
+from srrecnn_jax.config import MAX_PARAMETERS, ModelConfig
 from srrecnn_jax.errors import SrrecnnError
 
 # --- protobuf wire format -------------------------------------------------
@@ -242,6 +243,33 @@ def _trained_scales(name: str) -> list[float] | None:
     return [float(s) for s in m.group(1).split("x")] if m else None
 
 
+#: The largest caffemodel read: the float32 weights of the largest architecture accepted
+#: (``config.MAX_PARAMETERS``, 512 MiB) and room for the layers' descriptions. A larger
+#: file (``/dev/zero``'s endless bytes included) is refused before it is read.
+MAX_CAFFEMODEL_BYTES = 4 * MAX_PARAMETERS + 2**26
+
+
+def _read_model_file(path: Path) -> bytes:
+    """The bytes of a caffemodel, refused by name before reading when it is not a regular
+    file (a FIFO would block, a device never end) or is larger than any model accepted."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise SrrecnnError(f"{path}: no such model file") from None
+    except OSError as e:
+        raise SrrecnnError(f"{path}: cannot read model file ({e.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SrrecnnError(f"{path}: not a regular file (a device, pipe or socket); a model "
+                           "is a .caffemodel file or a model folder")
+    if info.st_size > MAX_CAFFEMODEL_BYTES:
+        raise SrrecnnError(f"{path}: {info.st_size / 2**20:.0f} MiB, larger than any model "
+                           f"within the architecture limits ({MAX_PARAMETERS:,} parameters)")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise SrrecnnError(f"{path}: cannot read model file ({e.strerror})") from None
+
+
 def load_caffemodel(path: str | Path, prototxt: str | Path | None = None) -> CaffeModel:
     """Read a binary caffemodel and infer the network it holds.
 
@@ -258,12 +286,7 @@ def load_caffemodel(path: str | Path, prototxt: str | Path | None = None) -> Caf
         model, or not a chain of cubic 3-D convolutions ending in one channel.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SrrecnnError(f"{path}: no such model file") from None
-    except OSError as e:
-        raise SrrecnnError(f"{path}: cannot read model file ({e.strerror})") from None
+    data = _read_model_file(path)
     try:
         net_name, convs = _convolutions(data)
     except (_WireError, ValueError, IndexError, UnicodeDecodeError) as e:

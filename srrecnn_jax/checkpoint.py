@@ -358,15 +358,61 @@ def load_model(path: str | Path, prototxt: str | Path | None = None) -> LoadedMo
                        trained_scales=caffe.trained_scales, origin=origin)
 
 
+def check_model_output(output: Path, force: bool, inputs: Sequence[Path] = ()) -> None:
+    """Where a user's command may write a model folder: a path that does not exist, or,
+    with ``force``, a model folder of ours and nothing else (``config.json`` of our format
+    and ``params/``, no other entry) that is no part of a training run. Never an input,
+    nor a folder holding one, nor a run folder, its ``model/`` or ``checkpoints/``, nor a
+    folder with other files: ``force`` replaces the whole folder, and would delete them.
+    A refusal is a ``SrrecnnError`` naming ``output`` (``OutputExistsError`` without
+    ``force``); nothing is touched."""
+    output = Path(output)
+    target = output.resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if target == source or target in source.parents:
+            raise SrrecnnError(f"{output}: is the input {source} or holds it; a model is "
+                               "never written over its input")
+    if not output.exists() and not output.is_symlink():
+        return
+    if not force:
+        raise OutputExistsError(f"{output}: already exists")
+    if any((folder / RUN_CONFIG).is_file() for folder in (target, target.parent,
+                                                           target.parent.parent)):
+        raise SrrecnnError(f"{output}: is a training run folder or part of one; force "
+                           "replaces only a model folder of its own")
+    if not target.is_dir():
+        raise SrrecnnError(f"{output}: exists and is not a model folder; force replaces only "
+                           "a model folder")
+    entries = sorted(p.name for p in target.iterdir())
+    try:
+        ours = (json.loads((target / "config.json").read_text(encoding="utf-8"))
+                .get("format") == FORMAT)
+    except (OSError, ValueError, AttributeError, RecursionError):
+        ours = False
+    if entries != ["config.json", "params"] or not ours:
+        raise SrrecnnError(f"{output}: holds files other than a model folder's "
+                           f"({', '.join(entries[:5]) or 'nothing'}); force replaces only "
+                           "a model folder, which holds config.json and params/ alone")
+
+
+def write_model(output: Path, loaded: LoadedModel, force: bool = False,
+                inputs: Sequence[Path] = ()) -> Path:
+    """``save_model`` for a user's command: the output checked first
+    (``check_model_output``), so an existing folder that is not a model folder of ours,
+    or an input, is never replaced."""
+    check_model_output(output, force, inputs)
+    return save_model(output, loaded, force=force)
+
+
 def convert(caffemodel: Path, output: Path, prototxt: Path | None = None,
             force: bool = False) -> LoadedModel:
     """Convert a ``.caffemodel`` (checked against ``prototxt`` if given) to a model folder."""
-    if output.exists() and not force:
-        raise OutputExistsError(f"{output}: already exists")
+    check_model_output(output, force, [caffemodel] + ([prototxt] if prototxt else []))
     if caffemodel.is_dir():
         raise SrrecnnError(f"{caffemodel}: is a folder, expected a .caffemodel file")
     loaded = load_model(caffemodel, prototxt)
-    save_model(output, loaded, force=force)
+    write_model(output, loaded, force, [caffemodel] + ([prototxt] if prototxt else []))
     return loaded
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import scipy.ndimage
 import SimpleITK as sitk
 from conftest import MONO, MULTI, SRCNN, write
 
+from srrecnn_jax import caffe as caffe_module
 from srrecnn_jax import io, model
 from srrecnn_jax.caffe import load_caffemodel, parse_prototxt
 from srrecnn_jax.checkpoint import load_model
@@ -540,3 +542,79 @@ def test_convert_force_replaces_an_existing_folder(converted):
     other, _, _ = write_tiny(path.with_name("other.caffemodel"), pad=0)
     assert main(["convert", str(other), "-o", str(folder), "--force"]) == 0
     assert load_model(folder).config.padding == "edge_valid"
+
+
+def test_convert_force_refuses_a_folder_holding_its_input(tmp_path, capsys):
+    """``convert X.caffemodel -o DIR --force`` where DIR holds X (and other files): one
+    error line, exit 1, every file as it was (--force used to delete DIR whole)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    path, _, _ = write_tiny(folder / "tiny.caffemodel")
+    (folder / "notes.txt").write_text("mine")
+    before = folder_snapshot(folder)
+    assert main(["convert", str(path), "-o", str(folder), "--force"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "input" in err[0] and str(folder) in err[0], err
+    assert folder_snapshot(folder) == before
+
+
+def test_convert_force_refuses_a_folder_with_other_files(tmp_path, capsys):
+    """A folder that is not a model folder of ours (here: a scan and a text file) is never
+    replaced, with --force or without."""
+    path, _, _ = write_tiny(tmp_path / "tiny.caffemodel")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "sub-01_T1w.nii.gz").write_bytes(b"\x1f\x8b scan")
+    before = folder_snapshot(study)
+    assert main(["convert", str(path), "-o", str(study), "--force"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other than a model folder" in err[0], err
+    assert folder_snapshot(study) == before
+
+
+def test_convert_force_refuses_a_model_folder_with_an_extra_file(converted, capsys):
+    """A model folder someone put another file in is no longer ours alone: refused."""
+    path, folder = converted
+    (folder / "README.md").write_text("card")
+    before = folder_snapshot(folder)
+    other, _, _ = write_tiny(path.with_name("other.caffemodel"), pad=0)
+    assert main(["convert", str(other), "-o", str(folder), "--force"]) == 1
+    assert "README.md" in capsys.readouterr().err
+    assert folder_snapshot(folder) == before
+
+
+def test_convert_force_refuses_a_training_run_folder(tmp_path, capsys):
+    """A run folder (train_config.json) and its parts are never replaced."""
+    path, _, _ = write_tiny(tmp_path / "tiny.caffemodel")
+    run = tmp_path / "run"
+    (run / "checkpoints" / "10").mkdir(parents=True)
+    (run / "train_config.json").write_text("{}")
+    for target in (run, run / "checkpoints", run / "checkpoints" / "10"):
+        before = folder_snapshot(run)
+        assert main(["convert", str(path), "-o", str(target), "--force"]) == 1
+        assert "training run" in capsys.readouterr().err
+        assert folder_snapshot(run) == before
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_model_that_is_not_a_regular_file_is_refused_before_reading(tmp_path, kind, capsys):
+    """``-m /dev/zero`` (endless bytes: it was read until the machine ran out of memory)
+    and ``-m`` at a FIFO (blocked forever) are one error line, exit 1, at once."""
+    if kind == "device":
+        model = Path("/dev/zero")
+    else:
+        model = tmp_path / "pipe"
+        os.mkfifo(model)
+    assert main(["info", str(model)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a regular file" in err[0] and str(model) in err[0], err
+
+
+def test_a_caffemodel_larger_than_the_limits_allow_is_refused_before_reading(
+        tmp_path, monkeypatch, capsys):
+    """A file larger than the weights of the largest accepted architecture is refused
+    from its size (here a 3 KiB tiny model against a limit lowered to 1 KiB)."""
+    path, _, _ = write_tiny(tmp_path / "tiny.caffemodel")
+    monkeypatch.setattr(caffe_module, "MAX_CAFFEMODEL_BYTES", 1024)
+    assert main(["info", str(path)]) == 1
+    assert "larger than any model" in capsys.readouterr().err
