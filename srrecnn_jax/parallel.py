@@ -3,7 +3,10 @@ our own)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -11,8 +14,18 @@ import numpy as np
 from srrecnn_jax.errors import SrrecnnError
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+#: How long ``initialize`` waits for every process to join (seconds; JAX's own default).
+JOIN_TIMEOUT_S = 300
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, collectives: bool = True) -> tuple[int, int]:
+               process_id: int | None = None, collectives: bool = True,
+               timeout_s: float = JOIN_TIMEOUT_S, log: Callable[[str], None] = _stderr,
+               fail: Callable[[str], None] = _stderr) -> tuple[int, int]:
     """Join a multi-process JAX job; return ``(process_index, process_count)``.
 
     With no arguments, JAX detects the cluster (Slurm, Open MPI, ...). On CPU the
@@ -20,13 +33,40 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     ``collectives`` (a batch, whose processes only meet once, through ``detach``), no
     gloo is set up: its connections between CPU clients can hang a process at start
     or at exit when a peer has gone (seen about once in ten 2-process runs, JAX 0.10).
+
+    What it waits for goes to ``log`` at once. A job that has not formed within
+    ``timeout_s`` ends this process: one line naming what was missing goes to ``fail``
+    and the process exits with status 1 (JAX would abort it later with a C++ stack
+    trace, and no Python error can be raised out of its waiting call).
     """
     if collectives and (jax.config.jax_platforms in (None, "", "cpu")
                         or "cpu" in str(jax.config.jax_platforms)):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+    who = f"process {process_id}" if process_id is not None else "this process"
+    where = f"the coordinator at {coordinator}" if coordinator else "the cluster's coordinator"
+    count = f"all {num_processes} processes" if num_processes else "every process"
+    log(f"jax.distributed: {who} waiting up to {timeout_s:g} s for {count} to join "
+        f"{where}")
+    missing = ("the coordinator (process 0) or another process" if process_id != 0
+               else f"process(es) 1 to {num_processes - 1}" if num_processes
+               else "another process")
+    watchdog = threading.Timer(timeout_s, _give_up, [fail, f"jax.distributed: {who} gave up "
+                               f"after {timeout_s:g} s: {missing} never joined {where}"])
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator,
+                                   num_processes=num_processes, process_id=process_id,
+                                   initialization_timeout=int(timeout_s) + 60)
+    finally:
+        watchdog.cancel()
     return jax.process_index(), jax.process_count()
+
+
+def _give_up(fail: Callable[[str], None], message: str) -> None:
+    """End the process from the watchdog thread: JAX's join cannot be interrupted."""
+    fail(message)
+    os._exit(1)
 
 
 #: How long ``detach`` waits for the other processes (as ``jax.distributed.initialize``).

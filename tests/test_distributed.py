@@ -403,3 +403,29 @@ def test_survivor_of_a_process_that_fails_at_once_ends_promptly_naming_it(data):
     part = read_jsonl(root / "out" / "srrecnn_manifest.part-00000-of-00002.jsonl")
     assert sorted(r["input"] for r in part) == share_of(data, 0)
     assert ended[0] - max(row_times(part) + [ended[1]]) < PROMPT_S
+
+
+@pytest.mark.parametrize("process_id, missing", [(1, "the coordinator (process 0)"),
+                                                 (0, "process(es) 1 to 1")])
+def test_a_peer_that_never_starts_is_one_error_line_after_the_timeout(data, process_id,
+                                                                      missing):
+    """One process of two, the other never started: at once a note of what it waits for;
+    after ``--distributed-timeout`` (2 s here) one ``srrecnn: error:`` line naming the
+    process that never joined, exit status 1, no C++ stack trace (it used to wait 300 s
+    and abort with SIGABRT), and no output."""
+    root = data["root"] / f"lonely-{process_id}"
+    command = sr_command(data["in"], root / "out", data["model"]) + [
+        "--distributed", "--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2",
+        "--process-id", str(process_id), "--distributed-timeout", "2"]
+    started = time.monotonic()
+    (code,) = run_processes([command], root / "logs", timeout=60)
+    took = time.monotonic() - started
+    stderr = (root / "logs" / "0.err").read_text()
+    assert code == 1, stderr
+    assert f"process {process_id} waiting up to 2 s for all 2 processes" in stderr
+    (line,) = srrecnn_lines(stderr)
+    assert line.startswith("srrecnn: error: jax.distributed:") and missing in line, line
+    assert "stack trace" not in stderr and "Traceback" not in stderr
+    assert took < 40, took
+    outputs = list((root / "out").rglob("*.nii*")) if (root / "out").exists() else []
+    assert outputs == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -84,6 +85,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def border(text: str) -> tuple[int, int, int]:
     try:
         values = [int(v) for v in text.split(",")]
@@ -124,6 +135,9 @@ def add_distributed(group, share: str) -> None:
     group.add_argument("--coordinator", help="HOST:PORT of process 0 (with --distributed)")
     group.add_argument("--num-processes", type=positive_int, help="with --distributed")
     group.add_argument("--process-id", type=int, help="with --distributed")
+    group.add_argument("--distributed-timeout", type=positive_float, default=300,
+                       metavar="SECONDS", help="with --distributed: how long to wait for "
+                       "every process to join before giving up with an error (default 300)")
 
 
 #: XLA flags the commands run with unless the user's XLA_FLAGS sets them: the CPU
@@ -163,8 +177,11 @@ def join_processes(args: argparse.Namespace, collectives: bool = True) -> tuple[
     if args.distributed:
         from srrecnn_jax import parallel
 
+        def fail(message: str) -> None:
+            print(f"srrecnn: error: {message}", file=sys.stderr, flush=True)
+
         return parallel.initialize(args.coordinator, args.num_processes, args.process_id,
-                                   collectives)
+                                   collectives, args.distributed_timeout, fail=fail)
     if args.coordinator or args.num_processes or args.process_id is not None:
         raise SrrecnnError("--coordinator/--num-processes/--process-id: need --distributed")
     return 0, 1
