@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
-import json
 from pathlib import Path
 
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.structured import parse_json
 
 
 def _shipped_root() -> Path:
@@ -79,7 +79,7 @@ def describe(name: str, root: Path = CHECKPOINTS) -> Shipped:
     folder = _folder(name, root)
     card_path = folder / CARD
     try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
+        card = parse_json(card_path.read_text(encoding="utf-8"))
         task, data = str(card["task"]), str(card["data"])
         scores = {**DEFAULT_SCORES, **card.get("scores", {})}
         table, region, scored_on = (str(scores[k]) for k in ("table", "region", "on"))
@@ -123,7 +123,7 @@ def _psnr(method: str, table: Path, region: str) -> dict[str, tuple[float, float
     """``{condition: (model PSNR, spline PSNR)}`` for ``method`` in ``region`` of an
     ``evaluate.py`` table (empty when the table or the model's rows are missing)."""
     try:
-        rows = json.loads(table.read_text(encoding="utf-8"))["rows"]
+        rows = parse_json(table.read_text(encoding="utf-8"))["rows"]
     except (OSError, ValueError, KeyError):
         return {}
     psnr = {(r["condition"], r["method"]): r["psnr"] for r in rows if r.get("region") == region}

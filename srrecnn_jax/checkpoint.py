@@ -29,6 +29,7 @@ import numpy as np
 from srrecnn_jax import io, model
 from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.errors import OutputExistsError, SrrecnnError
+from srrecnn_jax.structured import parse_json
 
 FORMAT = "srrecnn-jax/1"
 
@@ -138,7 +139,7 @@ def read_meta(config_file: Path) -> tuple[dict[str, Any], ModelConfig]:
         return SrrecnnError(f"{config_file}: invalid model config: {key}: {problem}")
 
     try:
-        meta = json.loads(config_file.read_text(encoding="utf-8"))
+        meta = parse_json(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise SrrecnnError(f"{config_file}: invalid model config, not JSON ({e})") from None
     if not isinstance(meta, dict):
@@ -386,9 +387,9 @@ def check_model_output(output: Path, force: bool, inputs: Sequence[Path] = ()) -
                            "a model folder")
     entries = sorted(p.name for p in target.iterdir())
     try:
-        ours = (json.loads((target / "config.json").read_text(encoding="utf-8"))
+        ours = (parse_json((target / "config.json").read_text(encoding="utf-8"))
                 .get("format") == FORMAT)
-    except (OSError, ValueError, AttributeError, RecursionError):
+    except (OSError, ValueError, AttributeError):
         ours = False
     if entries != ["config.json", "params"] or not ours:
         raise SrrecnnError(f"{output}: holds files other than a model folder's "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from srrecnn_jax import io, locking
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.structured import parse_json
 
 
 @dataclasses.dataclass
@@ -135,7 +136,7 @@ def read_rows(path: Path) -> list[dict]:
     rows = []
     for line in text.splitlines():
         try:
-            row = json.loads(line)
+            row = parse_json(line)
         except ValueError:
             continue
         if isinstance(row, dict):

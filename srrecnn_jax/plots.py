@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from srrecnn_jax import io
+from srrecnn_jax.structured import parse_json
 
 
 def draw_curves(metrics_file: Path, png: Path) -> None:
@@ -18,7 +18,7 @@ def draw_curves(metrics_file: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     lines = metrics_file.read_text(encoding="utf-8").splitlines()
-    rows = [json.loads(line) for line in lines if line.strip()]
+    rows = [parse_json(line) for line in lines if line.strip()]
     if not rows:
         return
     validated = [r for r in rows if "val_psnr" in r]

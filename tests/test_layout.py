@@ -24,7 +24,8 @@ LAYERS = [
     ["tiling", "checkpoint"],
     ["flax_module"],
     ["model", "degradation", "plots"],
-    ["conv", "caffe", "io", "interpolation", "metrics", "parallel", "locking", "sources"],
+    ["conv", "caffe", "io", "interpolation", "metrics", "parallel", "locking", "sources",
+     "structured"],
     ["config"],
     ["errors"],
 ]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from srrecnn_jax.checkpoint import RUN_CONFIG
 from srrecnn_jax.config import ModelConfig, recnn
 from srrecnn_jax.degradation import KSPACE_WINDOWS
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.structured import parse_json, parse_toml
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,7 +404,7 @@ def file_values(path: Path) -> dict[str, Any]:
     """The settings in a TOML or JSON file."""
     try:
         text = path.read_text(encoding="utf-8")
-        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        values = parse_json(text) if path.suffix == ".json" else parse_toml(text)
     except FileNotFoundError:
         raise SrrecnnError(f"{path}: no such config file") from None
     except (OSError, ValueError, tomllib.TOMLDecodeError) as e:
@@ -425,8 +425,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise SrrecnnError(f"{text!r} is not key=value", "overrides")
     try:
-        parsed = tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
+        parsed = parse_toml(f"v = {value}")["v"]
+    except ValueError:  # tomllib.TOMLDecodeError, or nesting too deep
         parsed = value  # a bare word, e.g. solver=sgd
     return key.strip(), parsed
 
@@ -478,7 +478,7 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     """The settings saved in a run folder."""
     path = run_dir / RUN_CONFIG
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
+        values = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SrrecnnError(f"{run_dir}: not a training run (no {RUN_CONFIG})") from None
     except ValueError as e:
