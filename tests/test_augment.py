@@ -229,6 +229,10 @@ def test_steps_and_process_shares_stay_deterministic_with_augmentations(volumes)
     ({"augment": {"shear": 1}}, "augment.shear"),
     ({"patch_scales": [[1, 4]]}, "patch_scales"),
     ({"validation_scale": [1, 1, -4]}, "validation_scale"),
+    ({"patch_scales": [0.5]}, "patch_scales must be at least 1"),
+    ({"patch_scales_by_file": {"*.nii.gz": [[1, 1, 0.9]]}}, "at least 1"),
+    ({"augment": {"kspace": 1.5}}, "augment.kspace"),
+    ({"augment": {"kspace_windows": ["hann"]}}, "augment.kspace_windows"),
     ({"blur": "box"}, "blur"),
 ])
 def test_bad_settings_are_refused_naming_the_setting(values, named):

@@ -216,8 +216,9 @@ class TrainConfig:
                 raise ValueError(f"patch_scales_by_file[{glob!r}] needs at least one scale")
             named.append((f"patch_scales_by_file[{glob!r}]", scales))
         for name, values in named:
-            if not all(0 < v <= _FLOAT32_MAX for v in _numbers(values)):
-                raise ValueError(f"{name} must be positive, got {_plain(values)}")
+            if not all(1 <= v <= _FLOAT32_MAX for v in _numbers(values)):
+                raise ValueError(f"{name} must be at least 1 along every axis (how many times "
+                                 f"coarser the LR is), got {_plain(values)}")
         if self.blur not in BLURS:
             raise ValueError(f"blur must be {' or '.join(BLURS)}, not {self.blur!r}")
         anisotropic = [s for s in self.all_patch_scales if len(set(scale_axes(s))) > 1]
