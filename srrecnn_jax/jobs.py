@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import string
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -54,6 +55,26 @@ def collect_inputs(sources: Sequence[Path], glob: str = "*.nii*",
     return unique
 
 
+#: The fields an output template may name.
+TEMPLATE_FIELDS = ("dir", "stem", "ext", "suffix")
+
+
+def check_template(template: str) -> None:
+    """Refuse an output template naming anything but ``TEMPLATE_FIELDS`` as plain fields:
+    ``{stem.__class__}`` or ``{stem[0]}`` reach into Python objects, and ``{0}`` is no
+    field of ours."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template)
+                  if field is not None]
+    except ValueError as e:
+        raise SrrecnnError(f"{template!r} is not valid ({e})", "output_template") from None
+    for field in fields:
+        if field not in TEMPLATE_FIELDS:
+            raise SrrecnnError(f"{template!r}: {{{field}}} is not a field (use "
+                               f"{', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})",
+                               "output_template")
+
+
 def plan_jobs(inputs: Iterable[tuple[Path, Path]], out_dir: Path, suffix: str = "_SR",
               template: str | None = None, reference_pattern: str | None = None) -> list[Job]:
     """Name each output below ``out_dir`` and pair each input with its reference.
@@ -67,6 +88,8 @@ def plan_jobs(inputs: Iterable[tuple[Path, Path]], out_dir: Path, suffix: str = 
     ``out_dir``; two inputs whose outputs are one file (after normalising and
     following symbolic links) are refused, before any work.
     """
+    if template is not None:
+        check_template(template)
     if reference_pattern is not None and (":" not in reference_pattern
                                           or not reference_pattern.split(":", 1)[0]):
         raise SrrecnnError(f"{reference_pattern!r} is not OLD:NEW", "reference_pattern")

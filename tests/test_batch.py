@@ -254,6 +254,15 @@ def test_plan_output_template(tmp_path):
     assert [j.output for j in jobs] == [out / "a_x2.nii.gz", out / "s" / "c_x2.nii"]
 
 
+@pytest.mark.parametrize("template", ["{stem.__class__}{ext}", "{stem[0]}{ext}",
+                                      "{0}{ext}", "{stem!r}{ext}x{"])
+def test_plan_template_reaching_into_objects_is_refused(template, tmp_path):
+    """Only the documented fields, plain: attribute access, indexing and positional fields
+    are refused before any work (``{stem.__class__}`` used to be accepted)."""
+    with pytest.raises(SrrecnnError, match="output_template"):
+        plan_jobs([(tmp_path / "a.nii", tmp_path)], tmp_path / "out", template=template)
+
+
 def test_plan_bad_template_raises(tmp_path):
     """A template with an unknown field is refused, naming the output_template parameter."""
     with pytest.raises(SrrecnnError, match="output_template"):
