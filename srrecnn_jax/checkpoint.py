@@ -328,7 +328,14 @@ def _load_run(run_dir: Path) -> LoadedModel:
     steps = checkpoint_steps(run_dir)
     if not steps:
         raise SrrecnnError(f"{run_dir}: training run has no checkpoint and no model yet")
-    return _load_training_checkpoint(run_dir / RUN_CHECKPOINTS / str(steps[-1]))
+    # A run in progress writes its newest checkpoint and deletes its oldest while we read:
+    # the latest one that reads whole is the run's model.
+    for step in reversed(steps):
+        try:
+            return _load_training_checkpoint(run_dir / RUN_CHECKPOINTS / str(step))
+        except SrrecnnError as error:
+            last_error = error
+    raise last_error
 
 
 def _first_line(error: Exception) -> str:

@@ -755,3 +755,20 @@ def test_bad_setting_is_one_error_line_and_writes_nothing(setting, named, patche
     assert train_cli(patches_h5, run, *small_settings(max_iter=1), "--set", setting) == 1
     assert named in one_error_line(capsys)
     assert not run.exists()
+
+
+def test_a_run_in_progress_loads_its_latest_checkpoint_that_reads_whole(patch_set, tmp_path):
+    """A run folder without its final model, whose newest checkpoint is being written
+    (here: its metadata item not there yet), loads as its newest complete checkpoint
+    (``sr -m RUN`` on a run mid-training failed 24 times in 25)."""
+    import shutil
+
+    run = tmp_path / "run"
+    trainer.train(small_config(max_iter=4, checkpoint_every=2, log_every=2), patch_set, run)
+    shutil.rmtree(run / "model")  # as before the run's end
+    earlier = load_model(run / "checkpoints" / "2")
+    for item in (run / "checkpoints" / "4" / "meta").iterdir():
+        item.unlink()  # the newest checkpoint, half written
+    loaded = load_model(run)
+    assert loaded.origin["step"] == 2
+    assert_trees_equal(loaded.params, earlier.params)
