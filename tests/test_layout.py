@@ -19,6 +19,7 @@ LAYERS = [
     ["cli.*"],
     ["train.*", "batch", "demo"],
     ["jobs", "manifest", "catalog"],
+    ["guardrails"],
     ["evaluation"],
     ["inference"],
     ["tiling", "checkpoint"],

@@ -1,0 +1,112 @@
+"""Per-scan checks of whether super-resolution is to be trusted on this input.
+
+A model is trained on one family of low-resolution images; a scan outside it (noisier,
+or sharper than its training point spread) can come out worse than cubic spline, and
+nothing in the output says so. Three numbers, on the (x, y, z) input array itself:
+
+- ``noise_percent``: the noise's sigma as % of the input's maximum, from the finest
+  3-D Haar wavelet's diagonal (HHH) coefficients over the foreground (Donoho's MAD:
+  sigma = median |d| / 0.6745). In the foreground (above 10% of the maximum) Rician
+  noise is close to Gaussian; anatomy is smooth at that scale but for edges, which the
+  median ignores.
+- ``falloff``: how much of the spectrum survives near the input's Nyquist frequency:
+  the mean spectral amplitude in [0.375, 0.5) cycles per voxel over that in
+  [0.125, 0.25), averaged over the axes (noise raises it). The release's Gaussian
+  point spread attenuates the top band about 2.2 times more than a scanner's k-space
+  acquisition does, so inputs of the two kinds differ here at a given anatomy and
+  noise.
+- ``self_check_gain_db``: the input acquired once more at the model's scale as a
+  scanner would (``degradation.observe``: the central 1 / s of k-space, magnitude),
+  with Rician noise at the input's own estimated level, then restored by the model
+  and by cubic spline; the PSNR gain of the model over spline against the input.
+  It predicts whether the model beats spline on a scan like this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from srrecnn_jax import model
+from srrecnn_jax.config import ModelConfig
+from srrecnn_jax.degradation import observe
+from srrecnn_jax.evaluation import spline_baseline
+from srrecnn_jax.inference import super_resolve_array
+from srrecnn_jax.metrics import psnr
+
+#: Donoho's MAD constant: the median of |N(0, 1)|.
+MAD_GAUSSIAN = 0.6745
+#: Foreground: 2x2x2 blocks whose mean is above this fraction of the maximum.
+FOREGROUND = 0.1
+#: The self-check's crop: the central block of at most this many voxels per axis.
+SELF_CHECK_SIZE = 96
+
+
+def haar_diagonal(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The finest 3-D Haar HHH coefficients of each 2x2x2 block (orthonormal, so white
+    noise of sigma gives coefficients of sigma) and each block's mean; (x, y, z) input,
+    odd ends dropped."""
+    v = np.asarray(volume, np.float64)
+    v = v[: v.shape[0] // 2 * 2, : v.shape[1] // 2 * 2, : v.shape[2] // 2 * 2]
+    blocks = v.reshape(v.shape[0] // 2, 2, v.shape[1] // 2, 2, v.shape[2] // 2, 2)
+    sign = np.array([1.0, -1.0])
+    pattern = sign[:, None, None] * sign[None, :, None] * sign[None, None, :]
+    d = np.einsum("aibjck,ijk->abc", blocks, pattern) / np.sqrt(8.0)
+    return d, blocks.mean(axis=(1, 3, 5))
+
+
+def noise_percent(volume: np.ndarray) -> float:
+    """The noise's sigma as % of ``volume``'s maximum (see the module's docstring)."""
+    peak = float(np.max(volume))
+    if not peak > 0:
+        return 0.0
+    d, means = haar_diagonal(volume)
+    foreground = means > FOREGROUND * peak
+    if foreground.sum() < 64:
+        foreground = means > 0
+    sigma = float(np.median(np.abs(d[foreground]))) / MAD_GAUSSIAN
+    return 100.0 * sigma / peak
+
+
+def falloff(volume: np.ndarray) -> float:
+    """Mean spectral amplitude near Nyquist over that at mid frequencies, averaged over
+    the axes (see the module's docstring)."""
+    v = np.asarray(volume, np.float64)
+    v = v - v.mean()
+    ratios = []
+    for axis in range(3):
+        if v.shape[axis] < 8:
+            continue
+        amplitude = np.abs(np.fft.rfft(v, axis=axis))
+        f = np.fft.rfftfreq(v.shape[axis])
+        top = amplitude.take(np.flatnonzero((f >= 0.375) & (f < 0.5)), axis=axis).mean()
+        mid = amplitude.take(np.flatnonzero((f >= 0.125) & (f < 0.25)), axis=axis).mean()
+        if mid > 0:
+            ratios.append(top / mid)
+    return float(np.mean(ratios)) if ratios else float("nan")
+
+
+def central_crop(volume: np.ndarray, size: int = SELF_CHECK_SIZE) -> np.ndarray:
+    """The central block of at most ``size`` voxels per axis (the self-check's cost)."""
+    starts = [max(0, (n - size) // 2) for n in volume.shape]
+    return volume[tuple(slice(a, a + min(size, n)) for a, n in zip(starts, volume.shape))]
+
+
+def self_check_gain_db(params: model.Params, config: ModelConfig, lr: np.ndarray,
+                       scale: Sequence[float], noise: float | None = None,
+                       precision: str = "fp32") -> float:
+    """The model's PSNR gain over cubic spline restoring (the centre of) ``lr`` from its
+    own acquisition at ``scale`` (see the module's docstring). ``noise``: the input's
+    noise sigma as a fraction of its maximum (default: ``noise_percent`` / 100). A
+    monomodal model only (a second channel has no acquisition of its own here)."""
+    if config.in_channels != 1:
+        raise ValueError("the self-check needs a monomodal model")
+    truth = central_crop(np.asarray(lr, np.float32))
+    sigma = noise_percent(truth) / 100 if noise is None else noise
+    low, cropped = observe(truth, scale, psf="kspace", noise=sigma, seed=0)
+    factors = tuple(a / b for a, b in zip(cropped.shape, low.shape))
+    restored = super_resolve_array(params, config, low, factors, precision=precision)
+    spline = spline_baseline(low, cropped.shape)
+    peak = float(cropped.max())
+    return psnr(restored, cropped, peak) - psnr(spline, cropped, peak)
