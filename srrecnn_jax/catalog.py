@@ -6,8 +6,8 @@ They are the source tree's ``checkpoints/`` folder, installed as the package
 A shipped model is a folder ``<folder>/`` holding ``model/`` (a model
 folder, see ``checkpoint``) and ``card.json`` (its task and training data in words).
 Its name is the folder's with ``-`` for ``_`` (``mni_x2`` -> ``mni-x2``); ``default``
-names ``DEFAULT``. Its scores come from a table written by ``checkpoints/evaluate.py``:
-Colin27, a real brain no shipped model trained on (``colin27_crop.json``), unless the
+names ``DEFAULT``. Its scores come from a table written by ``checkpoints/scripts/evaluate.py``:
+Colin27, a real brain no shipped model trained on (``scores/colin27_crop.json``), unless the
 card names another (``"scores": {"table", "region", "on"}``: a multimodal model is
 scored on the held-out slab of a T1/T2 template pair, as no real pair is installable).
 """
@@ -35,8 +35,9 @@ CHECKPOINTS = _shipped_root()
 #: What ``default`` names: the monomodal x2 model fine-tuned from the 2019 weights.
 DEFAULT = "mono-x2"
 CARD = "card.json"
-#: The Colin27 table of ``checkpoints/evaluate.py`` (central crop).
-COLIN27_SCORES = "colin27_crop.json"
+#: The Colin27 table of ``checkpoints/scripts/evaluate.py`` (central crop), relative to
+#: the shelf.
+COLIN27_SCORES = "scores/colin27_crop.json"
 #: Where a model's scores come from unless its card says otherwise.
 DEFAULT_SCORES = {"table": COLIN27_SCORES, "region": "crop", "on": "Colin27 crop"}
 

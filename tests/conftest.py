@@ -59,8 +59,9 @@ def mni_t1_path() -> Path:
 
 
 def checkpoints_script(name: str):
-    """A script of ``checkpoints/`` (``evaluate``, ``export``) imported as a module."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "checkpoints" / f"{name}.py")
+    """A script of ``checkpoints/scripts/`` (``evaluate``, ``export``) imported as a module."""
+    path = REPO / "checkpoints" / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -34,6 +34,7 @@ def shelf(tmp_path: Path) -> Path:
     rows = [{"condition": "x3", "region": "crop", "method": "cubic spline", "psnr": 30.3},
             {"condition": "x3", "region": "crop", "method": "tiny_x3", "psnr": 31.5},
             {"condition": "x3", "region": "whole", "method": "tiny_x3", "psnr": 40.0}]
+    (tmp_path / catalog.COLIN27_SCORES).parent.mkdir()
     (tmp_path / catalog.COLIN27_SCORES).write_text(json.dumps({"rows": rows}))
     return tmp_path
 
