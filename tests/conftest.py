@@ -102,7 +102,7 @@ _CACHE: list[str] = []
 
 
 def pytest_configure(config) -> None:
-    """One compilation cache for the whole session, inherited by the xdist workers and
+    """One compilation cache for the whole test run, inherited by the xdist workers and
     every subprocess the tests start (fresh interpreters would otherwise compile the
     same tiny networks again). Set before any test module imports JAX (the workers start
     after this, with this environment); a user's own cache is kept.
