@@ -62,12 +62,12 @@ def test_demo_runs_the_shipped_checkpoint_by_default(mni_t1_path, tmp_path, caps
 def test_whole_volume_demo_prints_the_readmes_figures(mni_t1_path, tmp_path, capsys,
                                                        monkeypatch):
     """`srrecnn demo` as the README runs it (whole volume, shipped checkpoint): the two
-    PSNR figures the README quotes for the data it scored (Colin27 or the held-out MNI
+    PSNR figures docs/cli.md quotes for the data it scored (Colin27 or the held-out MNI
     slab), to their two decimals. The original weights' run is left out (time)."""
     from srrecnn_jax import demo
 
     monkeypatch.setattr(demo, "ORIGINAL", tmp_path / "absent.caffemodel")
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     lines = capsys.readouterr().out.splitlines()
     data = "Colin27" if lines[2].startswith("data: Colin27") else "held-out MNI slab"
