@@ -4,11 +4,12 @@ They are the source tree's ``checkpoints/`` folder, installed as the package
 ``srrecnn_jax.shipped_models`` (``pyproject.toml``): found through
 ``importlib.resources`` in an installed wheel and in an editable install alike.
 A shipped model is a folder ``<folder>/`` holding ``model/`` (a model
-folder, see ``checkpoint``) and ``card.json`` (its task and training data in words).
+folder, see ``checkpoint``) and ``card.json`` (``CARD_KEYS``: its task and training data
+in words, scales, voxel sizes, training data with licences, scores, fingerprint, licence).
 Its name is the folder's with ``-`` for ``_`` (``mni_x2`` -> ``mni-x2``); ``default``
-names ``DEFAULT``. Its scores come from a table written by ``checkpoints/evaluate.py``:
-Colin27, a real brain no shipped model trained on (``colin27_crop.json``), unless the
-card names another (``"scores": {"table", "region", "on"}``: a multimodal model is
+names ``DEFAULT``. Its scores come from a table written by ``checkpoints/scripts/evaluate.py``:
+Colin27, a real brain no shipped model trained on (``scores/colin27_crop.json``), unless the
+card names another (``"metrics": {"table", "region", "on"}``: a multimodal model is
 scored on the held-out slab of a T1/T2 template pair, as no real pair is installable).
 """
 
@@ -35,10 +36,19 @@ CHECKPOINTS = _shipped_root()
 #: What ``default`` names: the monomodal x2 model fine-tuned from the 2019 weights.
 DEFAULT = "mono-x2"
 CARD = "card.json"
-#: The Colin27 table of ``checkpoints/evaluate.py`` (central crop).
-COLIN27_SCORES = "colin27_crop.json"
+#: The Colin27 table of ``checkpoints/scripts/evaluate.py`` (central crop), relative to
+#: the shelf.
+COLIN27_SCORES = "scores/colin27_crop.json"
 #: Where a model's scores come from unless its card says otherwise.
 DEFAULT_SCORES = {"table": COLIN27_SCORES, "region": "crop", "on": "Colin27 crop"}
+#: The keys of a shipped model's ``card.json``. ``task`` and ``data`` are words; ``scales``
+#: and ``spacing_mm`` the trained scales and the HR voxel sizes (mm) of the training data;
+#: ``training_data`` a list of ``{name, licence}`` (starting weights included);
+#: ``metrics`` ``{on, table, region, psnr_db: {condition: {model, spline}}}``, the PSNR
+#: rounded from the table (relative to the shelf); ``sha256`` the model's
+#: ``checkpoint.fingerprint``; ``licence`` the model's.
+CARD_KEYS = ("name", "version", "task", "data", "scales", "spacing_mm", "training_data",
+             "metrics", "sha256", "licence")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +91,7 @@ def describe(name: str, root: Path = CHECKPOINTS) -> Shipped:
     try:
         card = parse_json(card_path.read_text(encoding="utf-8"))
         task, data = str(card["task"]), str(card["data"])
-        scores = {**DEFAULT_SCORES, **card.get("scores", {})}
+        scores = {**DEFAULT_SCORES, **card.get("metrics", {})}
         table, region, scored_on = (str(scores[k]) for k in ("table", "region", "on"))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SrrecnnError(f"{card_path}: unreadable model card ({e})") from None
@@ -90,6 +100,44 @@ def describe(name: str, root: Path = CHECKPOINTS) -> Shipped:
     return Shipped(_folder_name(folder), folder / "model", task, data, scales,
                    meta.get("trained_spacing"), scored_on,
                    _psnr(folder.name, root / table, region))
+
+
+def check_card(name: str, root: Path = CHECKPOINTS) -> list[str]:
+    """What is wrong with the card of the shipped model ``name`` (empty when nothing):
+    a key of ``CARD_KEYS`` missing or of the wrong type, another model's name, scales
+    other than its model folder's, PSNR other than its score table's."""
+    from srrecnn_jax.checkpoint import read_meta
+
+    folder = _folder(name, root)
+    card = json.loads((folder / CARD).read_text(encoding="utf-8"))
+    types = {"name": str, "version": str, "task": str, "data": str, "scales": list,
+             "spacing_mm": list, "training_data": list, "metrics": dict, "sha256": str,
+             "licence": str}
+    problems = [f"{key}: missing or not a {kind.__name__}" for key, kind in types.items()
+                if not isinstance(card.get(key), kind)]
+    problems += [f"{key}: unknown key" for key in card if key not in types]
+    if problems:
+        return problems
+    if card["name"] != _folder_name(folder):
+        problems.append(f"name: {card['name']!r}, not {_folder_name(folder)!r}")
+    meta, _ = read_meta(folder / "model" / "config.json")
+    if card["scales"] != list(meta.get("trained_scales") or []):
+        problems.append(f"scales: {card['scales']}, the model records "
+                        f"{meta.get('trained_scales')}")
+    if meta.get("trained_spacing") is not None and card["spacing_mm"] != [
+            meta["trained_spacing"]]:
+        problems.append(f"spacing_mm: {card['spacing_mm']}, the model records "
+                        f"{meta['trained_spacing']}")
+    if not all(isinstance(d, dict) and set(d) == {"name", "licence"}
+               for d in card["training_data"]):
+        problems.append("training_data: each item must be {name, licence}")
+    metrics = card["metrics"]
+    table = _psnr(folder.name, root / str(metrics.get("table")), str(metrics.get("region")))
+    rounded = {c: {"model": round(m, 2), "spline": round(s, 2)} for c, (m, s) in table.items()}
+    if not table or metrics.get("psnr_db") != rounded:
+        problems.append(f"metrics: psnr_db differs from {metrics.get('table')} "
+                        f"({metrics.get('region')})")
+    return problems
 
 
 def locate(value: str | Path, root: Path = CHECKPOINTS) -> Path:

@@ -2,7 +2,7 @@
 
 The scan is Colin27 (Debian's ``mricron-data``, one real person) when installed, else
 the slab of the MNI T1 that every shipped model held out of its training (world z
-28-68 mm: ``checkpoints/split_templates.py``): a
+28-68 mm: ``checkpoints/scripts/split_templates.py``): a
 demo never scores a model on what it was trained on. The model is the shipped
 ``default`` (``catalog.DEFAULT``) unless one is given.
 """

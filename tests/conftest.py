@@ -59,8 +59,9 @@ def mni_t1_path() -> Path:
 
 
 def checkpoints_script(name: str):
-    """A script of ``checkpoints/`` (``evaluate``, ``export``) imported as a module."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "checkpoints" / f"{name}.py")
+    """A script of ``checkpoints/scripts/`` (``evaluate``, ``export``) imported as a module."""
+    path = REPO / "checkpoints" / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -101,7 +102,7 @@ _CACHE: list[str] = []
 
 
 def pytest_configure(config) -> None:
-    """One compilation cache for the whole session, inherited by the xdist workers and
+    """One compilation cache for the whole test run, inherited by the xdist workers and
     every subprocess the tests start (fresh interpreters would otherwise compile the
     same tiny networks again). Set before any test module imports JAX (the workers start
     after this, with this environment); a user's own cache is kept.

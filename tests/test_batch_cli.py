@@ -7,7 +7,7 @@ cosines that are not orthonormal, very anisotropic voxels) reach stderr and the 
 row of their volume; ``--json`` prints the summary's facts, each consistent with the
 outputs (SIGTERM: see test_batch's Ctrl-C test).
 
-Inputs are tiny random volumes; the model is the session's 3-layer, 4-filter ReCNN.
+Inputs are tiny random volumes; the model is the shared 3-layer, 4-filter ReCNN.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_bucket_gives_nearby_sizes_one_compilation(tmp_path, models):
     """``--bucket 13``: inputs of 9 x 11 x 5 and 10 x 12 x 6 (outputs 18 x 22 x 10 and
     20 x 24 x 12) both pad to 26 x 26 in-plane and the network is compiled for one shape
     (once per device that ran a volume); with ``--bucket 1``, for two. Sizes no other
-    test uses, so nothing compiled earlier in the session can hide a compilation."""
+    test uses, so nothing compiled earlier in the run can hide a compilation."""
     for bucket, shapes in ((13, 1), (1, 2)):
         src, out = tmp_path / f"in{bucket}", tmp_path / f"out{bucket}"
         save(synthetic((9, 11, 5), bucket), src / "a.nii.gz")
@@ -82,7 +82,7 @@ def test_bucket_gives_nearby_sizes_one_compilation(tmp_path, models):
 
 @pytest.fixture(scope="module")
 def model_trained_at_x2(models, tmp_path_factory) -> Path:
-    """The session's tiny mono model, recorded as trained at scale 2 to produce 0.5 mm
+    """The shared tiny mono model, recorded as trained at scale 2 to produce 0.5 mm
     voxels (from 1 mm inputs)."""
     loaded = load_model(models["mono"])
     folder = tmp_path_factory.mktemp("trained") / "x2"

@@ -34,6 +34,7 @@ def shelf(tmp_path: Path) -> Path:
     rows = [{"condition": "x3", "region": "crop", "method": "cubic spline", "psnr": 30.3},
             {"condition": "x3", "region": "crop", "method": "tiny_x3", "psnr": 31.5},
             {"condition": "x3", "region": "whole", "method": "tiny_x3", "psnr": 40.0}]
+    (tmp_path / catalog.COLIN27_SCORES).parent.mkdir()
     (tmp_path / catalog.COLIN27_SCORES).write_text(json.dumps({"rows": rows}))
     return tmp_path
 
@@ -52,7 +53,7 @@ def test_description_holds_card_trained_scales_and_colin27_crop_scores(shelf):
 def test_a_card_naming_its_own_score_table_is_scored_from_it(shelf):
     """A multimodal model's card points at the held-out pair's table and region."""
     card = shelf / "tiny_x3" / catalog.CARD
-    card.write_text(json.dumps({"task": "multimodal x3", "data": "a pair", "scores": {
+    card.write_text(json.dumps({"task": "multimodal x3", "data": "a pair", "metrics": {
         "table": "pair.json", "region": "head", "on": "held-out pair slab"}}))
     rows = [{"condition": "x3", "region": "head", "method": "cubic spline", "psnr": 33.0},
             {"condition": "x3", "region": "head", "method": "tiny_x3", "psnr": 36.5},
@@ -137,3 +138,56 @@ def test_parsing_a_model_argument_does_not_import_jax():
     code = ("import sys; from srrecnn_jax.cli import common; common.model('default'); "
             "common.model('runs/x'); sys.exit('jax' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+SHIPPED_FILES = {"README.md", "card.json", "config.toml", "train_config.json", "metrics.jsonl",
+                 "model"}
+CARD_SECTIONS = ["## What it does", "## Intended input", "## Training data",
+                 "## Training procedure", "## Evaluation", "## Limitations",
+                 "## Licence and citation"]
+
+
+@pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
+def test_every_shipped_folder_holds_the_same_files():
+    for name in catalog.names():
+        folder = catalog.locate(name).parent
+        assert {p.name for p in folder.iterdir()} == SHIPPED_FILES, name
+
+
+@pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
+def test_every_card_has_its_keys_scales_and_scores_from_the_tables():
+    for name in catalog.names():
+        card = json.loads((catalog.locate(name).parent / catalog.CARD).read_text())
+        assert tuple(card) == catalog.CARD_KEYS, name
+        assert catalog.check_card(name) == [], name
+
+
+def test_a_card_with_scores_other_than_its_table_is_reported(shelf):
+    card = shelf / "tiny_x3" / catalog.CARD
+    card.write_text(json.dumps({
+        "name": "tiny-x3", "version": "0.1.0", "task": "x3", "data": "MNI", "scales": [3.0],
+        "spacing_mm": [1.0], "training_data": [{"name": "MNI", "licence": "permissive"}],
+        "metrics": {"on": "Colin27 crop", "table": catalog.COLIN27_SCORES, "region": "crop",
+                    "psnr_db": {"x3": {"model": 31.5, "spline": 30.3}}},
+        "sha256": "0" * 64, "licence": "CeCILL-B"}))
+    assert catalog.check_card("tiny-x3", shelf) == []
+    card.write_text(card.read_text().replace("31.5", "32.5"))
+    assert [p.split(":")[0] for p in catalog.check_card("tiny-x3", shelf)] == ["metrics"]
+
+
+@pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
+def test_every_cards_sha256_is_its_models_fingerprint():
+    from srrecnn_jax.checkpoint import fingerprint, load_model
+
+    for name in catalog.names():
+        card = json.loads((catalog.locate(name).parent / catalog.CARD).read_text())
+        assert card["sha256"] == fingerprint(load_model(catalog.locate(name))), name
+
+
+@pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
+def test_every_model_readme_has_the_card_sections_in_order_and_is_short():
+    for name in catalog.names():
+        text = (catalog.locate(name).parent / "README.md").read_text(encoding="utf-8")
+        headings = [line for line in text.splitlines() if line.startswith("## ")]
+        assert headings == CARD_SECTIONS, name
+        assert len(text.splitlines()) < 80, name

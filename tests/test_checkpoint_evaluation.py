@@ -1,4 +1,4 @@
-"""checkpoints/evaluate.py: every shipped model, spline and the original weights, scored on
+"""checkpoints/scripts/evaluate.py: every shipped model, spline and the original weights, scored on
 a real scan at isotropic and thick-slice scales (Colin27 by default; a fixture here)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""checkpoints/export.py: a training run's checkpoint as a model folder that records the
+"""checkpoints/scripts/export.py: a training run's checkpoint as a model folder that records the
 original weights it was fine-tuned from (CeCILL-B provenance)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""checkpoints/interpolate.py: the weight-space average of a fine-tuned model and the
+"""checkpoints/scripts/interpolate.py: the weight-space average of a fine-tuned model and the
 weights it started from (WiSE-FT), written as a model folder that records both."""
 
 from __future__ import annotations

@@ -62,12 +62,12 @@ def test_demo_runs_the_shipped_checkpoint_by_default(mni_t1_path, tmp_path, caps
 def test_whole_volume_demo_prints_the_readmes_figures(mni_t1_path, tmp_path, capsys,
                                                        monkeypatch):
     """`srrecnn demo` as the README runs it (whole volume, shipped checkpoint): the two
-    PSNR figures the README quotes for the data it scored (Colin27 or the held-out MNI
+    PSNR figures docs/cli.md quotes for the data it scored (Colin27 or the held-out MNI
     slab), to their two decimals. The original weights' run is left out (time)."""
     from srrecnn_jax import demo
 
     monkeypatch.setattr(demo, "ORIGINAL", tmp_path / "absent.caffemodel")
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     lines = capsys.readouterr().out.splitlines()
     data = "Colin27" if lines[2].startswith("data: Colin27") else "held-out MNI slab"
@@ -79,13 +79,13 @@ def test_whole_volume_demo_prints_the_readmes_figures(mni_t1_path, tmp_path, cap
 
 def test_demo_never_scores_the_shipped_checkpoints_training_data(mni_t1_path, tmp_path,
                                                                 monkeypatch):
-    """Without Colin27, the scan is the slab that checkpoints/split_templates.py holds out
+    """Without Colin27, the scan is the slab that checkpoints/scripts/split_templates.py holds out
     of every shipped model's training set, voxel for voxel."""
     from srrecnn_jax import demo
 
     monkeypatch.setattr(demo, "COLIN27", tmp_path / "absent.nii.gz")
     scan, data = demo.unseen_scan()
-    split = runpy.run_path(str(REPO / "checkpoints" / "split_templates.py"))["split"]
+    split = runpy.run_path(str(REPO / "checkpoints" / "scripts" / "split_templates.py"))["split"]
     split(tmp_path / "split", {"a": demo.mni_t1()})
     heldout = sitk.ReadImage(str(tmp_path / "split" / "heldout.nii.gz"))
     assert "held out" in data and scan.GetSize() == heldout.GetSize()
@@ -97,7 +97,7 @@ def test_template_split_keeps_the_mni_x2_training_slabs(mni_t1_path, tmp_path):
     checkpoints/mni_x2 trained on), so the held-out z 100-139 touch none of them."""
     from srrecnn_jax import demo
 
-    split = runpy.run_path(str(REPO / "checkpoints" / "split_templates.py"))["split"]
+    split = runpy.run_path(str(REPO / "checkpoints" / "scripts" / "split_templates.py"))["split"]
     split(tmp_path, {"a": demo.mni_t1()})
     t1 = sitk.GetArrayFromImage(demo.mni_t1())  # (z, y, x)
     inferior = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a_inferior.nii.gz")))

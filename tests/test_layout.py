@@ -182,12 +182,12 @@ def test_private_name_scan_finds_an_attribute_and_an_import():
     assert private_names_used(tree) == [(1, "_convolutions"), (2, "_cache_size")]
 
 
-def test_every_test_the_readme_names_exists():
-    """The README's guarantees name the tests that prove them (``FILE::TEST``): each such
-    test is defined in that file, so a renamed or deleted test cannot leave a promise
-    unproven."""
-    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
-    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", readme)
+def test_every_test_the_guarantees_name_exists():
+    """``docs/guarantees.md`` names the tests that prove each promise (``FILE::TEST``):
+    each such test is defined in that file, so a renamed or deleted test cannot leave a
+    promise unproven."""
+    guarantees = (PACKAGE.parent / "docs" / "guarantees.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", guarantees)
     assert len(named) >= 20
     tests = PACKAGE.parent / "tests"
     missing = [f"{file}::{name}" for file, name in named

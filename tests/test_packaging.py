@@ -79,6 +79,17 @@ def test_the_wheel_holds_no_training_scripts_nor_run_metrics(wheel):
     assert leaked == []
 
 
+def test_the_wheel_holds_the_score_tables_and_no_script_of_the_shelf(wheel):
+    """``srrecnn models`` reads the score tables (``checkpoints/scores/``), so the wheel
+    carries them; the only Python file of the shelf it carries is its ``__init__.py``."""
+    names = zipfile.ZipFile(wheel).namelist()
+    for table in (CHECKPOINTS / "scores").glob("*.json"):
+        assert "srrecnn_jax/shipped_models/scores/" + table.name in names, table.name
+    shelf_python = [n for n in names if n.startswith("srrecnn_jax/shipped_models/")
+                    and n.endswith(".py")]
+    assert shelf_python == ["srrecnn_jax/shipped_models/__init__.py"]
+
+
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory) -> Path:
     """A fresh venv with the wheel installed (bin folder returned)."""

@@ -54,7 +54,7 @@ def test_sr_fills_the_cache_a_second_run_reads(models, tmp_path):
     """A fresh process compiles into the cache; the next one finds it there."""
     source = write(np.random.default_rng(0).random((8, 7, 6)).astype(np.float32) + 1,
                    tmp_path / "lr.nii.gz")
-    env = {k: v for k, v in os.environ.items()  # the test session's cache settings
+    env = {k: v for k, v in os.environ.items()  # the test run's cache settings
            if not k.startswith("JAX_COMPILATION_CACHE_")}
     env |= {"XDG_CACHE_HOME": str(tmp_path / "cache"),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}

@@ -58,7 +58,7 @@ def logged(run: Path) -> list[dict]:
 
 
 def test_thick_slice_export_writes_the_triples_and_the_originals_provenance(slabs, tmp_path):
-    """``checkpoints/export.py``: a run's latest checkpoint as a model folder
+    """``checkpoints/scripts/export.py``: a run's latest checkpoint as a model folder
     recording its anisotropic scales as (x, y, z) triples, its step, and the CeCILL-B
     source it was fine-tuned from."""
     train, _ = slabs
@@ -66,7 +66,7 @@ def test_thick_slice_export_writes_the_triples_and_the_originals_provenance(slab
     assert main(["train", str(train), "--out", str(run), *TINY, "--set", "max_iter=2",
                  "--set", "patch_scales=[[1, 1, 2], [1, 1, 3]]", "--set", "blur=slice_profile",
                  "--set", "validation_scale=[1, 1, 2]", "--quiet"]) == 0
-    subprocess.run([sys.executable, str(REPO / "checkpoints" / "export.py"),
+    subprocess.run([sys.executable, str(REPO / "checkpoints" / "scripts" / "export.py"),
                     str(run), str(out)], check=True, capture_output=True, timeout=300)
     exported = load_model(out)
     assert exported.trained_scales == [[1.0, 1.0, 2.0], [1.0, 1.0, 3.0]]

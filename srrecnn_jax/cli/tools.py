@@ -98,7 +98,7 @@ def add_to(commands) -> None:
                             description="The models shipped in the source tree's checkpoints/ "
                             "folder, by the name -m takes: task, trained scales, training "
                             "data, and PSNR on Colin27 (a real brain none trained on; central "
-                            "crop, checkpoints/colin27_crop.json) beside cubic spline's. "
+                            "crop, checkpoints/scores/colin27_crop.json) beside cubic spline's. "
                             "`default` names " + _default_name() + ".")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run_models)
@@ -215,7 +215,7 @@ def run_info(args: argparse.Namespace) -> int:
         where += f" {source['file']} (sha256 {source.get('sha256', '?')})"
     if "step" in origin or "steps" in origin:
         where += f", step {origin.get('step', origin.get('steps'))}"
-    if "alpha" in origin:  # a weight average (checkpoints/interpolate.py)
+    if "alpha" in origin:  # a weight average (checkpoints/scripts/interpolate.py)
         where += f", alpha {origin['alpha']:g} of the fine-tuned weights"
     scales = facts["trained_scales"]
     r = facts["receptive_field"]

