@@ -109,7 +109,7 @@ def check_card(name: str, root: Path = CHECKPOINTS) -> list[str]:
     from srrecnn_jax.checkpoint import read_meta
 
     folder = _folder(name, root)
-    card = json.loads((folder / CARD).read_text(encoding="utf-8"))
+    card = parse_json((folder / CARD).read_text(encoding="utf-8"))
     types = {"name": str, "version": str, "task": str, "data": str, "scales": list,
              "spacing_mm": list, "training_data": list, "metrics": dict, "sha256": str,
              "licence": str}
