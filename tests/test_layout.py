@@ -24,6 +24,9 @@ LAYERS = [
     ["tiling", "checkpoint"],
     ["model", "degradation", "plots"],
     ["conv", "caffe", "io", "interpolation", "metrics", "parallel", "locking", "sources"],
+    ["gradients"],
+    ["winograd", "matmul"],
+    ["operands"],
     ["config"],
     ["errors"],
 ]

@@ -122,7 +122,7 @@ def euclidean(prediction, label):
 def grads_of(params, batch, config: TrainConfig):
     """The gradient ``train_step`` takes: through the network run as there."""
     def objective(p):
-        return euclidean(model.apply(p, batch["data"], config.model, impl="exact",
+        return euclidean(model.apply(p, batch["data"], config.model, algorithm="exact",
                                      differentiable=True), batch["label"])
     return to_numpy(jax.jit(jax.grad(objective))(params))
 
