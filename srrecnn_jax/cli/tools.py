@@ -94,8 +94,9 @@ def _add_demo(commands) -> None:
                             "original release's x2 weights' when ../shared/caffe is beside the "
                             "source tree) and which data was scored, and write the volumes and "
                             "a montage.png (three planes: spline, SR, HR, error).")
-    p.add_argument("--out", type=Path, default=Path("srrecnn_demo"),
-                   help="output folder (default ./srrecnn_demo)")
+    common.add_renamed(p, "--out", "--out-dir", type=Path, default=Path("srrecnn_demo"),
+                       help="folder to fill with the volumes and montage (default "
+                       "./srrecnn_demo)")
     p.add_argument("-m", "--model", type=common.model, help="model (a path or a shipped "
                    "model's name) instead of the default shipped model")
     p.add_argument("--crop", type=common.positive_int,
@@ -208,7 +209,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from srrecnn_jax.demo import run_demo
 
     start = time.perf_counter()
-    scores = run_demo(args.out, args.model, args.crop, args.tile)
+    scores = run_demo(args.out_dir, args.model, args.crop, args.tile)
     original = ""
     if "psnr_original" in scores:
         original = (f"original x2   PSNR {scores['psnr_original']:.2f} dB "
@@ -218,7 +219,7 @@ def run_demo(args: argparse.Namespace) -> int:
           f"SRReCNN3D     PSNR {scores['psnr_sr']:.2f} dB "
           f"(head {scores['psnr_sr_head']:.2f})  SSIM {scores['ssim_sr']:.4f}\n"
           f"{original}data: {scores['data']}\n"
-          f"wrote {args.out}/{{lr,spline,sr,hr}}.nii.gz and {args.out}/montage.png "
+          f"wrote {args.out_dir}/{{lr,spline,sr,hr}}.nii.gz and {args.out_dir}/montage.png "
           f"({time.perf_counter() - start:.0f} s)")
     return 0
 
