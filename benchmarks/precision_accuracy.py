@@ -37,6 +37,7 @@ import numpy as np
 
 from srrecnn_jax import conv, demo, io, model, sources
 from srrecnn_jax.checkpoint import load_model
+from srrecnn_jax.config import PRECISIONS
 from srrecnn_jax.degradation import degrade
 from srrecnn_jax.evaluation import score
 from srrecnn_jax.inference import finish_array, prepare_array
@@ -83,7 +84,7 @@ def main() -> None:
     params, cfg = jax.tree_util.tree_map(jnp.asarray, loaded.params), loaded.config
     prepared = prepare_array(cfg, lr, 2)
 
-    precisions = ["fp32", "fp32-exact"] + list(conv.PRECISIONS[1:])
+    precisions = ["fp32", "fp32-exact"] + list(PRECISIONS[1:])
     if jax.default_backend() == "cpu":
         precisions.append("tf32-emulated")
     outputs, rows = {}, []
@@ -93,7 +94,7 @@ def main() -> None:
             y = np.asarray(_forward_tf32_emulated(params, jnp.asarray(prepared.volume)[None]))
             y = y[0, ..., 0] + prepared.volume[..., 0]
         elif precision == "fp32-exact":  # --exact: F(2, 3) on CPU instead of F(4, 3)
-            y = run_network(params, cfg, prepared.volume, impl="exact")
+            y = run_network(params, cfg, prepared.volume, algorithm="exact")
         else:
             y = run_network(params, cfg, prepared.volume, precision=precision)
         outputs[precision] = finish_array(prepared, y)

@@ -40,7 +40,7 @@ import numpy as np
 from srrecnn_jax import io, locking, parallel
 from srrecnn_jax.checkpoint import fingerprint, format_scales, untrained_scale
 from srrecnn_jax.errors import SrrecnnError
-from srrecnn_jax.inference import SuperResolver, formulation, run_network
+from srrecnn_jax.inference import SuperResolver, conv_algorithm, run_network
 from srrecnn_jax.jobs import Job, shard
 from srrecnn_jax.manifest import (
     MANIFEST,
@@ -370,7 +370,7 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
                     y = run_network(params, resolver.config, prepared.volume, options.tile,
                                     options.residual, options.bucket, devices=[device],
                                     precision=options.precision,
-                                    impl=formulation(options.exact))
+                                    algorithm=conv_algorithm(options.exact))
                 with lock:
                     summary.device_seconds += time.perf_counter() - tick
             except Exception as e:  # noqa: BLE001

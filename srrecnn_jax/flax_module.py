@@ -28,7 +28,7 @@ class SRReCNN3D(nn.Module):
       config: the architecture (``config.recnn()``, ``config.srcnn3d()``, or a loaded
         model's ``.config``).
       precision: arithmetic of the convolutions, one of ``config.PRECISIONS``.
-      impl: convolution formulation, as ``model.apply``'s.
+      algorithm: the convolution algorithm, as ``model.apply``'s (``conv.ALGORITHMS``).
       differentiable: as ``model.apply``'s: ``True`` when training (every layer one
         convolution with a gradient of its own), ``False`` (default) for inference.
 
@@ -39,7 +39,7 @@ class SRReCNN3D(nn.Module):
 
     config: ModelConfig
     precision: str = "fp32"
-    impl: str = "auto"
+    algorithm: str = "auto"
     differentiable: bool = False
 
     @nn.compact
@@ -47,5 +47,5 @@ class SRReCNN3D(nn.Module):
         """``(B, X, Y, Z, C_in)`` -> ``(B, X, Y, Z, C_out)`` float32."""
         params = {name: self.param(name, model.init_layer, shapes["kernel"])
                   for name, shapes in model.param_shapes(self.config).items()}
-        return model.apply(params, x, self.config, self.precision, self.impl,
+        return model.apply(params, x, self.config, self.precision, self.algorithm,
                            self.differentiable)

@@ -141,8 +141,8 @@ def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarra
       residual: override ``config.residual``.
       precision: arithmetic of the convolutions (see ``run_network``).
       interpolation: where the zoom runs, one of ``INTERPOLATIONS``.
-      exact: convolutions exact to float32 rounding (``impl="exact"`` of
-        ``run_network``; slower on CPU) instead of the fastest formulation.
+      exact: convolutions exact to float32 rounding (``algorithm="exact"`` of
+        ``run_network``; slower on CPU) instead of the fastest algorithm.
 
     Returns:
       ``(round(x*s), ...)`` float32: ``max(mx * (net(i) + i), mn)`` with
@@ -150,11 +150,12 @@ def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarra
     """
     prepared = prepare_array(config, lr, scale, reference, order, interpolation)
     return finish_array(prepared, run_network(params, config, prepared.volume, tile, residual,
-                                              precision=precision, impl=formulation(exact)))
+                                              precision=precision,
+                                              algorithm=conv_algorithm(exact)))
 
 
-def formulation(exact: bool) -> str:
-    """The ``impl`` of ``run_network`` for ``exact``: ``exact`` (float32 rounding) or
+def conv_algorithm(exact: bool) -> str:
+    """The ``algorithm`` of ``run_network`` for ``exact``: ``exact`` (float32 rounding) or
     ``auto`` (fastest, on CPU within 3e-5 of the output range of exact arithmetic)."""
     return "exact" if exact else "auto"
 
@@ -262,7 +263,7 @@ class SuperResolver:
                                 reference_name=reference_name, log=log)
         y = run_network(self.model.params, self.config, prepared.volume, tile, residual,
                         devices=jax.local_devices(), precision=precision,
-                        impl=formulation(exact))
+                        algorithm=conv_algorithm(exact))
         return self.finish(prepared, y)
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srrecnn_jax import conv
+from srrecnn_jax import conv, operands
 from srrecnn_jax.config import ModelConfig
 
 Params = dict[str, dict[str, Any]]
@@ -60,7 +60,7 @@ def param_count(params: Params) -> int:
 
 
 def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None = None,
-            precision: str = "fp32", impl: str = "auto",
+            precision: str = "fp32", algorithm: str = "auto",
             differentiable: bool = False) -> jax.Array:
     """The convolution chain alone: ReLU after every layer but the last.
 
@@ -74,7 +74,7 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
         then sees exactly the per-layer zero padding of the whole volume where
         the volume ends (see ``inference``).
       precision: one of ``config.PRECISIONS`` (see ``conv``).
-      impl: convolution formulation, one of ``conv.IMPLEMENTATIONS``; ``auto``
+      algorithm: convolution algorithm, one of ``conv.ALGORITHMS``; ``auto``
         picks Winograd F(4, 3) (hidden layers) and shifted matrix products (first
         and last) on CPU, XLA's convolution elsewhere; ``exact`` Winograd F(2, 3)
         instead, exact to float32 rounding.
@@ -89,18 +89,18 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
     # SAME 3x3x3 layers on CPU: the activations keep a zero border between the
     # Winograd hidden layers instead of being padded again for each (see conv).
     bordered = (padding == "SAME" and mask is None and not differentiable
-                and keeps_zero_border(params, impl))
+                and keeps_zero_border(params, algorithm))
     if bordered:
         x = _border(x)
     for i, name in enumerate(names):
         kernel, bias = params[name]["kernel"], params[name]["bias"]
         last = i == len(names) - 1
-        layer_precision = conv.layer_precision(precision, i)
+        layer_precision = operands.layer_precision(precision, i)
         if bordered and not last and conv.winograd_applies(kernel):
-            x = conv.relu_layer_bordered(x, kernel, bias, layer_precision, impl)
+            x = conv.relu_layer_bordered(x, kernel, bias, layer_precision, algorithm)
             continue
         x = conv.conv3d(x, kernel, "VALID" if bordered else padding, layer_precision,
-                        impl) + bias.astype(jnp.float32)
+                        algorithm) + bias.astype(jnp.float32)
         if not last:
             x = jax.nn.relu(x)
             if mask is not None:
@@ -112,10 +112,10 @@ def forward(params: Params, x: jax.Array, padding: str, mask: jax.Array | None =
     return x
 
 
-def keeps_zero_border(params: Params, impl: str = "auto") -> bool:
+def keeps_zero_border(params: Params, algorithm: str = "auto") -> bool:
     """Whether a SAME network runs its hidden layers between zero-bordered activations
     (CPU Winograd, every kernel 3^3): ``forward`` and the z slabs of ``tiling``."""
-    return (conv.pick(impl) in conv.WINOGRADS
+    return (conv.resolve_algorithm(algorithm) in conv.WINOGRADS
             and all(layer["kernel"].shape[:3] == (3, 3, 3) for layer in params.values()))
 
 
@@ -149,20 +149,20 @@ def _border(x: jax.Array) -> jax.Array:
 
 
 def apply(params: Params, x: jax.Array, config: ModelConfig, precision: str = "fp32",
-          impl: str = "auto", differentiable: bool = False) -> jax.Array:
+          algorithm: str = "auto", differentiable: bool = False) -> jax.Array:
     """The whole model on ``(B, X, Y, Z, C_in)``; returns ``(B, X, Y, Z, C_out)``.
 
     ``same`` models pad every layer with zeros; ``edge_valid`` models (SRCNN3D)
     edge-replicate the input by the receptive radius and use valid
     convolutions. With ``residual`` the input's channel 0 (the interpolated
-    image) is added to the output, in float32. ``precision``, ``impl``,
+    image) is added to the output, in float32. ``precision``, ``algorithm``,
     ``differentiable``: see ``forward``.
     """
     if config.padding == "edge_valid":
-        y = forward(params, pad_input(x, config), "VALID", precision=precision, impl=impl,
+        y = forward(params, pad_input(x, config), "VALID", precision=precision, algorithm=algorithm,
                     differentiable=differentiable)
     else:
-        y = forward(params, x, "SAME", precision=precision, impl=impl,
+        y = forward(params, x, "SAME", precision=precision, algorithm=algorithm,
                     differentiable=differentiable)
     if config.residual:
         y = y + x[..., :1]

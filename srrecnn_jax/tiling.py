@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srrecnn_jax import conv, model
+from srrecnn_jax import conv, model, operands
 from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.errors import SrrecnnError
 
@@ -32,12 +32,12 @@ _traced: list[tuple[int, ...]] = []
 
 
 def _network(params: model.Params, x: jax.Array, padding: str, mask: jax.Array | None,
-             precision: str, impl: str) -> jax.Array:
+             precision: str, algorithm: str) -> jax.Array:
     _traced.append(tuple(x.shape))  # Python side effect: runs once per trace, not per call
-    return model.forward(params, x, padding, mask, precision, impl)
+    return model.forward(params, x, padding, mask, precision, algorithm)
 
 
-_forward = jax.jit(_network, static_argnames=("padding", "precision", "impl"))
+_forward = jax.jit(_network, static_argnames=("padding", "precision", "algorithm"))
 
 
 def compiled_shapes() -> list[tuple[int, ...]]:
@@ -54,7 +54,7 @@ def compiled_shapes() -> list[tuple[int, ...]]:
 # Float32 activations XLA keeps alive at once in a tile (inputs, outputs,
 # workspace), counted per voxel and channel of the widest layer: about 2 with
 # XLA's convolution (GPUs), 4 assumed; on CPU, with the Winograd and row-product
-# formulations, its buffer assignment measured 10.7-11.3 (10L-64, 96 x 112 x 96;
+# algorithms, its buffer assignment measured 10.7-11.3 (10L-64, 96 x 112 x 96;
 # a whole 196 x 232 x 188 volume peaked at 22 GiB).
 _LIVE_ACTIVATIONS = {"cpu": 12}
 _LIVE_ACTIVATIONS_DEFAULT = 4
@@ -134,7 +134,7 @@ def plan(config: ModelConfig, shape: Sequence[int], bucket: int = 1,
 def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
                 tile: int | None = None, residual: bool | None = None,
                 bucket: int = 1, devices: Sequence[jax.Device] | None = None,
-                precision: str = "fp32", impl: str = "auto") -> np.ndarray:
+                precision: str = "fp32", algorithm: str = "auto") -> np.ndarray:
     """Network (plus residual) on one volume.
 
     Args:
@@ -150,7 +150,7 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
       devices: where tiles run, round robin (default: the default device).
         A whole volume runs on the default device.
       precision: arithmetic of the convolutions, one of ``config.PRECISIONS``.
-      impl: their formulation, one of ``conv.IMPLEMENTATIONS``: ``auto`` (fastest;
+      algorithm: their algorithm, one of ``conv.ALGORITHMS``: ``auto`` (fastest;
         on CPU within 3e-5 of the output range of exact arithmetic) or ``exact``
         (exact to float32 rounding).
 
@@ -160,16 +160,16 @@ def run_network(params: model.Params, config: ModelConfig, volume: np.ndarray,
     volume = np.asarray(volume, np.float32)
     residual = config.residual if residual is None else residual
     try:
-        conv.check_precision(precision)
+        operands.check_precision(precision)
     except ValueError as e:
         raise SrrecnnError(str(e), "precision") from None
     how, size = plan(config, volume.shape[:3], bucket) if tile is None else ("tiles", tile)
     if how == "whole":
-        y = _run_padded(params, config, volume, bucket, precision, impl)
+        y = _run_padded(params, config, volume, bucket, precision, algorithm)
     elif how == "slabs":
-        y = run_slabs(params, config, volume, size, bucket, precision, impl)
+        y = run_slabs(params, config, volume, size, bucket, precision, algorithm)
     else:
-        y = _run_tiles(params, config, volume, size, devices, precision, impl)
+        y = _run_tiles(params, config, volume, size, devices, precision, algorithm)
     return y + volume[..., 0] if residual else y
 
 
@@ -177,7 +177,7 @@ def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Arr
                 prefix: jax.Array | None, scratch: jax.Array | None, start: jax.Array,
                 depth: jax.Array,
                 in_plane: jax.Array | None, *, same: bool, last: bool, border_in: bool,
-                border_out: bool, precision: str, impl: str,
+                border_out: bool, precision: str, algorithm: str,
                 record: bool) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
     """One layer of the network on one slab of ``c`` z planes; see ``run_slabs``.
 
@@ -215,10 +215,11 @@ def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Arr
     if same and not border_in:
         x = jnp.pad(x, ((h, h), (h, h), (0, 0), (0, 0)))
     if border_out and conv.winograd_applies(kernel):
-        y = conv.relu_layer_slab(x, kernel, bias, planes, in_plane, precision, impl, prefix,
+        y = conv.relu_layer_slab(x, kernel, bias, planes, in_plane, precision, algorithm, prefix,
                                  scratch)
     else:
-        y = conv.conv3d(x[None], kernel, "VALID", precision, impl)[0] + bias.astype(jnp.float32)
+        y = (conv.conv3d(x[None], kernel, "VALID", precision, algorithm)[0]
+             + bias.astype(jnp.float32))
         if last:
             return y[..., 0], carry, None
         y = jax.nn.relu(y)
@@ -236,13 +237,13 @@ def _slab_layer(kernel: jax.Array, bias: jax.Array, x: jax.Array, carry: jax.Arr
 
 
 _slab = jax.jit(_slab_layer, static_argnames=("same", "last", "border_in", "border_out",
-                                             "precision", "impl", "record"),
+                                             "precision", "algorithm", "record"),
                 donate_argnums=(3, 4, 5))
 
 
 def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
               planes: int, bucket: int = 1, precision: str = "fp32",
-              impl: str = "auto") -> np.ndarray:
+              algorithm: str = "auto") -> np.ndarray:
     """Network without residual, streamed through z slabs of ``planes`` planes.
 
     Each layer keeps the last ``k - 1`` planes of its input from the previous
@@ -274,7 +275,7 @@ def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
         x = np.zeros([f + 2 * halo for f in full] + [steps * planes, channels], np.float32)
         x[:padded.shape[0], :padded.shape[1], :padded.shape[2]] = padded
     # CPU, same 3^3 models: activations keep a zero x and y border between layers.
-    bordered = same and model.keeps_zero_border(params, impl)
+    bordered = same and model.keeps_zero_border(params, algorithm)
     carries, width = [], x.shape[:2]
     for i, name in enumerate(names):
         kernel = params[name]["kernel"]
@@ -306,7 +307,8 @@ def run_slabs(params: model.Params, config: ModelConfig, volume: np.ndarray,
                                      start, shape[2], in_plane, same=same, last=last,
                                      border_in=bordered and i > 0,
                                      border_out=bordered and not last,
-                                     precision=conv.layer_precision(precision, i), impl=impl,
+                                     precision=operands.layer_precision(precision, i),
+                                     algorithm=algorithm,
                                      record=i == 0)
             if carry is not None:
                 carries[i] = carry
@@ -325,7 +327,7 @@ def _round_up(shape: Sequence[int], multiple: int) -> list[int]:
 
 
 def _run_padded(params: model.Params, config: ModelConfig, volume: np.ndarray,
-                bucket: int, precision: str = "fp32", impl: str = "auto") -> np.ndarray:
+                bucket: int, precision: str = "fp32", algorithm: str = "auto") -> np.ndarray:
     """The whole volume at once, padded on the far side to a multiple of ``bucket``.
 
     ``same`` models: zeros beyond the volume, kept zero in every hidden layer
@@ -342,18 +344,18 @@ def _run_padded(params: model.Params, config: ModelConfig, volume: np.ndarray,
         if bucket > 1:  # always masked, so that a volume filling its bucket shares the trace
             mask = np.zeros([1] + full + [1], np.float32)
             mask[(0,) + inside] = 1.0
-        y = _forward(params, x[None], "SAME", mask, precision, impl)
+        y = _forward(params, x[None], "SAME", mask, precision, algorithm)
     else:
         r = config.receptive_radius
         x = np.zeros([f + 2 * r for f in full] + [channels], np.float32)
         x[tuple(slice(0, s + 2 * r) for s in shape)] = model.pad_input(volume, config)
-        y = _forward(params, x[None], "VALID", None, precision, impl)
+        y = _forward(params, x[None], "VALID", None, precision, algorithm)
     return np.asarray(y)[(0,) + inside + (0,)]
 
 
 def _run_tiles(params: model.Params, config: ModelConfig, volume: np.ndarray,
                tile: int, devices: Sequence[jax.Device] | None = None,
-               precision: str = "fp32", impl: str = "auto") -> np.ndarray:
+               precision: str = "fp32", algorithm: str = "auto") -> np.ndarray:
     """Network without residual, tile by tile; ``(X, Y, Z, C)`` -> ``(X, Y, Z)``.
 
     The volume is padded by the receptive radius R as the model pads it (zeros
@@ -395,7 +397,7 @@ def _run_tiles(params: model.Params, config: ModelConfig, volume: np.ndarray,
         block = jax.device_put(padded[window][None], device)
         block_mask = None if mask is None else jax.device_put(mask[window][None], device)
         pending.append((_forward(placed[n % len(devices)], block, "VALID", block_mask,
-                                 precision, impl), lo))
+                                 precision, algorithm), lo))
         if len(pending) > 2 * len(devices):
             collect(*pending.pop(0))
     for result, lo in pending:

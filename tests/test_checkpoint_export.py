@@ -35,7 +35,7 @@ def two_channel_run(tmp_path_factory):
     run = root / "run"
     settings = {"layers": 2, "filters": 4, "batch": 2, "in_channels": 2, "max_iter": 4,
                 "checkpoint_every": 2, "log_every": 2, "keep": 2}
-    assert cli.main(["train", str(h5), "--out", str(run), "--quiet",
+    assert cli.main(["train", str(h5), "--out-dir", str(run), "--quiet",
                      *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]]) == 0
     return run
 

@@ -458,3 +458,37 @@ def test_subprocess_missing_input(command, good, in_dir, out_dir):
     assert lines[0].startswith("srrecnn") and "error" in lines[0] and missing in lines[0]
     assert result.stdout == ""
     assert listing(out_dir) == []
+
+
+def test_every_option_of_every_subcommand_has_help():
+    """Each argument of each subcommand (positional or option) has a help text, unless
+    hidden (an old spelling kept as an alias)."""
+    import argparse
+
+    from srrecnn_jax.cli import common
+    from srrecnn_jax.cli.main import build_parser
+
+    found = [(command, action) for command, action in common.walk_options(build_parser())]
+    assert {"train", "make-patches", "demo", "convert"} <= {c for c, _ in found}
+    bare = [f"{command or 'srrecnn'}: {'/'.join(action.option_strings) or action.dest}"
+            for command, action in found
+            if action.help is not argparse.SUPPRESS and not (action.help or "").strip()]
+    assert bare == []
+
+
+@pytest.mark.parametrize("command, old, new, dest", [
+    (["train", "data.h5"], "--out", "--out-dir", "out_dir"),
+    (["demo"], "--out", "--out-dir", "out_dir"),
+])
+def test_renamed_option_keeps_its_old_spelling_out_of_the_help(command, old, new, dest, capsys):
+    """``train --out`` and ``demo --out`` became ``--out-dir`` (a folder the command
+    fills); the old spelling still works and is not shown in ``--help``."""
+    from srrecnn_jax.cli.main import build_parser
+
+    for flag in (old, new):
+        args = build_parser().parse_args([*command, flag, "folder"])
+        assert getattr(args, dest) == Path("folder")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command[0], "--help"])
+    shown = capsys.readouterr().out
+    assert new in shown and f"{old} " not in shown and f"{old}," not in shown

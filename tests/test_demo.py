@@ -19,7 +19,7 @@ def test_demo_writes_volumes_and_a_montage(mni_t1_path, tmp_path, capsys):
     cfg = config.tiny()
     save_model(tmp_path / "m", LoadedModel(model.init(jax.random.PRNGKey(0), cfg), cfg))
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "-m", str(tmp_path / "m"), "--crop", "32"]) == 0
+    assert main(["demo", "--out-dir", str(out), "-m", str(tmp_path / "m"), "--crop", "32"]) == 0
     printed = capsys.readouterr().out
     assert "cubic spline  PSNR" in printed and "SRReCNN3D     PSNR" in printed
     for name in ("lr", "spline", "sr", "hr"):
@@ -33,7 +33,7 @@ def test_demo_without_a_checkpoint_is_one_error_line(tmp_path, capsys, monkeypat
     from srrecnn_jax import demo
 
     monkeypatch.setattr(demo, "SHIPPED_ROOT", tmp_path / "none")
-    assert main(["demo", "--out", str(tmp_path / "d")]) == 1
+    assert main(["demo", "--out-dir", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "--model" in err
 
@@ -42,7 +42,7 @@ def test_demo_of_a_multimodal_model_is_one_error_line_and_writes_nothing(models,
                                                                         capsys):
     """The demo brain has no second modality to give a two-channel model."""
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "-m", str(models["multi"]), "--crop", "32"]) == 1
+    assert main(["demo", "--out-dir", str(out), "-m", str(models["multi"]), "--crop", "32"]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "multimodal" in err and "--model" in err
     assert not out.exists()
@@ -52,7 +52,7 @@ def test_demo_runs_the_shipped_checkpoint_by_default(mni_t1_path, tmp_path, caps
     """No --model: checkpoints/mono_x2 (10 layers, 64 filters) restores a crop better than
     spline (interior of a 48^3 crop)."""
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--crop", "48"]) == 0
+    assert main(["demo", "--out-dir", str(out), "--crop", "48"]) == 0
     lines = capsys.readouterr().out.splitlines()
     spline, ours = (float(line.split("PSNR")[1].split("dB")[0]) for line in lines[:2])
     assert ours > spline + 1.0
@@ -68,7 +68,7 @@ def test_whole_volume_demo_prints_the_readmes_figures(mni_t1_path, tmp_path, cap
 
     monkeypatch.setattr(demo, "ORIGINAL", tmp_path / "absent.caffemodel")
     readme = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--out-dir", str(tmp_path / "demo")]) == 0
     lines = capsys.readouterr().out.splitlines()
     data = "Colin27" if lines[2].startswith("data: Colin27") else "held-out MNI slab"
     quoted = re.search(rf"^- {data}: `cubic spline PSNR ([\d.]+) dB`, `SRReCNN3D PSNR "

@@ -41,7 +41,7 @@ def test_two_processes_train_as_one(patches, tmp_path):
     run = tmp_path / "two"
     port = free_port()
     sets = [arg for k, v in SETTINGS.items() for arg in ("--set", f"{k}={v}")]
-    commands = [[sys.executable, "-m", "srrecnn_jax.cli", "train", str(patches), "--out",
+    commands = [[sys.executable, "-m", "srrecnn_jax.cli", "train", str(patches), "--out-dir",
                  str(run), "--quiet", *sets, "--distributed", "--coordinator",
                  f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
                 for i in range(2)]

@@ -21,7 +21,7 @@ from srrecnn_jax.interpolation import zoom
 from srrecnn_jax.tiling import run_network
 
 SHIPPED = Path(__file__).parent.parent / "checkpoints" / "mni_x2" / "model"
-#: Of the output range: the project's bound for a formulation that is not exact.
+#: Of the output range: the project's bound for an algorithm that is not exact.
 BOUND = {"auto": 3e-5, "exact": 2e-6}
 
 
@@ -35,21 +35,21 @@ def brain(mni_t1_path: Path) -> np.ndarray:
     return zoom(lr, [a / b for a, b in zip(hr.shape, lr.shape)], 3).astype(np.float32)
 
 
-def _error(params, config, volume: np.ndarray, impl: str) -> float:
-    y = run_network(params, config, volume[..., None], impl=impl)
+def _error(params, config, volume: np.ndarray, algorithm: str) -> float:
+    y = run_network(params, config, volume[..., None], algorithm=algorithm)
     exact = reference_network({n: {k: np.asarray(v, np.float64) for k, v in layer.items()}
                                for n, layer in params.items()},
                               volume[..., None].astype(np.float64), False) + volume
     return float(np.abs(y - exact).max() / (exact.max() - exact.min()))
 
 
-@pytest.mark.parametrize("impl", ["auto", "exact"])
-def test_shipped_model_on_a_real_brain(brain, impl):
+@pytest.mark.parametrize("algorithm", ["auto", "exact"])
+def test_shipped_model_on_a_real_brain(brain, algorithm):
     loaded = load_model(SHIPPED)
-    assert _error(loaded.params, loaded.config, brain, impl) < BOUND[impl]
+    assert _error(loaded.params, loaded.config, brain, algorithm) < BOUND[algorithm]
 
 
-@pytest.mark.parametrize("impl", ["auto", "exact"])
-def test_original_weights_on_a_real_brain(brain, caffe_dir, impl):
+@pytest.mark.parametrize("algorithm", ["auto", "exact"])
+def test_original_weights_on_a_real_brain(brain, caffe_dir, algorithm):
     loaded = load_caffemodel(caffe_dir / MONO)
-    assert _error(loaded.params, loaded.config, brain, impl) < BOUND[impl]
+    assert _error(loaded.params, loaded.config, brain, algorithm) < BOUND[algorithm]

@@ -14,6 +14,7 @@ from conftest import same_conv_float64
 
 from srrecnn_jax import conv, io, model
 from srrecnn_jax.config import recnn
+from srrecnn_jax.gradients import GRADIENT_BLOCK_ROWS
 
 
 def relative(a, b) -> float:
@@ -55,8 +56,8 @@ def hidden_batch(anatomical_path_module) -> tuple[np.ndarray, np.ndarray, np.nda
     return x, w, g
 
 
-def gradients(x, w, g, impl: str):
-    _, pull = jax.vjp(lambda x, w: conv.conv3d(x, w, "SAME", impl=impl), jnp.asarray(x),
+def gradients(x, w, g, algorithm: str):
+    _, pull = jax.vjp(lambda x, w: conv.conv3d(x, w, "SAME", algorithm=algorithm), jnp.asarray(x),
                       jnp.asarray(w))
     return pull(jnp.asarray(g))
 
@@ -80,7 +81,7 @@ def test_winograd_kernel_gradient_is_as_accurate_as_xlas(hidden_batch):
 def test_kernel_gradient_over_several_row_blocks_is_as_accurate_as_xlas(
         anatomical_path_module):
     """Three 16 x 17 x 18 crops of a real T1 (uneven sides, 20520 padded rows: many
-    blocks of ``conv.GRADIENT_BLOCK_ROWS``, the last partial), 8 -> 8 channels: every
+    blocks of ``GRADIENT_BLOCK_ROWS``, the last partial), 8 -> 8 channels: every
     tap and channel against float64, within twice XLA's own error (plus 1e-7 of the
     range)."""
     t1 = io.to_array(sitk.ReadImage(str(anatomical_path_module)))
@@ -91,7 +92,7 @@ def test_kernel_gradient_over_several_row_blocks_is_as_accurate_as_xlas(
     w = rng.normal(0, 0.1, (3, 3, 3, 8, 8)).astype(np.float32)
     g = rng.normal(size=x.shape).astype(np.float32)
     rows = 3 * 18 * 19 * 20
-    assert rows > 3 * conv.GRADIENT_BLOCK_ROWS and rows % conv.GRADIENT_BLOCK_ROWS
+    assert rows > 3 * GRADIENT_BLOCK_ROWS and rows % GRADIENT_BLOCK_ROWS
     exact = kernel_gradient_float64(x, g)
     direct = relative(gradients(x, w, g, "xla")[1], exact)
     assert relative(gradients(x, w, g, "winograd")[1], exact) < 2 * direct + 1e-7
@@ -132,9 +133,9 @@ def test_training_network_gradient_equals_xlas():
     params = model.init(jax.random.key(1), cfg)
     x = jnp.asarray(np.random.default_rng(8).random((2, 7, 8, 9, 1)), jnp.float32)
 
-    def grads(impl, differentiable):
+    def grads(algorithm, differentiable):
         return jax.grad(lambda p: jnp.sum(model.apply(
-            p, x, cfg, impl=impl, differentiable=differentiable) ** 2))(params)
+            p, x, cfg, algorithm=algorithm, differentiable=differentiable) ** 2))(params)
 
     for a, b in zip(jax.tree.leaves(grads("winograd", True)), jax.tree.leaves(grads("xla", False))):
         assert relative(a, b) < 1e-5

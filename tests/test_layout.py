@@ -27,6 +27,9 @@ LAYERS = [
     ["model", "degradation", "plots"],
     ["conv", "caffe", "io", "interpolation", "metrics", "parallel", "locking", "sources",
      "structured"],
+    ["gradients"],
+    ["winograd", "matmul"],
+    ["operands"],
     ["config"],
     ["errors"],
 ]
@@ -193,3 +196,39 @@ def test_every_test_the_guarantees_name_exists():
     missing = [f"{file}::{name}" for file, name in named
                if f"def {name}(" not in (tests / file).read_text(encoding="utf-8")]
     assert missing == []
+
+
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 500
+
+
+def too_long(name: str, text: str) -> list[str]:
+    """Module ``name`` (source ``text``) if over ``MAX_MODULE_LINES`` lines, and each of its
+    functions (methods and nested functions too) over ``MAX_FUNCTION_LINES``, counted from
+    ``def`` to the last line."""
+    found = []
+    if len(text.splitlines()) > MAX_MODULE_LINES:
+        found.append(f"{name}: {len(text.splitlines())} lines")
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES:
+                found.append(f"{name}:{node.lineno}: {node.name}, {lines} lines")
+    return found
+
+
+def test_no_function_or_module_is_too_long():
+    """No function of the package is over 80 lines, no module over 500: past those, split
+    the code by what its pieces do."""
+    found = [line for path in sorted(modules().values())
+             for line in too_long(path.relative_to(PACKAGE.parent).as_posix(),
+                                  path.read_text(encoding="utf-8"))]
+    assert found == [], "\n".join(found)
+
+
+def test_size_scan_finds_a_long_function_and_a_long_module():
+    body = "".join(f"    x = {i}\n" for i in range(MAX_FUNCTION_LINES - 1))
+    assert too_long("m", f"@staticmethod\ndef f():\n{body}") == []
+    text = f"@staticmethod\ndef f():\n{body}    x = 0\n"
+    assert too_long("m", text) == [f"m:2: f, {MAX_FUNCTION_LINES + 1} lines"]
+    assert too_long("m", text * 7)[0] == f"m: {7 * (MAX_FUNCTION_LINES + 2)} lines"

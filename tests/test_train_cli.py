@@ -45,7 +45,7 @@ def validated_run(slabs, tmp_path_factory) -> Path:
     """Four steps of the shipped recipe (tiny net), validated and checkpointed every two."""
     train, held_out = slabs
     run = tmp_path_factory.mktemp("train") / "run"
-    status = main(["train", str(train), "--out", str(run), "--config", str(RECIPE), *TINY,
+    status = main(["train", str(train), "--out-dir", str(run), "--config", str(RECIPE), *TINY,
                    "--set", "max_iter=4", "--set", "steps=[2]", "--set", "log_every=2",
                    "--set", "validate_every=2", "--set", "checkpoint_every=2",
                    "--validate", str(held_out), "--quiet"])
@@ -63,7 +63,7 @@ def test_thick_slice_export_writes_the_triples_and_the_originals_provenance(slab
     source it was fine-tuned from."""
     train, _ = slabs
     run, out = tmp_path / "run", tmp_path / "model"
-    assert main(["train", str(train), "--out", str(run), *TINY, "--set", "max_iter=2",
+    assert main(["train", str(train), "--out-dir", str(run), *TINY, "--set", "max_iter=2",
                  "--set", "patch_scales=[[1, 1, 2], [1, 1, 3]]", "--set", "blur=slice_profile",
                  "--set", "validation_scale=[1, 1, 2]", "--quiet"]) == 0
     subprocess.run([sys.executable, str(REPO / "checkpoints" / "scripts" / "export.py"),
@@ -83,19 +83,19 @@ def test_images_matching_a_glob_train_at_its_scales_and_the_model_records_all(sl
     with the common ones as trained, and saved so a rerun resumes with them."""
     train, held_out = slabs
     run = tmp_path / "run"
-    assert main(["train", str(train), str(held_out), "--out", str(run), *TINY,
+    assert main(["train", str(train), str(held_out), "--out-dir", str(run), *TINY,
                  "--set", "max_iter=1", "--set", 'patch_scales_by_file={"val*" = [3]}',
                  "--quiet"]) == 0
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["patch_scales_by_file"] == {"val*": [3.0]}
     assert load_model(run / "model").trained_scales == [2.0, 3.0]
-    assert main(["train", str(train), str(held_out), "--out", str(run), "--quiet"]) == 0
+    assert main(["train", str(train), str(held_out), "--out-dir", str(run), "--quiet"]) == 0
 
 
 def test_a_scales_glob_matching_no_training_image_is_one_error_line(slabs, tmp_path, capsys):
     """A mistyped glob would silently train every image at the common scales."""
     train, _ = slabs
-    status = main(["train", str(train), "--out", str(tmp_path / "run"), *TINY,
+    status = main(["train", str(train), "--out-dir", str(tmp_path / "run"), *TINY,
                    "--set", 'patch_scales_by_file={"*_3mm.nii.gz" = [3]}', "--quiet"])
     err = capsys.readouterr().err.strip()
     assert status == 1 and len(err.splitlines()) == 1  # as any bad training setting
@@ -108,7 +108,7 @@ def test_an_image_too_thin_for_its_own_scales_is_one_error_line_naming_it(slabs,
     """The held-out slab's 12 planes leave one at 1x1x7: the error names that file and
     the setting its scale came from."""
     train, held_out = slabs
-    status = main(["train", str(train), str(held_out), "--out", str(tmp_path / "run"), *TINY,
+    status = main(["train", str(train), str(held_out), "--out-dir", str(tmp_path / "run"), *TINY,
                    "--set", 'patch_scales_by_file={"val*" = [[1, 1, 7]]}', "--quiet"])
     err = capsys.readouterr().err.strip()
     assert status == 1 and len(err.splitlines()) == 1
@@ -178,7 +178,7 @@ def test_thick_slice_training_with_augmentations_validates_on_thick_slices(slabs
     only, sigma 2 / 2.3548, to 1e-3 dB)."""
     train, held_out = slabs
     run = tmp_path / "run"
-    assert main(["train", str(train), "--out", str(run), *TINY, "--set", "max_iter=2",
+    assert main(["train", str(train), "--out-dir", str(run), *TINY, "--set", "max_iter=2",
                  "--set", "log_every=2", "--set", "patch_scales=[[1, 1, 2]]",
                  "--set", "validation_scale=[1, 1, 2]", "--set", "blur=slice_profile",
                  "--set", "augment.noise=[0.01, 0.02]", "--set", "augment.flips=true",
@@ -204,7 +204,7 @@ def test_validation_draws_the_curves(validated_run):
 def test_sigterm_stops_training_with_exit_130_and_a_checkpoint(slabs, tmp_path):
     """A cluster's SIGTERM (pre-emption) saves the current step; the same command resumes."""
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "srrecnn_jax.cli", "train", str(slabs[0]), "--out",
+    command = [sys.executable, "-m", "srrecnn_jax.cli", "train", str(slabs[0]), "--out-dir",
                str(run), *TINY, "--set", "max_iter=100000", "--set", "log_every=1",
                "--set", "checkpoint_every=100000", "--quiet"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)

@@ -82,7 +82,7 @@ def small_settings(**overrides) -> list[str]:
 
 
 def train_cli(data: Path, run: Path, *options: str) -> int:
-    return cli.main(["train", str(data), "--out", str(run), "--quiet", *options])
+    return cli.main(["train", str(data), "--out-dir", str(run), "--quiet", *options])
 
 
 def one_error_line(capsys) -> str:
@@ -122,7 +122,7 @@ def euclidean(prediction, label):
 def grads_of(params, batch, config: TrainConfig):
     """The gradient ``train_step`` takes: through the network run as there."""
     def objective(p):
-        return euclidean(model.apply(p, batch["data"], config.model, impl="exact",
+        return euclidean(model.apply(p, batch["data"], config.model, algorithm="exact",
                                      differentiable=True), batch["label"])
     return to_numpy(jax.jit(jax.grad(objective))(params))
 
@@ -468,7 +468,7 @@ def test_a_max_iter_below_the_runs_step_is_refused(patch_set, tmp_path):
 
 
 def kill_command(data: Path, run: Path) -> list[str]:
-    return [sys.executable, "-m", "srrecnn_jax.cli", "train", str(data), "--out", str(run),
+    return [sys.executable, "-m", "srrecnn_jax.cli", "train", str(data), "--out-dir", str(run),
             "--quiet", *small_settings(max_iter=40, checkpoint_every=5, log_every=5)]
 
 

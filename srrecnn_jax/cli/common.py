@@ -126,6 +126,29 @@ def shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def walk_options(parser: argparse.ArgumentParser,
+                 command: str = "") -> Iterator[tuple[str, argparse.Action]]:
+    """Every argument of ``parser`` and of its subcommands, below it, as ``(command,
+    action)``: the subcommands' names joined by spaces (empty for ``parser``'s own)."""
+    for action in parser._actions:
+        choices = action.choices if isinstance(action.choices, dict) else {}
+        if choices and all(isinstance(p, argparse.ArgumentParser) for p in choices.values()):
+            for name, sub in choices.items():
+                yield from walk_options(sub, f"{command} {name}".strip())
+        else:
+            yield command, action
+
+
+def add_renamed(parser, old: str, *flags: str, required: bool = False, **kwargs) -> None:
+    """An option ``flags`` (``add_argument``'s ``kwargs``) that replaced the spelling
+    ``old``, which is still accepted as a hidden alias (not in ``--help``) for the same
+    ``dest``; ``required``: one of them must be given."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    action = group.add_argument(*flags, **kwargs)
+    group.add_argument(old, dest=action.dest, type=kwargs.get("type"),
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def add_distributed(group, share: str) -> None:
     """--distributed and its explicit coordinator options (sr batch mode, train)."""
     group.add_argument("--distributed", action="store_true",

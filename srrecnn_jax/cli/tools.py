@@ -13,6 +13,16 @@ from srrecnn_jax.cli import common
 
 
 def add_to(commands) -> None:
+    _add_convert(commands)
+    _add_degrade(commands)
+    _add_eval(commands)
+    _add_export_caffe(commands)
+    _add_demo(commands)
+    _add_info(commands)
+    _add_models(commands)
+
+
+def _add_convert(commands) -> None:
     p = commands.add_parser("convert", help="convert a Caffe .caffemodel to a model folder",
                             description="Convert original Caffe weights (no Caffe needed) to "
                             "an orbax checkpoint folder with a readable config.json.")
@@ -22,6 +32,8 @@ def add_to(commands) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing folder")
     p.set_defaults(run=run_convert)
 
+
+def _add_degrade(commands) -> None:
     p = commands.add_parser("degrade", help="simulate a low-resolution scan (observation model)",
                             description="The original training data's observation model: "
                             "Gaussian blur (sigma in voxels), crop each axis to a multiple of "
@@ -42,6 +54,8 @@ def add_to(commands) -> None:
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.set_defaults(run=run_degrade)
 
+
+def _add_eval(commands) -> None:
     p = commands.add_parser("eval", help="PSNR and SSIM of a result against the truth",
                             description="PSNR (peak = HR maximum) and 3-D SSIM (Gaussian "
                             "window, sigma 1.5) of SR against HR, optionally in a mask and "
@@ -56,6 +70,8 @@ def add_to(commands) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run_eval)
 
+
+def _add_export_caffe(commands) -> None:
     p = commands.add_parser("export-caffe", help="write a model as a Caffe .caffemodel",
                             description="Write a model folder (or caffemodel) as a binary "
                             "Caffe .caffemodel with conv1..convN and ReLU layers; "
@@ -66,6 +82,8 @@ def add_to(commands) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(run=run_export_caffe)
 
+
+def _add_demo(commands) -> None:
     p = commands.add_parser("demo", help="super-resolve a brain no shipped model saw, "
                             "degraded x2",
                             description="Degrade a 1 mm brain no shipped model was trained on "
@@ -76,8 +94,9 @@ def add_to(commands) -> None:
                             "original release's x2 weights' when ../shared/caffe is beside the "
                             "source tree) and which data was scored, and write the volumes and "
                             "a montage.png (three planes: spline, SR, HR, error).")
-    p.add_argument("--out", type=Path, default=Path("srrecnn_demo"),
-                   help="output folder (default ./srrecnn_demo)")
+    common.add_renamed(p, "--out", "--out-dir", type=Path, default=Path("srrecnn_demo"),
+                       help="folder to fill with the volumes and montage (default "
+                       "./srrecnn_demo)")
     p.add_argument("-m", "--model", type=common.model, help="model (a path or a shipped "
                    "model's name) instead of the default shipped model")
     p.add_argument("--crop", type=common.positive_int,
@@ -85,6 +104,8 @@ def add_to(commands) -> None:
     p.add_argument("--tile", type=common.positive_int, help="tile edge (see sr --tile)")
     p.set_defaults(run=run_demo)
 
+
+def _add_info(commands) -> None:
     p = commands.add_parser("info", help="describe a model",
                             description="Print a model's architecture, parameter count, "
                             "receptive field and origin.")
@@ -94,6 +115,8 @@ def add_to(commands) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run_info)
 
+
+def _add_models(commands) -> None:
     p = commands.add_parser("models", help="list the shipped models",
                             description="The models shipped in the source tree's checkpoints/ "
                             "folder, by the name -m takes: task, trained scales, training "
@@ -186,7 +209,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from srrecnn_jax.demo import run_demo
 
     start = time.perf_counter()
-    scores = run_demo(args.out, args.model, args.crop, args.tile)
+    scores = run_demo(args.out_dir, args.model, args.crop, args.tile)
     original = ""
     if "psnr_original" in scores:
         original = (f"original x2   PSNR {scores['psnr_original']:.2f} dB "
@@ -196,7 +219,7 @@ def run_demo(args: argparse.Namespace) -> int:
           f"SRReCNN3D     PSNR {scores['psnr_sr']:.2f} dB "
           f"(head {scores['psnr_sr_head']:.2f})  SSIM {scores['ssim_sr']:.4f}\n"
           f"{original}data: {scores['data']}\n"
-          f"wrote {args.out}/{{lr,spline,sr,hr}}.nii.gz and {args.out}/montage.png "
+          f"wrote {args.out_dir}/{{lr,spline,sr,hr}}.nii.gz and {args.out_dir}/montage.png "
           f"({time.perf_counter() - start:.0f} s)")
     return 0
 

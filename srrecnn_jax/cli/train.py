@@ -26,7 +26,9 @@ def add_to(commands) -> None:
                    "modality for each -f")
     p.add_argument("-o", "--output", type=Path, action="append", required=True,
                    help="HDF5 file: one for all, or one per -f")
-    p.add_argument("--mode", choices=("simulated", "free", "intermod"), default="simulated")
+    p.add_argument("--mode", choices=("simulated", "free", "intermod"), default="simulated",
+                   help="where each HR image's LR input comes from: simulated (observation "
+                   "model), free (-i) or intermod (-i, 2 channels); default simulated")
     p.add_argument("-s", "--scale", type=common.scale, action="append",
                    help="scale of the observation model, repeatable (default 2,2,2)")
     p.add_argument("--patch", type=common.positive_int, default=21,
@@ -61,9 +63,9 @@ def add_to(commands) -> None:
                    "files listing them (train.txt; paths relative to the list file), or HR "
                    "images (NIfTI...) to cut random patches from on the fly (settings patch, "
                    "patch_scales, patch_scales_by_file, blur, and the augment table)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="run folder (created or resumed; one with no checkpoint yet restarts "
-                   "with the settings given)")
+    common.add_renamed(p, "--out", "--out-dir", type=Path, required=True,
+                       help="run folder to fill (created or resumed; one with no checkpoint "
+                       "yet restarts with the settings given)")
     p.add_argument("--config", type=Path, help="TOML or JSON file of settings")
     p.add_argument("--from-caffe-solver", type=Path, help="Caffe solver.prototxt to import")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -128,7 +130,7 @@ def run_train(args: argparse.Namespace) -> int:
             bar.total = config.schedule.max_iter
             bar.refresh()
 
-        last, config = train_files(args.data, args.out, config_file=args.config,
+        last, config = train_files(args.data, args.out_dir, config_file=args.config,
                                    caffe_solver=args.from_caffe_solver, overrides=args.set,
                                    init=args.init, validation=args.validate, stop=stop,
                                    on_start=on_start, on_log=progress(bar))
@@ -136,5 +138,5 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"srrecnn: stopped at step {last.get('step')}; the same command resumes",
               file=sys.stderr)
         return 130
-    print(f"{args.out / 'model'}: trained {config.schedule.max_iter} steps", file=sys.stderr)
+    print(f"{args.out_dir / 'model'}: trained {config.schedule.max_iter} steps", file=sys.stderr)
     return 0

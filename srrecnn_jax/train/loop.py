@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -103,22 +104,55 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
     Returns:
       The last logged metrics.
     """
-    import orbax.checkpoint as ocp
-
     stop = stop or threading.Event()
-    model_config, max_iter = config.model, config.schedule.max_iter
+    mesh = parallel.data_mesh()
+    _check_inputs(config, data, init, mesh.size)
+    process = jax.process_index()
+    replicated, _ = parallel.mesh_shardings(mesh)
+    _claim_run_dir(run_dir, config, process)
+    # What the model folder records for the warnings about untrained inputs; each
+    # checkpoint's metadata too, so a run still training can be shipped as it is.
+    trained = {"trained_scales": _trained_scales(data.scales), "trained_spacing": data.spacing}
+    run = _Run(config, run_dir, _manager(run_dir, config.keep), process,
+               {"train_config": config.to_dict(), "model": config.model.to_dict(), **trained})
+    start = run.manager.latest_step() or 0
+    if process == 0:
+        _forget_later_logs(run.log_file, run_dir / "curves.png", start)
+    if start:
+        state, _ = restore_state(run_dir, start, replicated)
+    else:
+        params = None if init is None else init.params
+        state = jax.device_put(init_state(jax.random.PRNGKey(config.seed), config, params),
+                               replicated)
+    state, step, last = _train_steps(run, mesh, state, data, start, stop, on_log, validation)
+    run.manager.wait_until_finished()
+    if step == config.schedule.max_iter and process == 0:
+        params = parallel.local_copy(state["params"])
+        save_model(run_dir / RUN_MODEL, LoadedModel(params, config.model, **trained,
+                                                  origin={"kind": "srrecnn-jax training",
+                                                          "run": str(run_dir.resolve()),
+                                                          "steps": step}), force=True)
+    return last
+
+
+def _check_inputs(config: TrainConfig, data: PatchSet | RandomPatches,
+                  init: LoadedModel | None, devices: int) -> None:
+    """Refuse data, a batch or an init model that do not fit the settings."""
+    model_config = config.model
     if data.channels != model_config.in_channels:
         raise SrrecnnError(f"training data has {data.channels} channel(s) but the model takes "
                            f"{model_config.in_channels} (set in_channels)")
-    mesh = parallel.data_mesh()
-    if config.batch % mesh.size:
-        raise SrrecnnError(f"batch {config.batch} does not split over {mesh.size} devices")
-    process, processes = jax.process_index(), jax.process_count()
-    replicated, split = parallel.mesh_shardings(mesh)
-
+    if config.batch % devices:
+        raise SrrecnnError(f"batch {config.batch} does not split over {devices} devices")
     if init is not None and init.config != model_config:
         raise SrrecnnError(f"model {init.config.describe()} does not match the "
                            f"configured {model_config.describe()}", "init")
+
+
+def _claim_run_dir(run_dir: Path, config: TrainConfig, process: int) -> None:
+    """Create ``run_dir`` and record ``config`` in it, refusing a run of other settings and
+    a ``max_iter`` below the step the run has reached."""
+    max_iter = config.schedule.max_iter
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / RUN_CONFIG
     done_steps = checkpoint_steps(run_dir)
@@ -133,45 +167,64 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
     if process == 0 and saved != config:
         io.write_text_atomic(config_file, json.dumps(config.to_dict(), indent=2) + "\n")
 
-    manager = _manager(run_dir, config.keep)
-    start = manager.latest_step() or 0
-    log_file = run_dir / "metrics.jsonl"
-    if process == 0:
-        _forget_later_logs(log_file, run_dir / "curves.png", start)
-    if start:
-        state, _ = restore_state(run_dir, start, replicated)
-    else:
-        params = None if init is None else init.params
-        state = jax.device_put(init_state(jax.random.PRNGKey(config.seed), config, params),
-                               replicated)
-    step_fn = compile_step(config, mesh)
 
-    def check_finite(step: int, metrics: dict) -> dict[str, float]:
+@dataclasses.dataclass
+class _Run:
+    """A run being trained: its settings, folder, checkpoint manager, this process's index
+    and what each checkpoint's metadata records."""
+
+    config: TrainConfig
+    run_dir: Path
+    manager: Any
+    process: int
+    meta: dict
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def check_finite(self, step: int, metrics: dict) -> dict[str, float]:
+        """The step's metrics as numbers; an error if they are not finite."""
         values = {k: float(v) for k, v in parallel.local_copy(metrics).items()}
         if not values.pop("finite"):
-            manager.wait_until_finished()  # the good checkpoints in flight are kept
-            good = [s for s in checkpoint_steps(run_dir) if s < step]
+            self.manager.wait_until_finished()  # the good checkpoints in flight are kept
+            good = [s for s in checkpoint_steps(self.run_dir) if s < step]
             kept = f"; the last good checkpoint is step {good[-1]}" if good else ""
             raise SrrecnnError(f"step {step}: loss, gradient or updated parameters are not "
                                f"finite (loss {values['loss']}): check the data for NaN or "
                                f"infinite values, or lower the learning rate{kept}")
         return values
 
-    # What the model folder records for the warnings about untrained inputs; each
-    # checkpoint's metadata too, so a run still training can be shipped as it is.
-    trained = {"trained_scales": _trained_scales(data.scales), "trained_spacing": data.spacing}
+    def save(self, step: int, state: dict) -> None:
+        import orbax.checkpoint as ocp
 
-    def save(step: int) -> None:
-        meta = {"train_config": config.to_dict(), "model": model_config.to_dict(), **trained}
-        manager.save(step, args=ocp.args.Composite(**{
-            RUN_STATE: ocp.args.StandardSave(state), RUN_META: ocp.args.JsonSave(meta)}),
+        self.manager.save(step, args=ocp.args.Composite(**{
+            RUN_STATE: ocp.args.StandardSave(state), RUN_META: ocp.args.JsonSave(self.meta)}),
             force=True)
 
+    def log(self, metrics: dict, done: bool) -> None:
+        """Append ``metrics`` to the log (process 0), and redraw the curves."""
+        if self.process == 0:
+            with open(self.log_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps(metrics) + "\n")
+            if "val_psnr" in metrics or done:
+                draw_curves(self.log_file, self.run_dir / "curves.png")
+
+
+def _train_steps(run: _Run, mesh, state: dict, data: PatchSet | RandomPatches, start: int,
+                 stop: threading.Event, on_log: Callable[[dict], None] | None,
+                 validation: Sequence[np.ndarray]) -> tuple[dict, int, dict]:
+    """The steps from ``start`` until ``max_iter`` or ``stop``: logged, validated and
+    checkpointed as the settings say. Returns the state, the step and the last metrics."""
+    config, max_iter = run.config, run.config.schedule.max_iter
+    _, split = parallel.mesh_shardings(mesh)
+    step_fn = compile_step(config, mesh)
     stats: dict = {}
     last: dict = {}
     tick, tick_step = time.perf_counter(), start
     step = start
-    batches = prefetch(data, start, max_iter, config.batch, process, processes, stats=stats)
+    batches = prefetch(data, start, max_iter, config.batch, run.process, jax.process_count(),
+                       stats=stats)
     for local in batches:
         batch = jax.tree_util.tree_map(
             lambda a: jax.make_array_from_process_local_data(split, a), local)
@@ -180,7 +233,7 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
         done = step == max_iter or stop.is_set()
         values = None
         if step % config.log_every == 0 or done:
-            values = check_finite(step, metrics)
+            values = run.check_finite(step, metrics)
             seconds = time.perf_counter() - tick
             last = {"step": step, **values,
                     "steps_per_s": (step - tick_step) / max(seconds, 1e-9),
@@ -189,28 +242,17 @@ def train(config: TrainConfig, data: PatchSet | RandomPatches, run_dir: Path,
             if validation and (step % config.validate_every == 0 or done):
                 last |= _validation_metrics(parallel.local_copy(state["params"]), config,
                                             validation)
-            if process == 0:
-                with open(log_file, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(last) + "\n")
-                if "val_psnr" in last or done:
-                    draw_curves(log_file, run_dir / "curves.png")
+            run.log(last, done)
             if on_log:
                 on_log(last)
         if step % config.checkpoint_every == 0 or done or stop.is_set():
             if values is None:  # never save parameters that are not finite
-                check_finite(step, metrics)
-            save(step)  # stop may have been set by on_log or a signal since `done`
+                run.check_finite(step, metrics)
+            run.save(step, state)  # stop may have been set by on_log or a signal since `done`
         if stop.is_set():
             break
     batches.close()
-    manager.wait_until_finished()
-    if step == max_iter and process == 0:
-        params = parallel.local_copy(state["params"])
-        save_model(run_dir / RUN_MODEL, LoadedModel(params, model_config, **trained,
-                                                  origin={"kind": "srrecnn-jax training",
-                                                          "run": str(run_dir.resolve()),
-                                                          "steps": step}), force=True)
-    return last
+    return state, step, last
 
 
 def _continues(saved: TrainConfig, config: TrainConfig) -> bool:

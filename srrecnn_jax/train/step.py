@@ -82,10 +82,10 @@ def train_step(state: dict, batch: dict, config: TrainConfig) -> tuple[dict, dic
     def objective(params, data, label):
         # On CPU the hidden layers' forward pass and input gradients run by Winograd and
         # every kernel gradient by the direct formula as row products, so an entry that
-        # is exactly zero there stays zero (``conv._kernel_gradient``); GPUs run XLA's
+        # is exactly zero there stays zero (``gradients.kernel_gradient``); GPUs run XLA's
         # convolution.
         # ``exact``: F(2, 3), whose gradients stay within twice XLA's float32 error.
-        prediction = model.apply(params, data, config.model, impl="exact",
+        prediction = model.apply(params, data, config.model, algorithm="exact",
                                  differentiable=True)
         return loss_value(prediction, label, config.loss)
 
