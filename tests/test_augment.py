@@ -14,8 +14,9 @@ import scipy.ndimage
 
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.train import augment
-from srrecnn_jax.train.config import AugmentConfig, config_from, parse_override
+from srrecnn_jax.train.config import AugmentConfig, config_from
 from srrecnn_jax.train.data import RandomPatches, check_degradable
+from srrecnn_jax.train.settings import parse_override
 
 ALL_ON = AugmentConfig(gamma=(0.7, 1.4), bias_field=0.2, noise=(0.01, 0.03), blur_jitter=0.2,
                        flips=True)

@@ -32,8 +32,9 @@ from srrecnn_jax.checkpoint import LoadedModel, load_model, save_model
 from srrecnn_jax.config import recnn
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.train import loop as trainer
-from srrecnn_jax.train.config import TrainConfig, config_from, from_caffe_solver, read_run_config
+from srrecnn_jax.train.config import TrainConfig, config_from
 from srrecnn_jax.train.data import PatchSet
+from srrecnn_jax.train.settings import from_caffe_solver, read_run_config
 from srrecnn_jax.train.step import (
     compile_step,
     init_state,

@@ -43,8 +43,9 @@ from srrecnn_jax.checkpoint import (
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import validate
 from srrecnn_jax.plots import draw_curves
-from srrecnn_jax.train.config import TrainConfig, read_run_config, resolve
+from srrecnn_jax.train.config import TrainConfig
 from srrecnn_jax.train.data import PatchSet, RandomPatches, check_degradable, prefetch
+from srrecnn_jax.train.settings import read_run_config, resolve
 from srrecnn_jax.train.step import compile_step, init_state
 
 
@@ -331,7 +332,7 @@ def train_files(data: Sequence[Path], run_dir: Path, *, config_file: Path | None
                 stop: threading.Event | None = None,
                 on_start: Callable[[TrainConfig], None] | None = None,
                 on_log: Callable[[dict], None] | None = None) -> tuple[dict, TrainConfig]:
-    """``train`` from files: resolve the settings (``config.resolve``), load the init model,
+    """``train`` from files: resolve the settings (``settings.resolve``), load the init model,
     the held-out images and the data, and train. ``on_start`` receives the settings
     before the first step. Returns the last logged metrics and the settings."""
     init_model = load_model(init) if init else None
