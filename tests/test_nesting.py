@@ -48,7 +48,7 @@ def test_training_config_file_nested_too_deeply_names_the_file(tmp_path, capsys,
                tmp_path / "hr.nii.gz")
     config = tmp_path / f"settings{suffix}"
     config.write_text(text)
-    assert main(["train", str(hr), "--out", str(tmp_path / "run"),
+    assert main(["train", str(hr), "--out-dir", str(tmp_path / "run"),
                  "--config", str(config), "--quiet"]) == 1
     assert str(config) in error_line(capsys)
     assert not (tmp_path / "run").exists()
