@@ -37,9 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from srrecnn_jax import io, locking, parallel
+from srrecnn_jax import locking, parallel
 from srrecnn_jax.checkpoint import fingerprint, format_scales, untrained_scale
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.geometry import header_warnings
+from srrecnn_jax.images import image_size, read_input
 from srrecnn_jax.inference import SuperResolver, formulation, run_network
 from srrecnn_jax.jobs import Job, shard
 from srrecnn_jax.manifest import (
@@ -54,6 +56,7 @@ from srrecnn_jax.manifest import (
     new_run_id,
     read_rows,
 )
+from srrecnn_jax.writing import stored_bytes, write_image_verified
 
 _DONE = object()
 
@@ -218,13 +221,13 @@ def redo_reason(output: Path, facts: dict, row: dict | None) -> str | None:
     if changes:
         return "; ".join(changes)
     try:
-        size = io.stored_bytes(output)
+        size = stored_bytes(output)
     except OSError as e:
         return f"it cannot be read ({e.strerror or e})"
     if size != row.get("output_bytes"):
         return f"it is {size} bytes, {row.get('output_bytes')} were written (cut short or replaced)"
     try:
-        shape = list(io.image_size(output, "output image"))
+        shape = list(image_size(output, "output image"))
     except SrrecnnError:
         return "its header cannot be read"
     if shape != row.get("shape"):
@@ -336,10 +339,10 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
             started = time.perf_counter()
             notes: list[str] = list(run_notes)
             try:
-                image = io.read_input(job.input, "input image")
-                notes += io.header_warnings(image, str(job.input),
+                image = read_input(job.input, "input image")
+                notes += header_warnings(image, str(job.input),
                                             resolver.model.trained_spacing, options.scale)
-                reference = (io.read_input(job.reference, "reference image")
+                reference = (read_input(job.reference, "reference image")
                              if job.reference else None)
                 prepared = resolver.prepare(image, options.scale, reference, order=options.order,
                                             header=options.header,
@@ -389,14 +392,14 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
             try:
                 image = resolver.finish(prepared, y)
                 job.output.parent.mkdir(parents=True, exist_ok=True)
-                io.write_image_verified(image, job.output, staging)
+                write_image_verified(image, job.output, staging)
             except Exception as e:  # noqa: BLE001
                 fail(job, e, started)
                 continue
             voxels = int(np.prod(image.GetSize()))
             facts, redo = planned[job]
             try:
-                size = io.stored_bytes(job.output)
+                size = stored_bytes(job.output)
             except OSError:
                 size = None  # recorded as unknown: a rerun redoes it
             if record(Record(str(job.input), str(job.output), "ok",

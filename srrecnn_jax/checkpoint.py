@@ -26,9 +26,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from srrecnn_jax import io, model
+from srrecnn_jax import model
 from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.errors import OutputExistsError, SrrecnnError
+from srrecnn_jax.files import check_output_file
+from srrecnn_jax.writing import atomic_output, write_bytes_atomic
 
 FORMAT = "srrecnn-jax/1"
 
@@ -113,7 +115,7 @@ def save_model(directory: str | Path, loaded: LoadedModel, force: bool = False) 
         raise OutputExistsError(f"{directory}: already exists")
     import orbax.checkpoint as ocp  # slow import, only where needed
 
-    with io.atomic_output(directory, replace=force) as tmp:
+    with atomic_output(directory, replace=force) as tmp:
         tmp.mkdir()
         checkpointer = _local_checkpointer(ocp)
         params = jax.tree_util.tree_map(np.asarray, loaded.params)
@@ -374,10 +376,10 @@ def export_caffe(path: Path, output: Path, force: bool = False) -> LoadedModel:
     """Write a model (any form ``load_model`` reads) as a binary Caffe ``.caffemodel``."""
     from srrecnn_jax.caffe import caffemodel_bytes
 
-    io.check_output_file(output, force, [path], image=False)
+    check_output_file(output, force, [path], image=False)
     loaded = load_model(path)
     name = "SRCNN3D" if loaded.config.padding == "edge_valid" else "VDSR3D"
-    io.write_bytes_atomic(output, caffemodel_bytes(loaded.params, loaded.config, name),
+    write_bytes_atomic(output, caffemodel_bytes(loaded.params, loaded.config, name),
                           replace=force)
     return loaded
 

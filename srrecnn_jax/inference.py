@@ -17,12 +17,17 @@ import jax
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import io, model
+from srrecnn_jax import model
 from srrecnn_jax.checkpoint import LoadedModel, load_model, slice_axes
 from srrecnn_jax.config import INTERPOLATIONS, ModelConfig
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.files import check_output_file
+from srrecnn_jax.geometry import resample_onto, same_grid, zoomed_geometry
+from srrecnn_jax.images import check_image, check_values, read_input, to_array, to_image
 from srrecnn_jax.interpolation import parse_scale, zoom, zoom_device, zoomed_shape
+from srrecnn_jax.limits import size_problem, size_text
 from srrecnn_jax.tiling import run_network
+from srrecnn_jax.writing import write_image_atomic
 
 
 @dataclasses.dataclass
@@ -65,7 +70,7 @@ def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequ
     if interpolation not in INTERPOLATIONS:
         raise SrrecnnError(f"must be one of {', '.join(INTERPOLATIONS)}, "
                            f"not {interpolation!r}", "interpolation")
-    io.check_values(lr, "input")
+    check_values(lr, "input")
     low, top = float(lr.min()), float(lr.max())
     if interpolation == "device":
         interp = np.asarray(zoom_device(lr / np.float32(top), scale, order))
@@ -77,7 +82,7 @@ def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequ
         if reference.shape != interp.shape:
             raise SrrecnnError(f"reference: shape {reference.shape} is not the zoomed input's "
                                f"{interp.shape}")
-        io.check_values(reference, "reference")
+        check_values(reference, "reference")
         channels.append(reference / np.float32(reference.max()))
     return Prepared(np.stack(channels, axis=-1), low, top)
 
@@ -92,12 +97,12 @@ def output_shape(size: Sequence[int], factors: Sequence[float], channels: int,
                  name: str = "input") -> tuple[int, ...]:
     """The zoomed size ``round(n * s)`` of an input of ``size`` voxels (x, y, z) by
     ``factors``, refused (``SrrecnnError`` naming ``scale``) before any work when it has
-    fewer than 2 voxels along an axis, more than ``io.MAX_VOXELS`` voxels, or needs more
+    fewer than 2 voxels along an axis, more than ``limits.MAX_VOXELS`` voxels, or needs more
     memory than this machine has (``channels``: the network's input channels)."""
     extent = [float(n) * s for n, s in zip(size, factors)]
-    described = (f"{name} of {io.size_text(size)} voxels scaled by {tuple(factors)} gives "
-                 f"{io.size_text(extent)} voxels")
-    problem = io.size_problem(float(np.prod(extent)), _bytes_per_output_voxel(channels))
+    described = (f"{name} of {size_text(size)} voxels scaled by {tuple(factors)} gives "
+                 f"{size_text(extent)} voxels")
+    problem = size_problem(float(np.prod(extent)), _bytes_per_output_voxel(channels))
     if problem:
         raise SrrecnnError(f"{described}, {problem}", "scale")
     shape = zoomed_shape(size, factors)
@@ -212,23 +217,23 @@ class SuperResolver:
         thick-slice model asked for slices along another axis gets the volume with that
         axis swapped into its own slice axis (``checkpoint.slice_axes``); ``finish``
         swaps back."""
-        io.check_image(image, input_name)
+        check_image(image, input_name)
         _check_channels(self.config, reference is not None)
         factors = _scale(scale)
         out_size = output_shape(image.GetSize(), factors, self.config.in_channels, input_name)
-        lr = io.to_array(image)
-        io.check_values(lr, input_name)
-        geometry = io.zoomed_geometry(image, out_size, factors, header)
+        lr = to_array(image)
+        check_values(lr, input_name)
+        geometry = zoomed_geometry(image, out_size, factors, header)
         ref = None
         if reference is not None:
-            io.check_image(reference, reference_name)
-            if not io.same_grid(reference, out_size, *geometry):
-                reference, covered = io.resample_onto(reference, out_size, *geometry,
+            check_image(reference, reference_name)
+            if not same_grid(reference, out_size, *geometry):
+                reference, covered = resample_onto(reference, out_size, *geometry,
                                                       name=reference_name)
                 log(f"{reference_name}: not on the super-resolved grid; resampled onto it in "
                     f"physical space (linear), covering {100 * covered:.1f}% of it")
-            ref = io.to_array(reference)
-            io.check_values(ref, reference_name)
+            ref = to_array(reference)
+            check_values(ref, reference_name)
         prepared = prepare_array(self.config, lr, factors, ref, order, interpolation)
         prepared.geometry, prepared.name = geometry, input_name
         axes = slice_axes(self.model.trained_scales, factors)
@@ -239,7 +244,7 @@ class SuperResolver:
 
     def finish(self, prepared: Prepared, y: np.ndarray) -> sitk.Image:
         """The network output as a float32 image on the output grid."""
-        return io.to_image(finish_array(prepared, y), *prepared.geometry)
+        return to_image(finish_array(prepared, y), *prepared.geometry)
 
     def run(self, image: sitk.Image, scale: float | str | Sequence[float],
             reference: sitk.Image | None = None, *, order: int = 3, tile: int | None = None,
@@ -282,14 +287,14 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
     Arguments as ``SuperResolver.run``; returns the image.
     """
     inputs = [source] + ([reference] if reference else [])
-    io.check_output_file(output, force, inputs)
-    image = io.read_input(source, "input image")
+    check_output_file(output, force, inputs)
+    image = read_input(source, "input image")
     output_shape(image.GetSize(), _scale(scale), 2 if reference else 1, str(source))
-    ref = io.read_input(reference, "reference image") if reference else None
+    ref = read_input(reference, "reference image") if reference else None
     resolver = SuperResolver.load(model, prototxt)
     result = resolver.run(image, scale, ref, order=order, tile=tile, residual=residual,
                           header=header, precision=precision, interpolation=interpolation,
                           exact=exact, input_name=str(source), reference_name=str(reference),
                           log=log)
-    io.write_image_atomic(result, output, replace=force)
+    write_image_atomic(result, output, replace=force)
     return result

@@ -13,8 +13,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from srrecnn_jax import io, locking
+from srrecnn_jax import locking
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.writing import write_text_atomic
 
 
 @dataclasses.dataclass
@@ -176,7 +177,7 @@ def merge_manifests(parts: Sequence[Path], target: Path) -> list[dict]:
                     seen.add(key)
                     rows.append(row)
         rows.sort(key=lambda r: (str(r.get("run") or ""), str(r.get("input", ""))))
-        io.write_text_atomic(target, "".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(target, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 

@@ -23,7 +23,9 @@ LAYERS = [
     ["inference"],
     ["tiling", "checkpoint"],
     ["model", "degradation", "plots"],
-    ["conv", "caffe", "io", "interpolation", "metrics", "parallel", "locking", "sources"],
+    ["conv", "caffe", "images", "writing", "geometry", "interpolation", "metrics", "parallel",
+     "locking", "sources"],
+    ["files", "limits", "nifti"],
     ["config"],
     ["errors"],
 ]

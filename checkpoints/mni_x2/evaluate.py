@@ -15,9 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-from srrecnn_jax import io, sources
+from srrecnn_jax import sources
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.evaluation import validate
+from srrecnn_jax.images import read_image, to_array
 
 HERE = Path(__file__).resolve().parent
 ORIGINAL = sources.release_weights(1)
@@ -27,7 +28,7 @@ if __name__ == "__main__":
     parser.add_argument("heldout", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    slab = [io.to_array(io.read_image(args.heldout))]
+    slab = [to_array(read_image(args.heldout))]
     rows = {}
     models = {"ours (checkpoints/mni_x2/model)": HERE / "model"}
     if ORIGINAL.exists():

@@ -131,10 +131,10 @@ def run(args: argparse.Namespace) -> int:
         return run_batch(args)
     if args.output is None:
         raise SrrecnnError("-o/--output: give an output file, or --out-dir for batch mode")
-    from srrecnn_jax import io
+    from srrecnn_jax.files import is_list_file
     from srrecnn_jax.inference import super_resolve_file
 
-    if len(args.inputs) > 1 or io.is_list_file(args.inputs[0]):
+    if len(args.inputs) > 1 or is_list_file(args.inputs[0]):
         raise SrrecnnError("-o/--output: takes a single input; use --out-dir for several")
 
     start = time.perf_counter()
