@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from srrecnn_jax import locking, parallel
-from srrecnn_jax.checkpoint import fingerprint, format_scales, untrained_scale
+from srrecnn_jax.checkpoint import fingerprint
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.geometry import header_warnings
 from srrecnn_jax.images import image_size, read_input
@@ -56,6 +56,7 @@ from srrecnn_jax.manifest import (
     new_run_id,
     read_rows,
 )
+from srrecnn_jax.scales import format_scales, untrained_scale
 from srrecnn_jax.writing import stored_bytes, write_image_verified
 
 _DONE = object()

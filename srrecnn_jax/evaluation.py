@@ -22,8 +22,9 @@ from srrecnn_jax.degradation import blur_sigma, degrade
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.images import read_image, to_array
 from srrecnn_jax.inference import super_resolve_array
-from srrecnn_jax.interpolation import parse_scale, zoom
+from srrecnn_jax.interpolation import zoom
 from srrecnn_jax.metrics import psnr, ssim
+from srrecnn_jax.scales import parse_scale
 
 
 def spline_baseline(lr: np.ndarray, shape: Sequence[int], order: int = 3) -> np.ndarray:

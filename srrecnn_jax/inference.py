@@ -18,14 +18,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from srrecnn_jax import model
-from srrecnn_jax.checkpoint import LoadedModel, load_model, slice_axes
+from srrecnn_jax.checkpoint import LoadedModel, load_model
 from srrecnn_jax.config import INTERPOLATIONS, ModelConfig
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.files import check_output_file
 from srrecnn_jax.geometry import resample_onto, same_grid, zoomed_geometry
 from srrecnn_jax.images import check_image, check_values, read_input, to_array, to_image
-from srrecnn_jax.interpolation import parse_scale, zoom, zoom_device, zoomed_shape
+from srrecnn_jax.interpolation import zoom, zoom_device, zoomed_shape
 from srrecnn_jax.limits import size_problem, size_text
+from srrecnn_jax.scales import parse_scale, slice_axes
 from srrecnn_jax.tiling import run_network
 from srrecnn_jax.writing import write_image_atomic
 
@@ -41,7 +42,7 @@ class Prepared:
         for arrays.
       name: the input's name, for errors about the result.
       axes: when not None, ``volume``'s axes are the input's in this order (two swapped,
-        see ``checkpoint.slice_axes``), and the network output is put back before finishing.
+        see ``scales.slice_axes``), and the network output is put back before finishing.
     """
 
     volume: np.ndarray
@@ -63,7 +64,7 @@ def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequ
     if lr.ndim != 3:
         raise SrrecnnError(f"input: array is {lr.ndim}-D, expected 3-D (x, y, z)")
     _check_channels(config, reference is not None)
-    scale = _scale(scale)
+    scale = parse_scale(scale)
     output_shape(lr.shape, scale, config.in_channels)
     if not 0 <= order <= 5:
         raise SrrecnnError(f"spline order must be 0 to 5, got {order}", "order")
@@ -177,13 +178,6 @@ def _check_channels(config: ModelConfig, has_reference: bool) -> None:
                            "are supported")
 
 
-def _scale(scale: float | str | Sequence[float]) -> tuple[float, float, float]:
-    try:
-        return parse_scale(scale)
-    except ValueError as e:
-        raise SrrecnnError(str(e), "scale") from None
-
-
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -215,11 +209,11 @@ class SuperResolver:
                 log: Callable[[str], None] = _stderr) -> Prepared:
         """Check, normalise and zoom ``image``; put ``reference`` on the output grid. A
         thick-slice model asked for slices along another axis gets the volume with that
-        axis swapped into its own slice axis (``checkpoint.slice_axes``); ``finish``
+        axis swapped into its own slice axis (``scales.slice_axes``); ``finish``
         swaps back."""
         check_image(image, input_name)
         _check_channels(self.config, reference is not None)
-        factors = _scale(scale)
+        factors = parse_scale(scale)
         out_size = output_shape(image.GetSize(), factors, self.config.in_channels, input_name)
         lr = to_array(image)
         check_values(lr, input_name)
@@ -289,7 +283,7 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
     inputs = [source] + ([reference] if reference else [])
     check_output_file(output, force, inputs)
     image = read_input(source, "input image")
-    output_shape(image.GetSize(), _scale(scale), 2 if reference else 1, str(source))
+    output_shape(image.GetSize(), parse_scale(scale), 2 if reference else 1, str(source))
     ref = read_input(reference, "reference image") if reference else None
     resolver = SuperResolver.load(model, prototxt)
     result = resolver.run(image, scale, ref, order=order, tile=tile, residual=residual,

@@ -25,7 +25,7 @@ LAYERS = [
     ["model", "degradation", "plots"],
     ["conv", "caffe", "images", "writing", "geometry", "interpolation", "metrics", "parallel",
      "locking", "sources"],
-    ["files", "limits", "nifti"],
+    ["files", "limits", "nifti", "scales"],
     ["config"],
     ["errors"],
 ]

@@ -9,10 +9,11 @@ import pytest
 from conftest import crop
 
 from srrecnn_jax import model
-from srrecnn_jax.checkpoint import LoadedModel, slice_axes
+from srrecnn_jax.checkpoint import LoadedModel
 from srrecnn_jax.config import recnn
 from srrecnn_jax.images import to_array
 from srrecnn_jax.inference import SuperResolver, super_resolve_array
+from srrecnn_jax.scales import slice_axes
 
 THICK_Z = [[1.0, 1.0, 2.0], [1.0, 1.0, 3.0]]
 

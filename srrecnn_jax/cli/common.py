@@ -56,12 +56,13 @@ class Parser(argparse.ArgumentParser):
 
 
 def scale(text: str) -> tuple[float, float, float]:
-    from srrecnn_jax.interpolation import parse_scale
+    """A scale argument, parsed and checked by ``scales.parse_scale``."""
+    from srrecnn_jax.scales import ScaleError, parse_scale
 
     try:
         return parse_scale(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    except ScaleError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
 
 
 def model(text: str) -> Path:

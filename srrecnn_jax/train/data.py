@@ -25,7 +25,7 @@ import numpy as np
 from srrecnn_jax.degradation import blur_sigma
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.files import is_list_file, read_list_file
-from srrecnn_jax.interpolation import Scale, parse_scale
+from srrecnn_jax.scales import Scale, parse_scale
 from srrecnn_jax.train.augment import degraded_patch, flip_permute
 from srrecnn_jax.train.config import AugmentConfig
 from srrecnn_jax.train.patches import PatchConfig, Source, pairs, rescale_unit
