@@ -46,6 +46,7 @@ from srrecnn_jax.batch import Options
 from srrecnn_jax.degradation import degrade
 from srrecnn_jax.images import read_image, to_array, to_image
 from srrecnn_jax.inference import SuperResolver
+from srrecnn_jax.inference_options import InferenceOptions
 from srrecnn_jax.tiling import run_network
 
 DEFAULT_MODEL = sources.release_weights(1)
@@ -98,13 +99,14 @@ def network_only(resolver: SuperResolver, paths: list[Path], options: Options) -
     """Time ``run_network`` on the prepared volumes as a batch device thread runs it."""
     device = jax.local_devices()[0]
     params = jax.device_put(resolver.model.params, device)
-    prepared = [resolver.prepare(read_image(p, "input image"), options.scale,
-                                 order=options.order, log=lambda m: None) for p in paths]
+    inference = options.inference
+    prepared = [resolver.prepare(read_image(p, "input image"), inference, log=lambda m: None)
+                for p in paths]
 
     def net(volume: np.ndarray) -> np.ndarray:
         with jax.default_device(device):
-            return run_network(params, resolver.config, volume, options.tile, options.residual,
-                               options.bucket, devices=[device])
+            return run_network(params, resolver.config, volume, inference.tile,
+                               inference.residual, options.bucket, devices=[device])
 
     shapes = {}
     for p in prepared:  # one compilation per padded shape (and with / without padding mask)
@@ -142,7 +144,8 @@ def main() -> None:
         folder.mkdir()
         paths = make_volumes(folder, args.volumes, args.crop)
         summary, wall, argv = end_to_end(folder, out, args.model)
-        options = Options(scale=(2.0, 2.0, 2.0))  # the command's defaults (bucket 8, no tile)
+        # the command's defaults (bucket 8, no tile)
+        options = Options(InferenceOptions((2.0, 2.0, 2.0)))
         net = network_only(SuperResolver.load(args.model), paths, options)
         lr_shapes = [list(sitk.ReadImage(str(p)).GetSize()) for p in paths]
     n = args.volumes

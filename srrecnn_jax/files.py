@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,6 +92,18 @@ def check_output_file(output: Path, force: bool, inputs: Sequence[Path] = (),
         raise OutputExistsError(f"{output}: already exists")
     if not output.parent.is_dir():
         raise SrrecnnError(f"{output}: folder {output.parent} does not exist")
+
+
+def writable_folder(folder: Path) -> None:
+    """Create ``folder`` and the missing folders above it if needed; raise
+    ``SrrecnnError`` (one line, naming it) if it cannot be created or written in
+    (read-only, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise SrrecnnError(f"{folder}: cannot write in the output folder "
+                           f"({e.strerror or e})") from None
 
 
 def missing_file(path: Path, role: str) -> SrrecnnError:

@@ -44,11 +44,14 @@ import SimpleITK as sitk
 from conftest import crop, package_file
 
 from srrecnn_jax import batch, cli
+from srrecnn_jax.batch import pipeline
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.geometry import zoomed_geometry
 from srrecnn_jax.images import read_input, to_array, to_image
 from srrecnn_jax.inference import SuperResolver
+from srrecnn_jax.inference_options import InferenceOptions
 from srrecnn_jax.jobs import Job, collect_inputs, plan_jobs, shard
+from srrecnn_jax.manifest import Manifest
 
 SCALE = 2
 RTOL = 1e-6  # batch output vs SuperResolver.run: |diff| <= RTOL * max|expected|
@@ -866,13 +869,13 @@ def test_memory_bounded_by_queues_not_batch_size(tmp_path, models, monkeypatch):
     with unbounded queues (``prefetch`` 10000) ~11 MB over 40 volumes against a limit of
     ~7.5 MB. Compilation is warmed up first.
     """
-    run_network = batch.run_network
+    run_network = pipeline.run_network
 
     def slow_network(*args, **kwargs):
         time.sleep(0.02)
         return run_network(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "run_network", slow_network)
+    monkeypatch.setattr(pipeline, "run_network", slow_network)
     small = many_volumes(tmp_path / "small", 10, size=20, ext=".mha")
     large = many_volumes(tmp_path / "large", 40, size=20, ext=".mha")
     base = ["-m", models["mono"], "-s", SCALE]
@@ -1074,9 +1077,9 @@ def test_manifest_on_full_disk_stops_the_run_with_one_error(tmp_path, resolver):
     src, out = tmp_path / "in", tmp_path / "out"
     many_volumes(src, 8, size=6)
     jobs = plan_jobs(collect_inputs([src]), out)
-    full = batch.Manifest(Path("/dev/full"))
+    full = Manifest(Path("/dev/full"))
     outcome = run_in_thread(lambda: batch.run_batch(resolver, jobs, batch.Options(
-        scale=(SCALE,) * 3), full, out))
+        InferenceOptions((SCALE,) * 3)), full, out))
     error = outcome.get("error")
     assert isinstance(error, SrrecnnError), outcome
     assert "/dev/full" in str(error) and "No space left on device" in str(error)

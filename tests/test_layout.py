@@ -13,24 +13,24 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "srrecnn_jax"
 
 # Layers, top to bottom: a module may import modules of lower layers only, and of its
-# own layer only inside one subpackage (cli/ among itself, train/ among itself). The
+# own layer only inside one subpackage (cli/, train/, batch/ each among itself). The
 # package's __init__ is the public facade (it imports lazily from below) and is left out.
 LAYERS = [
     ["cli.*"],
-    ["train.*", "batch", "demo"],
+    ["train.*", "batch.*", "demo"],
     ["jobs", "manifest", "catalog"],
     ["evaluation"],
     ["inference"],
     ["tiling", "checkpoint"],
     ["model", "degradation", "plots"],
     ["conv", "caffe", "images", "writing", "geometry", "interpolation", "metrics", "parallel",
-     "locking", "sources"],
+     "locking", "sources", "inference_options"],
     ["files", "limits", "nifti", "scales"],
     ["config"],
     ["errors"],
 ]
 
-SUBPACKAGES = ("cli", "train")
+SUBPACKAGES = ("cli", "train", "batch")
 
 
 def modules() -> dict[str, Path]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from srrecnn_jax.cli import common
 from srrecnn_jax.config import INTERPOLATIONS, PRECISIONS
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.inference_options import InferenceOptions
 
 
 def add_to(commands) -> None:
@@ -121,6 +122,14 @@ def add_to(commands) -> None:
     m.set_defaults(run=run_merge)
 
 
+def inference_options(args: argparse.Namespace) -> InferenceOptions:
+    """The ``InferenceOptions`` of the command line, for one file and for each batch job."""
+    return InferenceOptions(args.scale, order=args.order, tile=args.tile,
+                            residual=False if args.no_residual else None, header=args.header,
+                            precision=args.precision, interpolation=args.interpolation,
+                            exact=args.exact)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.out_dir is not None:
         if args.output is not None:
@@ -138,12 +147,9 @@ def run(args: argparse.Namespace) -> int:
         raise SrrecnnError("-o/--output: takes a single input; use --out-dir for several")
 
     start = time.perf_counter()
-    result = super_resolve_file(
-        args.inputs[0], args.output, args.model, args.scale, args.reference,
-        prototxt=args.prototxt, order=args.order, tile=args.tile,
-        residual=False if args.no_residual else None, header=args.header,
-        precision=args.precision, interpolation=args.interpolation, exact=args.exact,
-        force=args.force)
+    result = super_resolve_file(args.inputs[0], args.output, args.model,
+                                inference_options(args), args.reference,
+                                prototxt=args.prototxt, force=args.force)
     size = "x".join(str(n) for n in result.GetSize())
     spacing = "x".join(f"{s:.4g}" for s in result.GetSpacing())
     print(f"{args.output}: {size} voxels of {spacing} mm "
@@ -180,25 +186,23 @@ def _run_batch(args: argparse.Namespace, process: int, count: int, presence,
                run_id: str | None) -> int:
     from srrecnn_jax import batch
     from srrecnn_jax import jobs as planning
+    from srrecnn_jax.manifest import MANIFEST, Record
 
     jobs = planning.plan(args.inputs, args.out_dir, args.glob, args.suffix,
                          args.output_template, args.reference_pattern,
-                         manifest=args.manifest or args.out_dir / batch.MANIFEST)
+                         manifest=args.manifest or args.out_dir / MANIFEST)
     if args.dry_run:
         for job in planning.shard(jobs, process, count):
             ref = f"  [reference {job.reference}]" if job.reference else ""
             print(f"{job.input} -> {job.output}{ref}")
         return 0
-    options = batch.Options(scale=args.scale, order=args.order, tile=args.tile,
-                            residual=False if args.no_residual else None, header=args.header,
-                            precision=args.precision, interpolation=args.interpolation,
-                            exact=args.exact,
-                            bucket=args.bucket, overwrite=args.force, readers=args.workers)
+    options = batch.Options(inference_options(args), bucket=args.bucket,
+                            overwrite=args.force, readers=args.workers)
     start, done_voxels = time.perf_counter(), [0]
     with common.stoppable(len(planning.shard(jobs, process, count)), "vol", args.quiet,
                           "srrecnn: stopping after the volumes in flight are written") \
             as (stop, bar):
-        def progress(record: batch.Record, voxels: int) -> None:
+        def progress(record: Record, voxels: int) -> None:
             if record.status == "error":
                 shown = common.job_error_line(record.error, record.parameter)
                 bar.write(f"srrecnn: error: {shown}", file=sys.stderr)
@@ -237,10 +241,11 @@ def run_merge(args: argparse.Namespace) -> int:
     """``srrecnn merge-manifest``: fold the manifest parts in a batch's output folder into
     its manifest."""
     from srrecnn_jax import batch
+    from srrecnn_jax.manifest import MANIFEST
 
     if not args.out_dir.is_dir():
         raise SrrecnnError(f"{args.out_dir}: no such output folder")
-    manifest = args.manifest or args.out_dir / batch.MANIFEST
+    manifest = args.manifest or args.out_dir / MANIFEST
     with batch.folder_lock(args.out_dir, shared=True, note="merge-manifest"):
         parts = batch.merge(manifest)  # not while a one-process run appends to the manifest
     if not parts:
