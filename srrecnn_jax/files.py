@@ -77,11 +77,13 @@ def read_list_file(path: Path) -> list[Path]:
 
 
 def check_output_file(output: Path, force: bool, inputs: Sequence[Path] = (),
-                      image: bool = True) -> None:
+                      image: bool = True, make_folder: bool = False) -> None:
     """Refuse, before any work, an output we could not or should not write.
 
     An image output needs a known (lower-case) suffix; no output may be one of
-    ``inputs``; an existing one needs ``force``; its folder must exist.
+    ``inputs``; an existing one needs ``force``; its folder must exist, or with
+    ``make_folder`` be one that ``writable_folder`` can make later (the nearest
+    existing folder above it can be written in): nothing is created here.
     """
     if image and not is_image_name(output):  # SimpleITK is case-sensitive
         raise SrrecnnError(f"{output}: unknown image format; use one of "
@@ -90,8 +92,25 @@ def check_output_file(output: Path, force: bool, inputs: Sequence[Path] = (),
         raise SrrecnnError(f"{output}: output would replace an input")
     if output.exists() and not force:
         raise OutputExistsError(f"{output}: already exists")
-    if not output.parent.is_dir():
+    if make_folder:
+        _check_creatable(output, output.parent)
+    elif not output.parent.is_dir():
         raise SrrecnnError(f"{output}: folder {output.parent} does not exist")
+
+
+def _check_creatable(output: Path, folder: Path) -> None:
+    """Refuse an ``output`` whose ``folder`` neither exists nor can be made."""
+    above = folder
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if above == folder and folder.is_dir():
+        return
+    if not above.is_dir():
+        raise SrrecnnError(f"{output}: cannot create folder {folder} ({above} is not a "
+                           "folder)")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise SrrecnnError(f"{output}: cannot create folder {folder} (no permission to "
+                           f"write in {above})")
 
 
 def writable_folder(folder: Path) -> None:

@@ -21,7 +21,7 @@ from srrecnn_jax import model
 from srrecnn_jax.checkpoint import LoadedModel, load_model
 from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.errors import SrrecnnError
-from srrecnn_jax.files import check_output_file
+from srrecnn_jax.files import check_output_file, writable_folder
 from srrecnn_jax.geometry import resample_onto, same_grid, zoomed_geometry
 from srrecnn_jax.images import check_image, check_values, read_input, to_array, to_image
 from srrecnn_jax.inference_options import InferenceOptions
@@ -269,19 +269,21 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
     """Super-resolve one image file (or DICOM series folder) into ``output``.
 
     The output is checked (format, not an input, ``force`` to replace) and the
-    inputs read before the model is loaded; it is written under a temporary name and
-    moved into place, without ``force`` only if the name is still free (another run may
-    have taken it meanwhile: ``OutputExistsError``). ``scale`` and ``settings`` as
-    ``SuperResolver.run``; returns the image.
+    inputs read before the model is loaded; missing folders above ``output`` are
+    created, and it is written under a temporary name and moved into place, without
+    ``force`` only if the name is still free (another run may have taken it meanwhile:
+    ``OutputExistsError``). ``scale`` and ``settings`` as ``SuperResolver.run``;
+    returns the image.
     """
     options = InferenceOptions.of(scale, **settings)
     inputs = [source] + ([reference] if reference else [])
-    check_output_file(output, force, inputs)
+    check_output_file(output, force, inputs, make_folder=True)
     image = read_input(source, "input image")
     output_shape(image.GetSize(), options.scale, 2 if reference else 1, str(source))
     ref = read_input(reference, "reference image") if reference else None
     resolver = SuperResolver.load(model, prototxt)
     result = resolver.run(image, options, ref, input_name=str(source),
                           reference_name=str(reference), log=log)
+    writable_folder(output.parent)
     write_image_atomic(result, output, replace=force)
     return result

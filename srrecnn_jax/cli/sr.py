@@ -12,7 +12,7 @@ from pathlib import Path
 from srrecnn_jax.cli import common
 from srrecnn_jax.config import INTERPOLATIONS, PRECISIONS
 from srrecnn_jax.errors import SrrecnnError
-from srrecnn_jax.inference_options import InferenceOptions
+from srrecnn_jax.inference_options import HEADERS, InferenceOptions
 
 
 def add_to(commands) -> None:
@@ -23,21 +23,29 @@ def add_to(commands) -> None:
                             "with -o, or any number of files, folders, DICOM series folders "
                             "and .txt lists of paths with --out-dir (batch mode: pipelined, "
                             "resumable, a manifest, one bad file does not stop the rest).")
+    _add_paths(p)
+    _add_inference(p)
+    _add_batch(p.add_argument_group("batch mode (--out-dir)"))
+    p.set_defaults(run=run)
+    _add_merge(commands)
+
+
+def _add_paths(p) -> None:
+    """Inputs, outputs, model and reference."""
     p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
                    help="image file (NIfTI, NRRD, MetaImage), DICOM series folder, folder "
                    "(searched recursively with --glob) or .txt file listing paths (relative "
                    "to the list file)")
-    p.add_argument("-o", "--output", type=Path, help="output image for a single input (float32)")
+    p.add_argument("-o", "--output", type=Path,
+                   help="output image for a single input (float32); missing folders above "
+                   "it are created")
     p.add_argument("--out-dir", type=Path,
-                   help="batch mode: write outputs here, mirroring each input's place below "
-                   "the folder it was found in")
+                   help="batch mode: write outputs here (created if missing), mirroring each "
+                   "input's place below the folder it was found in")
     p.add_argument("-m", "--model", type=common.model, required=True,
                    help="model folder (from `srrecnn convert`), training run folder, "
                    ".caffemodel file, or the name of a shipped model (`srrecnn models`; "
                    "`default`)")
-    p.add_argument("-s", "--scale", type=common.scale, required=True,
-                   help="zoom factor: one number or x,y,z (e.g. 2 or 2,2,2.5); the output "
-                   "may have at most 2^32 voxels and must fit this machine's memory")
     p.add_argument("-r", "--reference", type=Path,
                    help="high-resolution image of another modality, for multimodal models; "
                    "resampled onto the output grid if it is not on it already")
@@ -45,6 +53,19 @@ def add_to(commands) -> None:
                    help="batch mode: each input's reference is the file named with OLD "
                    "replaced by NEW (e.g. T1w:T2w)")
     p.add_argument("--prototxt", type=Path, help="deploy .prototxt to check a .caffemodel against")
+    p.add_argument("--force", dest="force", action="store_true",
+                   help="replace existing outputs (batch mode otherwise skips an output the "
+                   "manifest records as made from the same input and reference by the same "
+                   "model, scale and options, if it still reads back as written; any other "
+                   "existing output is made again, with a warning)")
+    p.add_argument("--overwrite", dest="force", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_inference(p) -> None:
+    """The options of ``InferenceOptions``: how each image is super-resolved."""
+    p.add_argument("-s", "--scale", type=common.scale, required=True,
+                   help="zoom factor: one number or x,y,z (e.g. 2 or 2,2,2.5); the output "
+                   "may have at most 2^32 voxels and must fit this machine's memory")
     p.add_argument("--tile", type=common.positive_int,
                    help="run the network in tiles of N^3 output voxels (exact: equals the "
                    "whole-volume result); default: whole volume unless it would not fit memory")
@@ -67,16 +88,14 @@ def add_to(commands) -> None:
                    "agree to float32 rounding")
     p.add_argument("--no-residual", action="store_true",
                    help="do not add the interpolated image to the network output")
-    p.add_argument("--header", choices=("consistent", "original"), default="consistent",
+    p.add_argument("--header", choices=HEADERS, default="consistent",
                    help="output geometry: 'consistent' keeps the first and last voxel centres "
                    "where the zoom puts them (default); 'original' writes spacing/scale as the "
                    "original release did")
-    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
-                   help="replace existing outputs (batch mode otherwise skips an output the "
-                   "manifest records as made from the same input and reference by the same "
-                   "model, scale and options, if it still reads back as written; any other "
-                   "existing output is made again, with a warning)")
-    batch = p.add_argument_group("batch mode (--out-dir)")
+
+
+def _add_batch(batch) -> None:
+    """Batch mode's own options."""
     batch.add_argument("--glob", default="*.nii*",
                        help="file pattern when searching folders (default '*.nii*')")
     batch.add_argument("--suffix", default="_SR",
@@ -106,8 +125,9 @@ def add_to(commands) -> None:
                        "array --array=0-3: --shard $SLURM_ARRAY_TASK_ID/4); each "
                        "share appends to its own manifest part, and every run folds the "
                        "parts that exist into the manifest")
-    p.set_defaults(run=run)
 
+
+def _add_merge(commands) -> None:
     m = commands.add_parser("merge-manifest", help="fold a batch's manifest parts into its "
                             "manifest",
                             description="Fold the manifest parts that --distributed or "
