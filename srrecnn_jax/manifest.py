@@ -35,7 +35,7 @@ class Record:
     process: int = 0
     run: str | None = None  # the run's id (``new_run_id``), set by ``Manifest.add``
     time: str | None = None  # when the row was written (UTC, ISO 8601), set by ``add``
-    job: dict | None = None  # what made the output (ok, skipped): see ``batch.job_facts``
+    job: dict | None = None  # what made the output (ok, skipped): see ``batch.resume.job_facts``
     output_bytes: int | None = None  # the output's size on disk when written (ok, skipped)
     redone: str | None = None  # why an existing output was made again
 

@@ -31,7 +31,7 @@ OPTIONS = {
 
 
 def job_error_line(error: str, parameter: str | None) -> str:
-    """A batch job's error (``batch.Record``): the parameter it starts with shown as the
+    """A batch job's error (``manifest.Record``): the parameter it starts with shown as the
     option that sets it, as ``error_line`` does."""
     if parameter and error.startswith(f"{parameter}: "):
         return f"{OPTIONS.get(parameter, parameter)}: {error[len(parameter) + 2:]}"
