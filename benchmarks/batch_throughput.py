@@ -41,10 +41,12 @@ import jax
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import cli, demo, io, sources
+from srrecnn_jax import cli, demo, sources
 from srrecnn_jax.batch import Options
 from srrecnn_jax.degradation import degrade
+from srrecnn_jax.images import read_image, to_array, to_image
 from srrecnn_jax.inference import SuperResolver
+from srrecnn_jax.inference_options import InferenceOptions
 from srrecnn_jax.tiling import run_network
 
 DEFAULT_MODEL = sources.release_weights(1)
@@ -58,8 +60,8 @@ def padded(shape, bucket: int) -> tuple[int, ...]:
 def make_volumes(folder: Path, count: int, crop: int | None) -> list[Path]:
     """Write ``count`` slightly different x2-degraded MNI volumes; their paths."""
     hr_image = demo.mni_t1()
-    lr, _ = degrade(io.to_array(hr_image), (2, 2, 2))
-    lr_image = io.to_image(lr, [2.0] * 3, hr_image.GetOrigin(), hr_image.GetDirection())
+    lr, _ = degrade(to_array(hr_image), (2, 2, 2))
+    lr_image = to_image(lr, [2.0] * 3, hr_image.GetOrigin(), hr_image.GetDirection())
     shape = np.array(lr.shape)
     paths = []
     for i in range(count):
@@ -97,13 +99,14 @@ def network_only(resolver: SuperResolver, paths: list[Path], options: Options) -
     """Time ``run_network`` on the prepared volumes as a batch device thread runs it."""
     device = jax.local_devices()[0]
     params = jax.device_put(resolver.model.params, device)
-    prepared = [resolver.prepare(io.read_image(p, "input image"), options.scale,
-                                 order=options.order, log=lambda m: None) for p in paths]
+    inference = options.inference
+    prepared = [resolver.prepare(read_image(p, "input image"), inference, log=lambda m: None)
+                for p in paths]
 
     def net(volume: np.ndarray) -> np.ndarray:
         with jax.default_device(device):
-            return run_network(params, resolver.config, volume, options.tile, options.residual,
-                               options.bucket, devices=[device])
+            return run_network(params, resolver.config, volume, inference.tile,
+                               inference.residual, options.bucket, devices=[device])
 
     shapes = {}
     for p in prepared:  # one compilation per padded shape (and with / without padding mask)
@@ -141,7 +144,8 @@ def main() -> None:
         folder.mkdir()
         paths = make_volumes(folder, args.volumes, args.crop)
         summary, wall, argv = end_to_end(folder, out, args.model)
-        options = Options(scale=(2.0, 2.0, 2.0))  # the command's defaults (bucket 8, no tile)
+        # the command's defaults (bucket 8, no tile)
+        options = Options(InferenceOptions((2.0, 2.0, 2.0)))
         net = network_only(SuperResolver.load(args.model), paths, options)
         lr_shapes = [list(sitk.ReadImage(str(p)).GetSize()) for p in paths]
     n = args.volumes

@@ -25,9 +25,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from srrecnn_jax import demo, io, sources
+from srrecnn_jax import demo, sources
 from srrecnn_jax.degradation import degrade
 from srrecnn_jax.evaluation import score
+from srrecnn_jax.images import to_array, to_image
 from srrecnn_jax.inference import SuperResolver
 from srrecnn_jax.tiling import run_network
 
@@ -56,13 +57,13 @@ def main() -> None:
     args = parser.parse_args()
 
     hr_image = demo.mni_t1()
-    hr_full = io.to_array(hr_image)
+    hr_full = to_array(hr_image)
     lr, hr = degrade(hr_full, (2, 2, 2))
-    lr_image = io.to_image(lr, [2.0] * 3, hr_image.GetOrigin(), hr_image.GetDirection())
+    lr_image = to_image(lr, [2.0] * 3, hr_image.GetOrigin(), hr_image.GetDirection())
     resolver = SuperResolver.load(args.model)
 
     start = time.perf_counter()
-    sr = io.to_array(resolver.run(lr_image, 2, tile=args.tile))
+    sr = to_array(resolver.run(lr_image, 2, tile=args.tile))
     seconds = time.perf_counter() - start
     whole = score(sr, hr, lr, with_ssim=False)
     head = score(sr, hr, lr, mask=hr > 0, with_ssim=False)

@@ -35,11 +35,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srrecnn_jax import conv, demo, io, model, sources
+from srrecnn_jax import conv, demo, model, sources
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.config import PRECISIONS
 from srrecnn_jax.degradation import degrade
 from srrecnn_jax.evaluation import score
+from srrecnn_jax.images import to_array
 from srrecnn_jax.inference import finish_array, prepare_array
 from srrecnn_jax.tiling import run_network
 
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
 
-    hr_full = io.to_array(demo.mni_t1())
+    hr_full = to_array(demo.mni_t1())
     if args.crop:
         lo = [(s - args.crop) // 2 for s in hr_full.shape]
         hr_full = hr_full[tuple(slice(a, a + args.crop) for a in lo)]

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from srrecnn_jax import io
+from srrecnn_jax.writing import write_text_atomic
 
 COLUMNS = ("case", "sizes", "model", "prec", "median s [min-max]", "voxels/s", "TFLOP/s",
            "ceil", "peak mem", "ref", "ref s", "speed", "agree")
@@ -82,6 +82,6 @@ def _finite(value: Any) -> Any:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` atomically (``srrecnn_jax.io.write_text_atomic``)."""
+    """Write ``data`` to ``path`` atomically (``srrecnn_jax.writing.write_text_atomic``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    io.write_text_atomic(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")

@@ -37,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import io, sources
+from srrecnn_jax import sources
 from srrecnn_jax.checkpoint import LoadedModel, load_model, save_model
 from srrecnn_jax.degradation import degrade
 from srrecnn_jax.demo import mni_t1
+from srrecnn_jax.images import to_array, to_image
 
 HERE = Path(__file__).resolve().parent
 ORIGINAL = sources.release_weights(1)
@@ -67,8 +68,8 @@ def degraded_mni(path: Path, crop: int | None = None) -> Path:
     if crop:
         start = [(n - crop) // 2 for n in hr_image.GetSize()]
         hr_image = hr_image[tuple(slice(a, a + crop) for a in start)]
-    lr, _ = degrade(io.to_array(hr_image), (2, 2, 2))
-    sitk.WriteImage(io.to_image(lr, [2.0] * 3, hr_image.GetOrigin(), hr_image.GetDirection()),
+    lr, _ = degrade(to_array(hr_image), (2, 2, 2))
+    sitk.WriteImage(to_image(lr, [2.0] * 3, hr_image.GetOrigin(), hr_image.GetDirection()),
                     str(path))
     return path
 
@@ -150,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(timed_process(command))
                 print(f"{name:8s} {runs[name][-1]['seconds']:7.1f} s "
                       f"{runs[name][-1]['peak_rss_gib']:5.2f} GiB", flush=True)
-        ours = io.to_array(sitk.ReadImage(str(ours_out)), np.float64)
-        theirs = (io.to_array(sitk.ReadImage(str(torch_out)), np.float64)
+        ours = to_array(sitk.ReadImage(str(ours_out)), np.float64)
+        theirs = (to_array(sitk.ReadImage(str(torch_out)), np.float64)
                   if "torch" in commands else None)
         started = startup(folder, model)
         print(f"start-up (32^3 crop, launch to output): cold {started['cold_s']:.1f} s, "

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from srrecnn_jax import io, model
+from srrecnn_jax import model
 from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.errors import OutputExistsError, SrrecnnError
+from srrecnn_jax.files import check_output_file
+from srrecnn_jax.scales import positive_number, scale_entry
 from srrecnn_jax.structured import parse_json
+from srrecnn_jax.writing import atomic_output, write_bytes_atomic
 
 FORMAT = "srrecnn-jax/1"
 
@@ -50,7 +52,7 @@ class LoadedModel:
 
     params: dict[str, dict[str, Any]]
     config: ModelConfig
-    # Numbers (isotropic) or [x, y, z] lists (see ``untrained_scale``), if known.
+    # Numbers (isotropic) or [x, y, z] lists (see ``scales.untrained_scale``), if known.
     trained_scales: list | None = None
     trained_spacing: float | None = None  # mm, of the HR volumes it learned to produce
     origin: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -114,7 +116,7 @@ def save_model(directory: str | Path, loaded: LoadedModel, force: bool = False) 
         raise OutputExistsError(f"{directory}: already exists")
     import orbax.checkpoint as ocp  # slow import, only where needed
 
-    with io.atomic_output(directory, replace=force) as tmp:
+    with atomic_output(directory, replace=force) as tmp:
         tmp.mkdir()
         checkpointer = _local_checkpointer(ocp)
         params = jax.tree_util.tree_map(np.asarray, loaded.params)
@@ -167,72 +169,12 @@ def _check_training_facts(meta: dict, bad: Callable[[str, str], SrrecnnError]) -
     makes the error."""
     scales = meta.get("trained_scales")
     if scales is not None and not (isinstance(scales, list) and scales
-                                   and all(map(_scale_entry, scales))):
+                                   and all(map(scale_entry, scales))):
         raise bad("trained_scales", f"expected a list of positive numbers or [x, y, z] "
                   f"lists of them, or null, got {scales!r}")
     spacing = meta.get("trained_spacing")
-    if spacing is not None and not _positive_number(spacing):
+    if spacing is not None and not positive_number(spacing):
         raise bad("trained_spacing", f"expected a positive number or null, got {spacing!r}")
-
-
-def _scale_entry(value: Any) -> bool:
-    """A ``trained_scales`` entry: a positive number, or an [x, y, z] list of them."""
-    if isinstance(value, list):
-        return len(value) == 3 and all(map(_positive_number, value))
-    return _positive_number(value)
-
-
-def untrained_scale(trained: list | None, scale) -> bool:
-    """Whether the (x, y, z) ``scale`` is none the model was trained for.
-
-    ``trained``: a model folder's ``trained_scales``. A number is an isotropic
-    training scale: a request whose every factor is one of them passes (a model
-    trained at 2 and 2.5 may take (2, 2, 2.5)). An [x, y, z] list is an anisotropic
-    one (thick slices: [1, 1, 4]), which a request must equal, or equal once its thick
-    axis is swapped into the model's (``slice_axes``: (4, 1, 1) runs as (1, 1, 4)).
-    None: unknown, never warned about."""
-    if not trained:
-        return False
-    wanted = tuple(float(s) for s in scale)
-    numbers = [float(t) for t in trained if not isinstance(t, list | tuple)]
-    triples = [tuple(float(v) for v in t) for t in trained if isinstance(t, list | tuple)]
-    axes = slice_axes(trained, wanted)
-    if axes is not None:
-        wanted = tuple(wanted[i] for i in axes)
-    return not (wanted in triples or (numbers and all(s in numbers for s in wanted)))
-
-
-def slice_axes(trained_scales: list | None, factors: Sequence[float]
-               ) -> tuple[int, int, int] | None:
-    """The axis order that runs a thick-slice model on slices along another axis.
-
-    A model whose ``trained_scales`` are all (x, y, z) triples thickening one axis (a
-    thick-slice model: ``[1, 1, s]``, slices along z) asked for ``factors`` that thicken
-    another single axis (``(s, 1, 1)``: slices along x) runs on the volume with those
-    two axes swapped, so its slice axis lies where it learned it. None otherwise (the
-    volume runs as it is)."""
-    triples = [t for t in trained_scales or () if isinstance(t, list | tuple)]
-    if not triples or len(triples) != len(trained_scales):
-        return None
-    learned = {i for t in triples for i, f in enumerate(t) if f != 1}
-    wanted = [i for i, f in enumerate(factors) if f != 1]
-    if len(learned) != 1 or len(wanted) != 1 or wanted[0] in learned:
-        return None
-    order = [0, 1, 2]
-    (a,), b = learned, wanted[0]
-    order[a], order[b] = b, a
-    return tuple(order)
-
-
-def format_scales(trained: list) -> str:
-    """``trained_scales`` for people: ``2, 2.5`` or ``1x1x2, 1x1x3``."""
-    return ", ".join("x".join(f"{v:g}" for v in t) if isinstance(t, list | tuple) else f"{t:g}"
-                     for t in trained)
-
-
-def _positive_number(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value) and value > 0)
 
 
 def _load_folder(directory: Path) -> LoadedModel:
@@ -428,10 +370,10 @@ def export_caffe(path: Path, output: Path, force: bool = False) -> LoadedModel:
     """Write a model (any form ``load_model`` reads) as a binary Caffe ``.caffemodel``."""
     from srrecnn_jax.caffe import caffemodel_bytes
 
-    io.check_output_file(output, force, [path], image=False)
+    check_output_file(output, force, [path], image=False)
     loaded = load_model(path)
     name = "SRCNN3D" if loaded.config.padding == "edge_valid" else "VDSR3D"
-    io.write_bytes_atomic(output, caffemodel_bytes(loaded.params, loaded.config, name),
+    write_bytes_atomic(output, caffemodel_bytes(loaded.params, loaded.config, name),
                           replace=force)
     return loaded
 

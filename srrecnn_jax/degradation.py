@@ -9,9 +9,11 @@ import numpy as np
 import scipy.ndimage
 import SimpleITK as sitk
 
-from srrecnn_jax import io
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.files import check_output_file
+from srrecnn_jax.images import check_values, read_image, to_array, to_image
 from srrecnn_jax.interpolation import zoom
+from srrecnn_jax.writing import write_image_atomic
 
 
 def modcrop(volume: np.ndarray, scale: Sequence[float]) -> np.ndarray:
@@ -71,8 +73,8 @@ def degrade_image(hr: sitk.Image, scale: Sequence[float], sigma: float = 1.0,
       centres, so all three share the HR origin and direction, and the
       interpolated image lies exactly on the cropped HR grid.
     """
-    array = io.to_array(hr)
-    io.check_values(array, "HR image")
+    array = to_array(hr)
+    check_values(array, "HR image")
     lr, cropped = degrade(array, scale, sigma, order)
     if min(lr.shape) < 2:
         raise SrrecnnError(f"{tuple(scale)} leaves {lr.shape} LR voxels", "scale")
@@ -80,9 +82,9 @@ def degrade_image(hr: sitk.Image, scale: Sequence[float], sigma: float = 1.0,
     geometry = (hr.GetOrigin(), hr.GetDirection())
     lr_spacing = [s * (a - 1) / (b - 1) for s, a, b in zip(spacing, cropped.shape, lr.shape)]
     interpolated = zoom(lr, [a / b for a, b in zip(cropped.shape, lr.shape)], order)
-    return {"lr": io.to_image(lr, lr_spacing, *geometry),
-            "interpolated": io.to_image(interpolated, spacing, *geometry),
-            "hr": io.to_image(cropped, spacing, *geometry)}
+    return {"lr": to_image(lr, lr_spacing, *geometry),
+            "interpolated": to_image(interpolated, spacing, *geometry),
+            "hr": to_image(cropped, spacing, *geometry)}
 
 
 def degrade_files(hr_path: Path, lr_path: Path, scale: Sequence[float], sigma: float = 1.0,
@@ -93,13 +95,13 @@ def degrade_files(hr_path: Path, lr_path: Path, scale: Sequence[float], sigma: f
     outputs = {"lr": lr_path, "interpolated": interpolated, "hr": cropped_hr}
     for output in outputs.values():
         if output is not None:
-            io.check_output_file(output, force, [hr_path])
+            check_output_file(output, force, [hr_path])
     if sigma < 0:
         raise SrrecnnError(f"must be >= 0, got {sigma}", "sigma")
-    images = degrade_image(io.read_image(hr_path, "HR image"), scale, sigma, order)
+    images = degrade_image(read_image(hr_path, "HR image"), scale, sigma, order)
     for name, output in outputs.items():
         if output is not None:
-            io.write_image_atomic(images[name], output, replace=force)
+            write_image_atomic(images[name], output, replace=force)
     return images
 
 

@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import catalog, io, sources
+from srrecnn_jax import catalog, sources
 from srrecnn_jax.degradation import degrade_image
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import head_mask, score, spline_baseline
+from srrecnn_jax.images import read_image, to_array, to_image
 from srrecnn_jax.inference import SuperResolver
 from srrecnn_jax.plots import draw_montage
+from srrecnn_jax.writing import write_image_atomic
 
 #: z index range of the MNI T1 that no shipped model trained on (split_templates.py).
 MNI_HELD_OUT = (100, 140)
@@ -34,14 +36,14 @@ ORIGINAL = sources.release_weights(1)
 
 def mni_t1() -> sitk.Image:
     """nilearn's 1 mm MNI ICBM152 2009a T1 (the ``data`` extra)."""
-    return io.read_image(sources.mni_2009a_t1(), "MNI T1")
+    return read_image(sources.mni_2009a_t1(), "MNI T1")
 
 
 def unseen_scan() -> tuple[sitk.Image, str]:
     """The demo's HR scan and what it is: Colin27 when installed, else the MNI slab held
     out of the shipped checkpoint's training."""
     if COLIN27.is_file():
-        return (io.read_image(COLIN27, "Colin27"),
+        return (read_image(COLIN27, "Colin27"),
                 f"Colin27 ({COLIN27}), a real brain no shipped model was trained on")
     low, high = MNI_HELD_OUT
     return (mni_t1()[:, :, low:high],
@@ -89,9 +91,9 @@ def run_demo(out_dir: Path, model: Path | None = None, crop: int | None = None,
         hr = hr[tuple(slice(a, a + c) for a, c in zip(start, size))]
     images = degrade_image(hr, (2.0, 2.0, 2.0))
     sr = resolver.run(images["lr"], 2, tile=tile)
-    truth = io.to_array(images["hr"], np.float64)
-    lr = io.to_array(images["lr"])
-    estimate = io.to_array(sr, np.float64)
+    truth = to_array(images["hr"], np.float64)
+    lr = to_array(images["lr"])
+    estimate = to_array(sr, np.float64)
     # A crop cuts through the head: the zoom's zero padding rings at its faces, so
     # score the interior only. The whole volume has background at its faces.
     shave = CROP_SHAVE if crop else 0
@@ -108,15 +110,15 @@ def run_demo(out_dir: Path, model: Path | None = None, crop: int | None = None,
               "psnr_spline_head": head["spline"]["psnr"], "psnr_sr_head": head["sr"]["psnr"],
               "ssim_spline": whole["spline"]["ssim"], "ssim_sr": whole["sr"]["ssim"]}
     if ORIGINAL.is_file():
-        theirs = io.to_array(SuperResolver.load(ORIGINAL).run(images["lr"], 2, tile=tile),
+        theirs = to_array(SuperResolver.load(ORIGINAL).run(images["lr"], 2, tile=tile),
                              np.float64)
         scored = score(theirs, truth, shave=shave)["sr"]
         scores |= {"psnr_original": scored["psnr"], "ssim_original": scored["ssim"]}
     out_dir.mkdir(parents=True, exist_ok=True)
     geometry = (images["hr"].GetSpacing(), images["hr"].GetOrigin(), images["hr"].GetDirection())
     for name, image in {"lr": images["lr"], "hr": images["hr"], "sr": sr,
-                        "spline": io.to_image(spline, *geometry)}.items():
-        io.write_image_atomic(image, out_dir / f"{name}.nii.gz")
+                        "spline": to_image(spline, *geometry)}.items():
+        write_image_atomic(image, out_dir / f"{name}.nii.gz")
     draw_montage(spline, estimate, truth, out_dir / "montage.png", scores)
     return scores
 

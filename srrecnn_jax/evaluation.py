@@ -16,13 +16,15 @@ import numpy as np
 import scipy.ndimage
 import SimpleITK as sitk
 
-from srrecnn_jax import io, model
+from srrecnn_jax import model
 from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.degradation import blur_sigma, degrade
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.images import read_image, to_array
 from srrecnn_jax.inference import super_resolve_array
-from srrecnn_jax.interpolation import parse_scale, zoom
+from srrecnn_jax.interpolation import zoom
 from srrecnn_jax.metrics import psnr, ssim
+from srrecnn_jax.scales import parse_scale
 
 
 def spline_baseline(lr: np.ndarray, shape: Sequence[int], order: int = 3) -> np.ndarray:
@@ -100,7 +102,7 @@ def validate(params: model.Params, config: ModelConfig, scale: float | Sequence[
 
 def _matching_truth(sr: sitk.Image, hr: sitk.Image, name: str) -> np.ndarray:
     """HR voxels on SR's grid: equal grids, or HR cropped at the far end (modcrop)."""
-    truth = io.to_array(hr, np.float64)
+    truth = to_array(hr, np.float64)
     if sr.GetSize() == hr.GetSize():
         return truth
     same_start = (np.allclose(sr.GetOrigin(), hr.GetOrigin(), atol=1e-3)
@@ -117,14 +119,14 @@ def evaluate_files(sr_path: Path, hr_path: Path, mask: Path | None = None, shave
     """``score`` of image files: ``sr_path`` (and LR's spline zoom) against ``hr_path``."""
     if shave < 0:
         raise SrrecnnError(f"must be >= 0, got {shave}", "shave")
-    sr_image = io.read_image(sr_path, "estimate")
-    truth = _matching_truth(sr_image, io.read_image(hr_path, "HR image"), str(hr_path))
-    low = io.to_array(io.read_image(lr, "LR image"), np.float64) if lr is not None else None
+    sr_image = read_image(sr_path, "estimate")
+    truth = _matching_truth(sr_image, read_image(hr_path, "HR image"), str(hr_path))
+    low = to_array(read_image(lr, "LR image"), np.float64) if lr is not None else None
     region = None
     if mask is not None:
-        mask_image = io.read_image(mask, "mask")
+        mask_image = read_image(mask, "mask")
         if mask_image.GetSize() != sr_image.GetSize():
             raise SrrecnnError(f"{mask}: size {mask_image.GetSize()} is not the estimate's "
                                f"{sr_image.GetSize()}")
-        region = io.to_array(mask_image) != 0
-    return score(io.to_array(sr_image, np.float64), truth, low, region, shave)
+        region = to_array(mask_image) != 0
+    return score(to_array(sr_image, np.float64), truth, low, region, shave)

@@ -17,12 +17,19 @@ import jax
 import numpy as np
 import SimpleITK as sitk
 
-from srrecnn_jax import io, model
-from srrecnn_jax.checkpoint import LoadedModel, load_model, slice_axes
-from srrecnn_jax.config import INTERPOLATIONS, ModelConfig
+from srrecnn_jax import model
+from srrecnn_jax.checkpoint import LoadedModel, load_model
+from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.errors import SrrecnnError
-from srrecnn_jax.interpolation import parse_scale, zoom, zoom_device, zoomed_shape
+from srrecnn_jax.files import check_output_file, writable_folder
+from srrecnn_jax.geometry import resample_onto, same_grid, zoomed_geometry
+from srrecnn_jax.images import check_image, check_values, read_input, to_array, to_image
+from srrecnn_jax.inference_options import InferenceOptions
+from srrecnn_jax.interpolation import zoom, zoom_device, zoomed_shape
+from srrecnn_jax.limits import size_problem, size_text
+from srrecnn_jax.scales import slice_axes
 from srrecnn_jax.tiling import run_network
+from srrecnn_jax.writing import write_image_atomic
 
 
 @dataclasses.dataclass
@@ -36,7 +43,7 @@ class Prepared:
         for arrays.
       name: the input's name, for errors about the result.
       axes: when not None, ``volume``'s axes are the input's in this order (two swapped,
-        see ``checkpoint.slice_axes``), and the network output is put back before finishing.
+        see ``scales.slice_axes``), and the network output is put back before finishing.
     """
 
     volume: np.ndarray
@@ -47,27 +54,24 @@ class Prepared:
     axes: tuple[int, int, int] | None = None
 
 
-def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequence[float],
-                  reference: np.ndarray | None = None, order: int = 3,
-                  interpolation: str = "device") -> Prepared:
+def prepare_array(config: ModelConfig, lr: np.ndarray,
+                  options: InferenceOptions | float | str | Sequence[float],
+                  reference: np.ndarray | None = None, **settings) -> Prepared:
     """Normalise by the maximum and zoom; stack the normalised reference as channel 1.
 
-    ``interpolation``: one of ``INTERPOLATIONS``.
+    ``options``: an ``InferenceOptions``, or a scale with ``settings`` (its fields; the
+    zoom uses ``scale``, ``order`` and ``interpolation``).
     """
     lr = np.asarray(lr, np.float32)
     if lr.ndim != 3:
         raise SrrecnnError(f"input: array is {lr.ndim}-D, expected 3-D (x, y, z)")
     _check_channels(config, reference is not None)
-    scale = _scale(scale)
+    options = InferenceOptions.of(options, **settings)
+    scale, order = options.scale, options.order
     output_shape(lr.shape, scale, config.in_channels)
-    if not 0 <= order <= 5:
-        raise SrrecnnError(f"spline order must be 0 to 5, got {order}", "order")
-    if interpolation not in INTERPOLATIONS:
-        raise SrrecnnError(f"must be one of {', '.join(INTERPOLATIONS)}, "
-                           f"not {interpolation!r}", "interpolation")
-    io.check_values(lr, "input")
+    check_values(lr, "input")
     low, top = float(lr.min()), float(lr.max())
-    if interpolation == "device":
+    if options.interpolation == "device":
         interp = np.asarray(zoom_device(lr / np.float32(top), scale, order))
     else:
         interp = zoom(lr / np.float32(top), scale, order)
@@ -77,7 +81,7 @@ def prepare_array(config: ModelConfig, lr: np.ndarray, scale: float | str | Sequ
         if reference.shape != interp.shape:
             raise SrrecnnError(f"reference: shape {reference.shape} is not the zoomed input's "
                                f"{interp.shape}")
-        io.check_values(reference, "reference")
+        check_values(reference, "reference")
         channels.append(reference / np.float32(reference.max()))
     return Prepared(np.stack(channels, axis=-1), low, top)
 
@@ -92,12 +96,12 @@ def output_shape(size: Sequence[int], factors: Sequence[float], channels: int,
                  name: str = "input") -> tuple[int, ...]:
     """The zoomed size ``round(n * s)`` of an input of ``size`` voxels (x, y, z) by
     ``factors``, refused (``SrrecnnError`` naming ``scale``) before any work when it has
-    fewer than 2 voxels along an axis, more than ``io.MAX_VOXELS`` voxels, or needs more
+    fewer than 2 voxels along an axis, more than ``limits.MAX_VOXELS`` voxels, or needs more
     memory than this machine has (``channels``: the network's input channels)."""
     extent = [float(n) * s for n, s in zip(size, factors)]
-    described = (f"{name} of {io.size_text(size)} voxels scaled by {tuple(factors)} gives "
-                 f"{io.size_text(extent)} voxels")
-    problem = io.size_problem(float(np.prod(extent)), _bytes_per_output_voxel(channels))
+    described = (f"{name} of {size_text(size)} voxels scaled by {tuple(factors)} gives "
+                 f"{size_text(extent)} voxels")
+    problem = size_problem(float(np.prod(extent)), _bytes_per_output_voxel(channels))
     if problem:
         raise SrrecnnError(f"{described}, {problem}", "scale")
     shape = zoomed_shape(size, factors)
@@ -123,35 +127,31 @@ def finish_array(prepared: Prepared, y: np.ndarray) -> np.ndarray:
 
 
 def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarray,
-                        scale: float | str | Sequence[float],
-                        reference: np.ndarray | None = None, *,
-                        order: int = 3, tile: int | None = None,
-                        residual: bool | None = None, precision: str = "fp32",
-                        interpolation: str = "device", exact: bool = False) -> np.ndarray:
+                        scale: InferenceOptions | float | str | Sequence[float],
+                        reference: np.ndarray | None = None, **settings) -> np.ndarray:
     """The original pipeline on arrays.
 
     Args:
       params, config: the model.
       lr: ``(x, y, z)`` low-resolution volume.
-      scale: one factor, or per-axis factors (x, y, z).
+      scale: one factor, or per-axis factors (x, y, z); or ``InferenceOptions``.
       reference: ``(x', y', z')`` second-modality volume on the zoomed grid
         (required by, and only allowed for, 2-channel models).
-      order: spline order of the zoom (0-5).
-      tile: tile edge (see ``run_network``).
-      residual: override ``config.residual``.
-      precision: arithmetic of the convolutions (see ``run_network``).
-      interpolation: where the zoom runs, one of ``INTERPOLATIONS``.
-      exact: convolutions exact to float32 rounding (``algorithm="exact"`` of
-        ``run_network``; slower on CPU) instead of the fastest algorithm.
+      settings: the other fields of ``InferenceOptions``: ``order`` of the zoom (0-5),
+        ``tile`` edge and ``precision`` (see ``run_network``), ``residual`` (override
+        ``config.residual``), ``interpolation`` (where the zoom runs), ``exact``
+        (convolutions exact to float32 rounding, ``algorithm="exact"`` of ``run_network``;
+        slower on CPU, instead of the fastest algorithm). ``header`` has no effect.
 
     Returns:
       ``(round(x*s), ...)`` float32: ``max(mx * (net(i) + i), mn)`` with
       ``i = zoom(lr / mx)``, ``mn, mx`` the input's minimum and maximum.
     """
-    prepared = prepare_array(config, lr, scale, reference, order, interpolation)
-    return finish_array(prepared, run_network(params, config, prepared.volume, tile, residual,
-                                              precision=precision,
-                                              algorithm=conv_algorithm(exact)))
+    options = InferenceOptions.of(scale, **settings)
+    prepared = prepare_array(config, lr, options, reference)
+    return finish_array(prepared, run_network(params, config, prepared.volume, options.tile,
+                                              options.residual, precision=options.precision,
+                                              algorithm=conv_algorithm(options.exact)))
 
 
 def conv_algorithm(exact: bool) -> str:
@@ -171,13 +171,6 @@ def _check_channels(config: ModelConfig, has_reference: bool) -> None:
     if config.in_channels > 2:
         raise SrrecnnError(f"model takes {config.in_channels} input channels; only 1 or 2 "
                            "are supported")
-
-
-def _scale(scale: float | str | Sequence[float]) -> tuple[float, float, float]:
-    try:
-        return parse_scale(scale)
-    except ValueError as e:
-        raise SrrecnnError(str(e), "scale") from None
 
 
 def _stderr(message: str) -> None:
@@ -203,34 +196,37 @@ class SuperResolver:
     def config(self) -> ModelConfig:
         return self.model.config
 
-    def prepare(self, image: sitk.Image, scale: float | str | Sequence[float],
-                reference: sitk.Image | None = None, *, order: int = 3,
-                header: str = "consistent", interpolation: str = "device",
-                input_name: str = "input",
-                reference_name: str = "reference",
-                log: Callable[[str], None] = _stderr) -> Prepared:
-        """Check, normalise and zoom ``image``; put ``reference`` on the output grid. A
+    def prepare(self, image: sitk.Image,
+                options: InferenceOptions | float | str | Sequence[float],
+                reference: sitk.Image | None = None, *, input_name: str = "input",
+                reference_name: str = "reference", log: Callable[[str], None] = _stderr,
+                **settings) -> Prepared:
+        """Check, normalise and zoom ``image``; put ``reference`` on the output grid.
+
+        ``options``: an ``InferenceOptions``, or a scale with ``settings`` (its fields;
+        ``scale``, ``order``, ``header`` and ``interpolation`` are used here). A
         thick-slice model asked for slices along another axis gets the volume with that
-        axis swapped into its own slice axis (``checkpoint.slice_axes``); ``finish``
-        swaps back."""
-        io.check_image(image, input_name)
+        axis swapped into its own slice axis (``scales.slice_axes``); ``finish`` swaps
+        back."""
+        check_image(image, input_name)
         _check_channels(self.config, reference is not None)
-        factors = _scale(scale)
+        options = InferenceOptions.of(options, **settings)
+        factors = options.scale
         out_size = output_shape(image.GetSize(), factors, self.config.in_channels, input_name)
-        lr = io.to_array(image)
-        io.check_values(lr, input_name)
-        geometry = io.zoomed_geometry(image, out_size, factors, header)
+        lr = to_array(image)
+        check_values(lr, input_name)
+        geometry = zoomed_geometry(image, out_size, factors, options.header)
         ref = None
         if reference is not None:
-            io.check_image(reference, reference_name)
-            if not io.same_grid(reference, out_size, *geometry):
-                reference, covered = io.resample_onto(reference, out_size, *geometry,
-                                                      name=reference_name)
+            check_image(reference, reference_name)
+            if not same_grid(reference, out_size, *geometry):
+                reference, covered = resample_onto(reference, out_size, *geometry,
+                                                   name=reference_name)
                 log(f"{reference_name}: not on the super-resolved grid; resampled onto it in "
                     f"physical space (linear), covering {100 * covered:.1f}% of it")
-            ref = io.to_array(reference)
-            io.check_values(ref, reference_name)
-        prepared = prepare_array(self.config, lr, factors, ref, order, interpolation)
+            ref = to_array(reference)
+            check_values(ref, reference_name)
+        prepared = prepare_array(self.config, lr, options, ref)
         prepared.geometry, prepared.name = geometry, input_name
         axes = slice_axes(self.model.trained_scales, factors)
         if axes is not None:
@@ -240,57 +236,54 @@ class SuperResolver:
 
     def finish(self, prepared: Prepared, y: np.ndarray) -> sitk.Image:
         """The network output as a float32 image on the output grid."""
-        return io.to_image(finish_array(prepared, y), *prepared.geometry)
+        return to_image(finish_array(prepared, y), *prepared.geometry)
 
-    def run(self, image: sitk.Image, scale: float | str | Sequence[float],
-            reference: sitk.Image | None = None, *, order: int = 3, tile: int | None = None,
-            residual: bool | None = None, header: str = "consistent", precision: str = "fp32",
-            interpolation: str = "device", exact: bool = False,
-            input_name: str = "input", reference_name: str = "reference",
-            log: Callable[[str], None] = _stderr) -> sitk.Image:
+    def run(self, image: sitk.Image, scale: InferenceOptions | float | str | Sequence[float],
+            reference: sitk.Image | None = None, *, input_name: str = "input",
+            reference_name: str = "reference", log: Callable[[str], None] = _stderr,
+            **settings) -> sitk.Image:
         """Super-resolve ``image`` by ``scale`` (one factor or x, y, z factors).
 
-        ``header="consistent"`` keeps the physical position of the first and
-        last voxel centres (what the zoom computes); ``"original"`` writes the
-        original release's ``spacing / scale``. A reference that is not on the
-        output grid is resampled onto it in physical space (linear), with a
-        note to ``log``. ``precision``: see ``run_network``; ``interpolation``: see
-        ``prepare_array``; ``exact``: see ``super_resolve_array``. Returns a float32
-        image.
+        ``settings`` are the other fields of ``InferenceOptions`` (``order``, ``tile``,
+        ``residual``, ``header``, ``precision``, ``interpolation``, ``exact``); or
+        ``scale`` is ``InferenceOptions`` itself. ``header="consistent"`` keeps the
+        physical position of the first and last voxel centres (what the zoom computes);
+        ``"original"`` writes the original release's ``spacing / scale``. A reference
+        that is not on the output grid is resampled onto it in physical space (linear),
+        with a note to ``log``. Returns a float32 image.
         """
-        prepared = self.prepare(image, scale, reference, order=order, header=header,
-                                interpolation=interpolation, input_name=input_name,
+        options = InferenceOptions.of(scale, **settings)
+        prepared = self.prepare(image, options, reference, input_name=input_name,
                                 reference_name=reference_name, log=log)
-        y = run_network(self.model.params, self.config, prepared.volume, tile, residual,
-                        devices=jax.local_devices(), precision=precision,
-                        algorithm=conv_algorithm(exact))
+        y = run_network(self.model.params, self.config, prepared.volume, options.tile,
+                        options.residual, devices=jax.local_devices(),
+                        precision=options.precision, algorithm=conv_algorithm(options.exact))
         return self.finish(prepared, y)
 
 
 def super_resolve_file(source: Path, output: Path, model: str | Path,
-                       scale: float | str | Sequence[float], reference: Path | None = None, *,
-                       prototxt: Path | None = None, order: int = 3, tile: int | None = None,
-                       residual: bool | None = None, header: str = "consistent",
-                       precision: str = "fp32", interpolation: str = "device",
-                       exact: bool = False, force: bool = False,
-                       log: Callable[[str], None] = _stderr) -> sitk.Image:
+                       scale: InferenceOptions | float | str | Sequence[float],
+                       reference: Path | None = None, *, prototxt: Path | None = None,
+                       force: bool = False, log: Callable[[str], None] = _stderr,
+                       **settings) -> sitk.Image:
     """Super-resolve one image file (or DICOM series folder) into ``output``.
 
     The output is checked (format, not an input, ``force`` to replace) and the
-    inputs read before the model is loaded; it is written under a temporary
-    name and moved into place, without ``force`` only if the name is still
-    free (another run may have taken it meanwhile: ``OutputExistsError``).
-    Arguments as ``SuperResolver.run``; returns the image.
+    inputs read before the model is loaded; missing folders above ``output`` are
+    created, and it is written under a temporary name and moved into place, without
+    ``force`` only if the name is still free (another run may have taken it meanwhile:
+    ``OutputExistsError``). ``scale`` and ``settings`` as ``SuperResolver.run``;
+    returns the image.
     """
+    options = InferenceOptions.of(scale, **settings)
     inputs = [source] + ([reference] if reference else [])
-    io.check_output_file(output, force, inputs)
-    image = io.read_input(source, "input image")
-    output_shape(image.GetSize(), _scale(scale), 2 if reference else 1, str(source))
-    ref = io.read_input(reference, "reference image") if reference else None
+    check_output_file(output, force, inputs, make_folder=True)
+    image = read_input(source, "input image")
+    output_shape(image.GetSize(), options.scale, 2 if reference else 1, str(source))
+    ref = read_input(reference, "reference image") if reference else None
     resolver = SuperResolver.load(model, prototxt)
-    result = resolver.run(image, scale, ref, order=order, tile=tile, residual=residual,
-                          header=header, precision=precision, interpolation=interpolation,
-                          exact=exact, input_name=str(source), reference_name=str(reference),
-                          log=log)
-    io.write_image_atomic(result, output, replace=force)
+    result = resolver.run(image, options, ref, input_name=str(source),
+                          reference_name=str(reference), log=log)
+    writable_folder(output.parent)
+    write_image_atomic(result, output, replace=force)
     return result

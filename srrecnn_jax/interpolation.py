@@ -11,36 +11,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.ndimage
 
+from srrecnn_jax.scales import parse_scale
+
 if TYPE_CHECKING:
     import jax
-
-Scale = tuple[float, float, float]
-
-
-def parse_scale(value: str | float | Sequence[float]) -> Scale:
-    """``2``, ``"2"``, ``"2,2,2.5"`` or ``(2, 2, 2.5)`` -> per-axis (x, y, z) factors.
-
-    Raises:
-      ValueError: not numbers, not 1 or 3 of them, or not finite and positive.
-    """
-    if isinstance(value, str):
-        parts = [p.strip() for p in value.split(",")]
-        try:
-            factors = [float(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"{value!r} is not a number or three comma-separated numbers") \
-                from None
-    elif isinstance(value, (int, float)):
-        factors = [float(value)]
-    else:
-        factors = [float(v) for v in value]
-    if len(factors) == 1:
-        factors *= 3
-    if len(factors) != 3:
-        raise ValueError(f"{len(factors)} factors given, expected 1 or 3 (x, y, z)")
-    if not all(math.isfinite(f) and f > 0 for f in factors):
-        raise ValueError(f"factors must be finite and positive, got {factors}")
-    return (factors[0], factors[1], factors[2])
 
 
 def zoomed_shape(shape: Sequence[int], scale: Sequence[float]) -> tuple[int, ...]:
@@ -159,7 +133,7 @@ def zoom_device(volume, scale: float | Sequence[float], order: int = 3) -> jax.A
     """``zoom(volume, scale, order)`` computed with JAX on the volume's device (GPU if any).
 
     ``volume`` is an (x, y, z) JAX or NumPy array (NumPy goes to the default device), ``scale``
-    one factor or three (x, y, z), as ``parse_scale`` takes them; the
+    one factor or three (x, y, z), as ``scales.parse_scale`` takes them; the
     result is a float32 (X', Y', Z') ``jax.Array`` with ``(X', Y', Z') == zoomed_shape(shape,
     scale)``. Each axis is one contraction with the float32 ``zoom_matrix`` of that axis,
     at ``Precision.HIGHEST`` (full float32, no TF32/bf16 passes), so a GPU pipeline need not

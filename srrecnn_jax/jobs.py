@@ -9,8 +9,9 @@ import string
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from srrecnn_jax import io
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.files import is_list_file, read_list_file, split_name
+from srrecnn_jax.images import is_dicom_series
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +35,13 @@ def collect_inputs(sources: Sequence[Path], glob: str = "*.nii*",
     """
     found: list[tuple[Path, Path]] = []
     for source in sources:
-        if source.is_file() and io.is_list_file(source):
-            found += [(p, p.parent) for p in io.read_list_file(source)]
-        elif source.is_dir() and io.is_dicom_series(source):
+        if source.is_file() and is_list_file(source):
+            found += [(p, p.parent) for p in read_list_file(source)]
+        elif source.is_dir() and is_dicom_series(source):
             found.append((source, source.parent))
         elif source.is_dir():
             files = [p for p in source.rglob(glob) if p.is_file()]
-            folders = [p for p in source.rglob("*") if p.is_dir() and io.is_dicom_series(p)]
+            folders = [p for p in source.rglob("*") if p.is_dir() and is_dicom_series(p)]
             found += [(p, source) for p in sorted(files + folders)
                       if not exclude(p) and not any(part.startswith(".tmp-")
                                                     for part in p.relative_to(source).parts)]
@@ -96,7 +97,7 @@ def plan_jobs(inputs: Iterable[tuple[Path, Path]], out_dir: Path, suffix: str = 
     inside = os.path.abspath(out_dir)
     jobs, seen = [], {}
     for path, root in inputs:
-        stem, ext = io.split_name(path)
+        stem, ext = split_name(path)
         try:
             folder = path.parent.relative_to(root)
         except ValueError:

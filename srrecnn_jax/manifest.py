@@ -13,9 +13,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from srrecnn_jax import io, locking
+from srrecnn_jax import locking
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.structured import parse_json
+from srrecnn_jax.writing import write_text_atomic
 
 
 @dataclasses.dataclass
@@ -35,7 +36,7 @@ class Record:
     process: int = 0
     run: str | None = None  # the run's id (``new_run_id``), set by ``Manifest.add``
     time: str | None = None  # when the row was written (UTC, ISO 8601), set by ``add``
-    job: dict | None = None  # what made the output (ok, skipped): see ``batch.job_facts``
+    job: dict | None = None  # what made the output (ok, skipped): see ``batch.resume.job_facts``
     output_bytes: int | None = None  # the output's size on disk when written (ok, skipped)
     redone: str | None = None  # why an existing output was made again
 
@@ -177,7 +178,7 @@ def merge_manifests(parts: Sequence[Path], target: Path) -> list[dict]:
                     seen.add(key)
                     rows.append(row)
         rows.sort(key=lambda r: (str(r.get("run") or ""), str(r.get("input", ""))))
-        io.write_text_atomic(target, "".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(target, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from srrecnn_jax import io
 from srrecnn_jax.structured import parse_json
+from srrecnn_jax.writing import atomic_output
 
 
 def draw_curves(metrics_file: Path, png: Path) -> None:
@@ -72,7 +72,7 @@ def save_figure(figure, png: Path, dpi: int) -> None:
 
     figure.tight_layout()
     try:
-        with io.atomic_output(png) as staged:
+        with atomic_output(png) as staged:
             figure.savefig(staged, dpi=dpi, format="png")
     finally:
         plt.close(figure)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from srrecnn_jax import io, sources
+from srrecnn_jax import sources
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.images import to_image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CAFFE = sources.RELEASE_DIR
@@ -76,7 +77,7 @@ def crop(image: sitk.Image, lower: tuple[int, int, int], size: tuple[int, int, i
 def write(image_or_array, path: Path, spacing=(1.0, 1.0, 1.0)) -> Path:
     """Write an image, or an (x, y, z) array with identity direction, to ``path``."""
     if isinstance(image_or_array, np.ndarray):
-        image_or_array = io.to_image(image_or_array, spacing, (0.0, 0.0, 0.0),
+        image_or_array = to_image(image_or_array, spacing, (0.0, 0.0, 0.0),
                                      (1, 0, 0, 0, 1, 0, 0, 0, 1))
     sitk.WriteImage(image_or_array, str(path))
     return path

@@ -10,9 +10,10 @@ from conftest import crop
 
 import srrecnn_jax
 from srrecnn_jax import config as configs
-from srrecnn_jax import io, model
+from srrecnn_jax import model
 from srrecnn_jax.checkpoint import LoadedModel, load_model, save_model
 from srrecnn_jax.cli import main
+from srrecnn_jax.images import to_array, to_image
 from srrecnn_jax.inference import SuperResolver, super_resolve_array
 
 
@@ -78,7 +79,7 @@ def test_images_round_trip_in_x_y_z_order():
     """to_array gives (x, y, z): SimpleITK index (i, j, k) is array[i, j, k]."""
     image = sitk.Image(4, 5, 6, sitk.sitkFloat32)
     image.SetPixel((3, 1, 2), 9.0)
-    array = io.to_array(image)
+    array = to_array(image)
     assert array.shape == (4, 5, 6) and array[3, 1, 2] == 9.0
-    back = io.to_image(array, image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    back = to_image(array, image.GetSpacing(), image.GetOrigin(), image.GetDirection())
     assert back.GetPixel((3, 1, 2)) == 9.0

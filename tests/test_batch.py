@@ -43,10 +43,15 @@ import pytest
 import SimpleITK as sitk
 from conftest import crop, package_file
 
-from srrecnn_jax import batch, cli, io
+from srrecnn_jax import batch, cli
+from srrecnn_jax.batch import pipeline
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.geometry import zoomed_geometry
+from srrecnn_jax.images import read_input, to_array, to_image
 from srrecnn_jax.inference import SuperResolver
+from srrecnn_jax.inference_options import InferenceOptions
 from srrecnn_jax.jobs import Job, collect_inputs, plan_jobs, shard
+from srrecnn_jax.manifest import Manifest
 
 SCALE = 2
 RTOL = 1e-6  # batch output vs SuperResolver.run: |diff| <= RTOL * max|expected|
@@ -72,7 +77,7 @@ def synthetic(size: tuple[int, int, int], seed: int, spacing=(1.0, 1.0, 1.0),
               origin=(0.0, 0.0, 0.0)) -> sitk.Image:
     """An (x, y, z) = ``size`` float32 image of positive random voxels."""
     values = np.random.default_rng(seed).uniform(0.1, 1.0, size).astype(np.float32)
-    return io.to_image(values, spacing, origin, (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    return to_image(values, spacing, origin, (1, 0, 0, 0, 1, 0, 0, 0, 1))
 
 
 def save(image: sitk.Image, path: Path) -> Path:
@@ -419,7 +424,7 @@ def mixed(tmp_path_factory, models, anatomical_image):
     save(synthetic((11, 7, 9), 2, spacing=(0.8, 0.8, 1.0)), src / GOOD[3])
     (src / "bad").mkdir()
     (src / BAD[0]).write_bytes(np.random.default_rng(1).bytes(2000))
-    save(io.to_image(np.zeros((8, 8, 8), np.float32), (1, 1, 1), (0, 0, 0),
+    save(to_image(np.zeros((8, 8, 8), np.float32), (1, 1, 1), (0, 0, 0),
                      (1, 0, 0, 0, 1, 0, 0, 0, 1)), src / BAD[1])
     save(sitk.Image([8, 8], sitk.sitkFloat32) + 1, src / BAD[2])
     code, stdout, stderr = run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE,
@@ -873,13 +878,13 @@ def test_memory_bounded_by_queues_not_batch_size(tmp_path, models, monkeypatch):
     with unbounded queues (``prefetch`` 10000) ~11 MB over 40 volumes against a limit of
     ~7.5 MB. Compilation is warmed up first.
     """
-    run_network = batch.run_network
+    run_network = pipeline.run_network
 
     def slow_network(*args, **kwargs):
         time.sleep(0.02)
         return run_network(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "run_network", slow_network)
+    monkeypatch.setattr(pipeline, "run_network", slow_network)
     small = many_volumes(tmp_path / "small", 10, size=20, ext=".mha")
     large = many_volumes(tmp_path / "large", 40, size=20, ext=".mha")
     base = ["-m", models["mono"], "-s", SCALE]
@@ -926,8 +931,8 @@ def test_dicom_series_reads_back_as_written(tmp_path):
         path.rename(folder / f"tmp{len(files) - 1 - k:03d}")
     for path in folder.iterdir():
         path.rename(folder / f"{path.name.replace('tmp', 'slice')}.dcm")
-    image = io.read_input(folder)
-    np.testing.assert_array_equal(io.to_array(image, np.float64), values)
+    image = read_input(folder)
+    np.testing.assert_array_equal(to_array(image, np.float64), values)
     np.testing.assert_allclose(image.GetSpacing(), (0.9, 1.1, 2.0), rtol=0, atol=1e-6)
     np.testing.assert_allclose(image.GetOrigin(), (-5.0, 3.0, 10.0), rtol=0, atol=1e-4)
 
@@ -936,7 +941,7 @@ def test_dicom_series_gives_the_result_of_the_same_volume_as_nifti(dicom_series,
                                                                      models):
     """``sr FOLDER`` equals ``sr`` of the series' voxels and geometry written as NIfTI:
     same grid, voxels to 1e-6 of the largest."""
-    nifti = save(io.read_input(dicom_series), tmp_path / "series.nii.gz")
+    nifti = save(read_input(dicom_series), tmp_path / "series.nii.gz")
     from_series, from_nifti = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
     for source, output in ((dicom_series, from_series), (nifti, from_nifti)):
         code, _, err = run_cli(source, "-o", output, "-m", models["mono"], "-s", SCALE)
@@ -975,8 +980,8 @@ def multimodal(tmp_path, anatomical_image):
     src = tmp_path / "in"
     t1 = crop(anatomical_image, (10, 12, 8), (9, 10, 7))
     size = tuple(SCALE * n for n in t1.GetSize())
-    geometry = io.zoomed_geometry(t1, size, (SCALE,) * 3)
-    t2 = io.to_image(np.random.default_rng(4).uniform(5, 50, size).astype(np.float32),
+    geometry = zoomed_geometry(t1, size, (SCALE,) * 3)
+    t2 = to_image(np.random.default_rng(4).uniform(5, 50, size).astype(np.float32),
                      *geometry)
     save(t1, src / "sub-01" / "sub-01_T1w.nii.gz")
     save(t2, src / "sub-01" / "sub-01_T2w.nii.gz")
@@ -1081,9 +1086,9 @@ def test_manifest_on_full_disk_stops_the_run_with_one_error(tmp_path, resolver):
     src, out = tmp_path / "in", tmp_path / "out"
     many_volumes(src, 8, size=6)
     jobs = plan_jobs(collect_inputs([src]), out)
-    full = batch.Manifest(Path("/dev/full"))
+    full = Manifest(Path("/dev/full"))
     outcome = run_in_thread(lambda: batch.run_batch(resolver, jobs, batch.Options(
-        scale=(SCALE,) * 3), full, out))
+        InferenceOptions((SCALE,) * 3)), full, out))
     error = outcome.get("error")
     assert isinstance(error, SrrecnnError), outcome
     assert "/dev/full" in str(error) and "No space left on device" in str(error)

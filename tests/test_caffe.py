@@ -23,12 +23,13 @@ import SimpleITK as sitk
 from conftest import MONO, MULTI, SRCNN, write
 
 from srrecnn_jax import caffe as caffe_module
-from srrecnn_jax import io, model
+from srrecnn_jax import model
 from srrecnn_jax.caffe import load_caffemodel, parse_prototxt
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.cli import main
 from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.images import to_array
 from srrecnn_jax.inference import super_resolve_array
 
 # --- a minimal protobuf wire-format encoder ---------------------------------------------------
@@ -293,7 +294,7 @@ def test_converted_synthetic_model_runs_like_the_library(tmp_path):
     image = write(lr, tmp_path / "lr.nii.gz")
     out = tmp_path / "sr.nii.gz"
     assert main(["sr", str(image), "-o", str(out), "-m", str(folder), "-s", "2"]) == 0
-    ours = io.to_array(sitk.ReadImage(str(out)))
+    ours = to_array(sitk.ReadImage(str(out)))
     caffe = load_caffemodel(path)
     expected = super_resolve_array(caffe.params, caffe.config, lr, (2.0, 2.0, 2.0))
     assert ours.shape == expected.shape == (12, 14, 16)

@@ -353,11 +353,22 @@ def test_output_is_input(good, lr_path, in_dir, capfd):
     assert lr_path.read_bytes() == before
 
 
-def test_output_folder_missing(good, out_dir, capfd):
-    """An output in a folder that does not exist is named, and the folder is not made."""
-    output = str(out_dir / "missing" / "out.nii.gz")
+def test_output_folder_missing_is_created(good, out_dir):
+    """``sr IN -o new/sub/out.nii.gz``: the missing folders are made and the output written,
+    as batch mode makes its --out-dir and the folders below it."""
+    output = out_dir / "new" / "sub" / "out.nii.gz"
+    assert cli.main(argv({**good, "-o": str(output)})) == 0
+    assert listing(output.parent) == ["out.nii.gz"]
+    assert sitk.ReadImage(str(output)).GetSize() == tuple(2 * n for n in LR_SIZE)
+
+
+def test_output_folder_that_cannot_be_made(good, out_dir, capfd):
+    """An output below a file (its folder cannot be made) is named, refused before any
+    work, and nothing is made."""
+    (out_dir / "file").write_bytes(b"")
+    output = str(out_dir / "file" / "sub" / "out.nii.gz")
     line = expect_error(argv({**good, "-o": output}), capfd, out_dir)
-    assert output in line
+    assert output in line and "cannot create folder" in line
 
 
 

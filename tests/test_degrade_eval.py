@@ -10,10 +10,10 @@ import scipy.ndimage
 import SimpleITK as sitk
 from conftest import crop, write
 
-from srrecnn_jax import io
 from srrecnn_jax.cli import main
 from srrecnn_jax.degradation import FWHM_PER_SIGMA, degrade, slice_profile
 from srrecnn_jax.evaluation import head_mask
+from srrecnn_jax.images import to_array
 from srrecnn_jax.metrics import psnr, ssim
 
 
@@ -30,8 +30,8 @@ def run(*argv: str) -> int:
 def test_degrade_writes_the_observation_model(hr_path, tmp_path):
     """LR = zoom(gaussian_filter(HR, 1) cropped to multiples of 2, 1/2), float32."""
     assert run("degrade", hr_path, "-o", tmp_path / "lr.nii.gz", "-s", "2") == 0
-    lr = io.to_array(sitk.ReadImage(str(tmp_path / "lr.nii.gz")))
-    expected, _ = degrade(io.to_array(sitk.ReadImage(str(hr_path))), (2, 2, 2))
+    lr = to_array(sitk.ReadImage(str(tmp_path / "lr.nii.gz")))
+    expected, _ = degrade(to_array(sitk.ReadImage(str(hr_path))), (2, 2, 2))
     assert lr.shape == (8, 7, 6)
     np.testing.assert_array_equal(lr, expected)
 
@@ -49,8 +49,8 @@ def test_degraded_images_share_the_cropped_hr_grid(hr_path, tmp_path):
     np.testing.assert_allclose(lr.TransformIndexToPhysicalPoint(far_lr),
                                hrc.TransformIndexToPhysicalPoint(far_hr), atol=1e-6)
     np.testing.assert_allclose(lr.GetOrigin(), hrc.GetOrigin(), atol=1e-6)
-    np.testing.assert_allclose(io.to_array(interp),
-                               scipy.ndimage.zoom(io.to_array(lr), 2, order=3), rtol=1e-6)
+    np.testing.assert_allclose(to_array(interp),
+                               scipy.ndimage.zoom(to_array(lr), 2, order=3), rtol=1e-6)
 
 
 def test_degrade_refuses_a_negative_sigma(hr_path, tmp_path, capsys):
@@ -145,7 +145,7 @@ def test_slice_profile_is_a_gaussian_of_fwhm_s_along_thick_axes_only():
 def test_thick_slice_degradation_leaves_the_planes_unblurred(hr_path):
     """1 x 1 x 2 on a scan whose planes are all alike: every LR plane is the HR plane
     (no in-plane blur, 1e-9 of the range); z alone is halved."""
-    plane = io.to_array(sitk.ReadImage(str(hr_path)), np.float64)[:, :, 6]
+    plane = to_array(sitk.ReadImage(str(hr_path)), np.float64)[:, :, 6]
     hr = np.repeat(plane[:, :, None], 13, axis=2)
     lr, truth = degrade(hr, (1, 1, 2), slice_profile((1, 1, 2)))
     assert lr.shape == (17, 15, 6) and truth.shape == (17, 15, 12)
@@ -155,7 +155,7 @@ def test_thick_slice_degradation_leaves_the_planes_unblurred(hr_path):
 def test_thick_slice_degradation_blurs_along_z_by_the_slice_profile(hr_path):
     """The LR equals the spline downsampling of the HR blurred along z only, with FWHM
     2 voxels (1e-9 of the range)."""
-    hr = io.to_array(sitk.ReadImage(str(hr_path)), np.float64)
+    hr = to_array(sitk.ReadImage(str(hr_path)), np.float64)
     lr, _ = degrade(hr, (1, 1, 2), slice_profile((1, 1, 2)))
     blurred = scipy.ndimage.gaussian_filter1d(hr, 2 / FWHM_PER_SIGMA, axis=2)[:, :, :12]
     np.testing.assert_allclose(lr, scipy.ndimage.zoom(blurred, (1, 1, 0.5), order=3),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from srrecnn_jax import io
+from srrecnn_jax.images import to_array
 from srrecnn_jax.interpolation import zoom, zoom_device, zoom_matrix, zoomed_shape
 
 SCALES = [(2, 2, 2), (3, 3, 3), (2.5, 2.5, 2.5), (1, 1, 2)]
@@ -15,7 +15,7 @@ SCALES = [(2, 2, 2), (3, 3, 3), (2.5, 2.5, 2.5), (1, 1, 2)]
 @pytest.fixture
 def crop13(anatomical) -> np.ndarray:
     """A 13 x 17 x 11 float64 crop of the real 2 mm T1 (non-cubic, odd sizes)."""
-    return io.to_array(anatomical, np.float64)[10:23, 12:29, 7:18]
+    return to_array(anatomical, np.float64)[10:23, 12:29, 7:18]
 
 
 def rel_err(a, b, volume) -> float:
@@ -65,7 +65,7 @@ def test_zoom_device_is_scipy_zoom_to_float32_rounding(crop13, scale):
 
 def test_zoom_device_on_full_scan_with_anisotropic_scale(anatomical):
     """The whole 33 x 41 x 25 scan, factors (2, 2.5, 3): <= 1e-5 of the range."""
-    volume = io.to_array(anatomical, np.float64)
+    volume = to_array(anatomical, np.float64)
     expected = zoom(volume, (2, 2.5, 3))
     assert rel_err(zoom_device(volume, (2, 2.5, 3)), expected, volume) <= 1e-5
 

@@ -13,10 +13,10 @@ import SimpleITK as sitk
 from conftest import MONO
 
 from benchmarks.reference import reference_network
-from srrecnn_jax import io
 from srrecnn_jax.caffe import load_caffemodel
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.degradation import degrade
+from srrecnn_jax.images import to_array
 from srrecnn_jax.interpolation import zoom
 from srrecnn_jax.tiling import run_network
 
@@ -29,7 +29,7 @@ BOUND = {"auto": 3e-5, "exact": 2e-6}
 def brain(mni_t1_path: Path) -> np.ndarray:
     """A 30 x 34 x 24 crop of the MNI T1 around the ventricles, degraded x2 by the
     observation model and zoomed back (the network's input), (x, y, z) in [0, 1]."""
-    hr = io.to_array(sitk.ReadImage(str(mni_t1_path))).astype(np.float32)
+    hr = to_array(sitk.ReadImage(str(mni_t1_path))).astype(np.float32)
     hr = hr[84:114, 100:134, 86:110] / hr.max()
     lr, hr = degrade(hr, (2, 2, 2))
     return zoom(lr, [a / b for a, b in zip(hr.shape, lr.shape)], 3).astype(np.float32)

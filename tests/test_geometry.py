@@ -22,8 +22,10 @@ import scipy.ndimage
 import SimpleITK as sitk
 from conftest import crop, package_file
 
-from srrecnn_jax import config, inference, io, model
+from srrecnn_jax import config, inference, model
 from srrecnn_jax.checkpoint import LoadedModel
+from srrecnn_jax.geometry import zoomed_geometry
+from srrecnn_jax.images import to_array, to_image
 from srrecnn_jax.inference import SuperResolver
 
 MM = 1e-6  # tolerance on physical positions, mm
@@ -41,7 +43,7 @@ def oblique_image() -> sitk.Image:
     """An 8 x 7 x 5 float32 image, rotated, anisotropic, off the origin; smooth positive voxels."""
     x, y, z = np.meshgrid(*(np.arange(n) for n in SIZE), indexing="ij")
     values = 1.0 + 0.3 * np.sin(0.7 * x + 0.4 * y) + 0.2 * np.cos(0.9 * z) + 0.01 * x * y
-    return io.to_image(values.astype(np.float32), SPACING, ORIGIN, _oblique_direction())
+    return to_image(values.astype(np.float32), SPACING, ORIGIN, _oblique_direction())
 
 
 def _resolver(in_channels: int, zero: bool = False) -> SuperResolver:
@@ -230,13 +232,13 @@ def _smooth(size, spacing, origin, direction) -> sitk.Image:
     points = np.asarray(origin) + index @ matrix.T
     values = 2.0 + np.sin(0.2 * points[..., 0]) * np.cos(0.15 * points[..., 1]) \
         + 0.05 * points[..., 2]
-    return io.to_image(values.astype(np.float32), spacing, origin, direction)
+    return to_image(values.astype(np.float32), spacing, origin, direction)
 
 
 def _output_grid(scale) -> tuple[tuple[int, ...], tuple, tuple, tuple]:
     image = oblique_image()
     size = tuple(round(n * s) for n, s in zip(SIZE, factors(scale)))
-    return (size, *io.zoomed_geometry(image, size, factors(scale)))
+    return (size, *zoomed_geometry(image, size, factors(scale)))
 
 
 def test_reference_on_output_grid_used_as_is(multi):
@@ -250,9 +252,9 @@ def test_reference_on_output_grid_used_as_is(multi):
     out = multi.run(oblique_image(), 2, reference, log=messages.append)
     assert messages == []
     expected = inference.super_resolve_array(multi.model.params, multi.config,
-                                             io.to_array(oblique_image()), (2.0,) * 3,
-                                             io.to_array(reference))
-    np.testing.assert_array_equal(io.to_array(out), expected)
+                                             to_array(oblique_image()), (2.0,) * 3,
+                                             to_array(reference))
+    np.testing.assert_array_equal(to_array(out), expected)
 
 
 def test_reference_read_back_from_nifti_counts_as_on_grid(multi, tmp_path):
@@ -287,7 +289,7 @@ def test_reference_on_another_grid_is_resampled(multi, scale):
     again: list[str] = []
     expected = multi.run(image, scale, by_hand, log=again.append)
     assert again == []
-    np.testing.assert_allclose(io.to_array(out), io.to_array(expected), rtol=1e-5, atol=0)
+    np.testing.assert_allclose(to_array(out), to_array(expected), rtol=1e-5, atol=0)
 
 
 @pytest.mark.slow
@@ -300,9 +302,10 @@ def test_reference_coverage_on_a_large_grid():
     """
     code = """if True:
         import numpy as np, SimpleITK as sitk
-        from srrecnn_jax import io
+        from srrecnn_jax.geometry import resample_onto, zoomed_geometry
+        from srrecnn_jax.images import to_array, to_image
         reference = sitk.GetImageFromArray(np.ones((150, 170, 170), np.float32))
-        _, covered = io.resample_onto(reference, (340, 340, 300), (1, 1, 1), (0, 0, 0),
+        _, covered = resample_onto(reference, (340, 340, 300), (1, 1, 1), (0, 0, 0),
                                       (1, 0, 0, 0, 1, 0, 0, 0, 1), "ref")
         print(repr(covered))
     """

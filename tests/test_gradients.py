@@ -12,9 +12,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import same_conv_float64
 
-from srrecnn_jax import conv, io, model
+from srrecnn_jax import conv, model
 from srrecnn_jax.config import recnn
 from srrecnn_jax.gradients import GRADIENT_BLOCK_ROWS
+from srrecnn_jax.images import to_array
 
 
 def relative(a, b) -> float:
@@ -45,7 +46,7 @@ def hidden_batch(anatomical_path_module) -> tuple[np.ndarray, np.ndarray, np.nda
     """A real patch batch as a hidden layer sees it: four 9^3 patches of nibabel's T1
     (normalised) through a random 1 -> 16 first layer and a ReLU; a 16 -> 16 kernel;
     the loss gradient ``g`` of a random target."""
-    t1 = io.to_array(sitk.ReadImage(str(anatomical_path_module)))
+    t1 = to_array(sitk.ReadImage(str(anatomical_path_module)))
     patches = np.stack([t1[a:a + 9, 10:19, 8:17] for a in (4, 10, 16, 22)])[..., None]
     patches = patches / patches.max()
     rng = np.random.default_rng(0)
@@ -84,7 +85,7 @@ def test_kernel_gradient_over_several_row_blocks_is_as_accurate_as_xlas(
     blocks of ``GRADIENT_BLOCK_ROWS``, the last partial), 8 -> 8 channels: every
     tap and channel against float64, within twice XLA's own error (plus 1e-7 of the
     range)."""
-    t1 = io.to_array(sitk.ReadImage(str(anatomical_path_module)))
+    t1 = to_array(sitk.ReadImage(str(anatomical_path_module)))
     crops = np.stack([t1[a:a + 16, 8:25, 4:22] for a in (2, 9, 16)])[..., None] / t1.max()
     rng = np.random.default_rng(3)
     x = np.maximum(same_conv_float64(crops, rng.normal(0, 0.5, (3, 3, 3, 1, 8))), 0)

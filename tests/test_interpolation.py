@@ -7,7 +7,8 @@ import pytest
 import scipy.ndimage
 
 from srrecnn_jax.degradation import degrade, modcrop
-from srrecnn_jax.interpolation import parse_scale, zoom, zoomed_shape
+from srrecnn_jax.interpolation import zoom, zoomed_shape
+from srrecnn_jax.scales import parse_scale
 
 
 @pytest.mark.parametrize("text, expected", [("2", (2.0, 2.0, 2.0)), ("2,2,2.5", (2.0, 2.0, 2.5)),

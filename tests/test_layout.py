@@ -13,11 +13,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "srrecnn_jax"
 
 # Layers, top to bottom: a module may import modules of lower layers only, and of its
-# own layer only inside one subpackage (cli/ among itself, train/ among itself). The
+# own layer only inside one subpackage (cli/, train/, batch/ each among itself). The
 # package's __init__ is the public facade (it imports lazily from below) and is left out.
 LAYERS = [
     ["cli.*"],
-    ["train.*", "batch", "demo"],
+    ["train.*", "batch.*", "demo"],
     ["jobs", "manifest", "catalog"],
     ["guardrails"],
     ["evaluation"],
@@ -25,16 +25,17 @@ LAYERS = [
     ["tiling", "checkpoint"],
     ["flax_module"],
     ["model", "degradation", "plots"],
-    ["conv", "caffe", "io", "interpolation", "metrics", "parallel", "locking", "sources",
-     "structured"],
+    ["conv", "caffe", "images", "writing", "geometry", "interpolation", "metrics", "parallel",
+     "locking", "sources", "inference_options", "structured"],
     ["gradients"],
     ["winograd", "matmul"],
     ["operands"],
+    ["files", "limits", "nifti", "scales"],
     ["config"],
     ["errors"],
 ]
 
-SUBPACKAGES = ("cli", "train")
+SUBPACKAGES = ("cli", "train", "batch")
 
 
 def modules() -> dict[str, Path]:

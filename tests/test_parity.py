@@ -15,10 +15,11 @@ import SimpleITK as sitk
 from conftest import MONO, MULTI, SRCNN, crop, package_file
 
 from benchmarks.reference import reference_network
-from srrecnn_jax import io, sources
+from srrecnn_jax import sources
 from srrecnn_jax.caffe import load_caffemodel
 from srrecnn_jax.cli import main
 from srrecnn_jax.degradation import degrade
+from srrecnn_jax.images import to_array, to_image
 
 TOLERANCE = 1e-4  # of the output range
 
@@ -59,8 +60,8 @@ def assert_parity(ours: np.ndarray, expected: np.ndarray) -> None:
 
 def lr_image_from_hr(hr: sitk.Image, scale: int = 2) -> sitk.Image:
     """The observation model on a real HR crop; LR header = HR header at scale x spacing."""
-    lr, _ = degrade(io.to_array(hr, np.float32), (scale,) * 3)
-    return io.to_image(lr, [s * scale for s in hr.GetSpacing()], hr.GetOrigin(),
+    lr, _ = degrade(to_array(hr, np.float32), (scale,) * 3)
+    return to_image(lr, [s * scale for s in hr.GetSpacing()], hr.GetOrigin(),
                        hr.GetDirection())
 
 
@@ -70,7 +71,7 @@ def run_cli(tmp_path, lr: sitk.Image, model, *extra: str) -> np.ndarray:
     status = main(["sr", str(tmp_path / "lr.nii.gz"), "-o", str(out), "-m", str(model),
                    "-s", "2", "--force", *extra])
     assert status == 0
-    return io.to_array(sitk.ReadImage(str(out)), np.float64)
+    return to_array(sitk.ReadImage(str(out)), np.float64)
 
 
 @pytest.fixture(params=["caffemodel", "converted"])
@@ -95,7 +96,7 @@ def test_monomodal_matches_original_pipeline(model_path, caffe_dir, mni_t1_path,
     ours = run_cli(tmp_path, lr, model_path(MONO))
     params = load_caffemodel(caffe_dir / MONO).params
     expected = cached(MONO, lambda: reference_pipeline(
-        params, io.to_array(lr, np.float64), (2, 2, 2), residual=True, edge_padded=False))
+        params, to_array(lr, np.float64), (2, 2, 2), residual=True, edge_padded=False))
     assert_parity(ours, expected)
 
 
@@ -111,8 +112,8 @@ def test_multimodal_matches_original_pipeline(model_path, caffe_dir, tmp_path):
                    "--header", "original")
     params = load_caffemodel(caffe_dir / MULTI).params
     expected = cached(MULTI, lambda: reference_pipeline(
-        params, io.to_array(lr, np.float64), (2, 2, 2), residual=True, edge_padded=False,
-        reference=io.to_array(ref, np.float64)))
+        params, to_array(lr, np.float64), (2, 2, 2), residual=True, edge_padded=False,
+        reference=to_array(ref, np.float64)))
     assert_parity(ours, expected)
 
 
@@ -122,7 +123,7 @@ def test_srcnn3d_matches_original_gpu_path(model_path, caffe_dir, anatomical, tm
     ours = run_cli(tmp_path, lr, model_path(SRCNN))
     params = load_caffemodel(caffe_dir / SRCNN).params
     expected = cached(SRCNN, lambda: reference_pipeline(
-        params, io.to_array(lr, np.float64), (2, 2, 2), residual=False, edge_padded=True))
+        params, to_array(lr, np.float64), (2, 2, 2), residual=False, edge_padded=True))
     assert_parity(ours, expected)
 
 

@@ -19,8 +19,9 @@ import scipy.ndimage
 import SimpleITK as sitk
 from conftest import crop, write
 
-from srrecnn_jax import io, sources
+from srrecnn_jax import sources
 from srrecnn_jax.cli import main
+from srrecnn_jax.images import to_array
 
 P, STRIDE, BORDER = 9, 5, (2, 2, 0)
 
@@ -207,7 +208,7 @@ def make(tmp_path, *argv):
 def test_simulated_patches_equal_the_original(hr_image, tmp_path):
     path = write(hr_image, tmp_path / "hr.nii.gz")
     data, label, chunks, maxshape = make(tmp_path, "-f", path)
-    expected = shuffled(*original_simulated(io.to_array(hr_image), [2]))
+    expected = shuffled(*original_simulated(to_array(hr_image), [2]))
     assert data.shape == expected[0].shape and data.dtype == np.float32
     np.testing.assert_allclose(data, expected[0], atol=1e-6)
     np.testing.assert_array_equal(label, expected[1])
@@ -227,7 +228,7 @@ def test_two_scales_crop_each_scale_or_accumulate_in_compat(hr_image, tmp_path, 
     path = write(hr_image, tmp_path / "hr.nii.gz")
     flags = ["--compat"] if compat else []
     data, label, *_ = make(tmp_path, "-f", path, "-s", "2", "-s", "3", *flags)
-    expected = shuffled(*original_simulated(io.to_array(hr_image), [2, 3], compat=compat))
+    expected = shuffled(*original_simulated(to_array(hr_image), [2, 3], compat=compat))
     np.testing.assert_allclose(data, expected[0], atol=1e-6)
     np.testing.assert_array_equal(label, expected[1])
 
@@ -240,7 +241,7 @@ def test_compat_is_generate_training_bitwise(real_crop, scales, tmp_path):
     path = write(real_crop, tmp_path / "hr.nii.gz")
     flags = [a for s in scales for a in ("-s", s)]
     data, label, *_ = make(tmp_path, "-f", path, *flags, "--compat")
-    expected = generate_training(io.to_array(real_crop), scales)
+    expected = generate_training(to_array(real_crop), scales)
     assert len(expected[0]) < 64
     np.testing.assert_array_equal(data, expected[0])
     np.testing.assert_array_equal(label, expected[1])
@@ -253,8 +254,8 @@ def test_compat_intermod_is_generate_intermod_training_bitwise(icbm, tmp_path):
     pa, pb = write(icbm[0], tmp_path / "t1.nii.gz"), write(icbm[1], tmp_path / "t2.nii.gz")
     data, label, *_ = make(tmp_path, "-f", pa, "-i", pb, "--mode", "intermod", "-s", "2",
                            "-s", "3", "--samples", "7", "--batch", "16", "--compat")
-    expected = generate_training(io.to_array(icbm[0]), [2, 3],
-                                 intermodality=io.to_array(icbm[1]), samples=7)
+    expected = generate_training(to_array(icbm[0]), [2, 3],
+                                 intermodality=to_array(icbm[1]), samples=7)
     np.testing.assert_array_equal(data, expected[0])
     np.testing.assert_array_equal(label, expected[1])
     assert read_layout(tmp_path / "p.h5") == store2hdf53D_layout(*expected, batch=16)
@@ -263,10 +264,10 @@ def test_compat_intermod_is_generate_intermod_training_bitwise(icbm, tmp_path):
 def test_compat_free_is_generate_training_free_bitwise(anatomical, tmp_path):
     """HR 24 x 28 x 20 and an LR 12 x 14 x 10: both rescaled by imadjust3D."""
     hr_image = crop(anatomical, (3, 4, 2), (24, 28, 20))
-    lr = scipy.ndimage.zoom(io.to_array(hr_image), 0.5, order=1)
+    lr = scipy.ndimage.zoom(to_array(hr_image), 0.5, order=1)
     ph, pl = write(hr_image, tmp_path / "hr.nii.gz"), write(lr, tmp_path / "lr.nii.gz")
     data, label, *_ = make(tmp_path, "-f", ph, "-i", pl, "--mode", "free", "--compat")
-    expected = generate_training_free(io.to_array(hr_image), lr)
+    expected = generate_training_free(to_array(hr_image), lr)
     np.testing.assert_array_equal(data, expected[0])
     np.testing.assert_array_equal(label, expected[1])
     assert read_layout(tmp_path / "p.h5") == store2hdf53D_layout(*expected, batch=64)
@@ -277,7 +278,7 @@ def test_default_mode_divides_and_chunks_at_most_the_rows(hr_image, tmp_path):
     exactly 1), and chunks of min(batch, rows) rows, never a chunk larger than the set."""
     path = write(hr_image, tmp_path / "hr.nii.gz")
     data, label, chunks, _ = make(tmp_path, "-f", path, "--samples", "7", "--batch", "16")
-    expected = shuffled(*original_simulated(io.to_array(hr_image), [2]), samples=7)
+    expected = shuffled(*original_simulated(to_array(hr_image), [2]), samples=7)
     np.testing.assert_array_equal(label, expected[1])
     assert chunks == (7, 1, P, P, P)
 
@@ -293,7 +294,7 @@ def test_compat_gives_other_patches_than_the_default(hr_image, tmp_path):
 def test_samples_keeps_the_first_shuffled_patches(hr_image, tmp_path):
     path = write(hr_image, tmp_path / "hr.nii.gz")
     data, label, *_ = make(tmp_path, "-f", path, "--samples", "7")
-    expected = shuffled(*original_simulated(io.to_array(hr_image), [2]), samples=7)
+    expected = shuffled(*original_simulated(to_array(hr_image), [2]), samples=7)
     np.testing.assert_allclose(data, expected[0], atol=1e-6)
     np.testing.assert_array_equal(label, expected[1])
 
@@ -305,7 +306,7 @@ def test_intermodality_patches_have_two_channels(tmp_path):
     a, b = crop(sitk.ReadImage(str(t1)), *box), crop(sitk.ReadImage(str(t2)), *box)
     pa, pb = write(a, tmp_path / "t1.nii.gz"), write(b, tmp_path / "t2.nii.gz")
     data, label, *_ = make(tmp_path, "-f", pa, "-i", pb, "--mode", "intermod")
-    expected = shuffled(*original_simulated(io.to_array(a), [2], other=io.to_array(b)))
+    expected = shuffled(*original_simulated(to_array(a), [2], other=to_array(b)))
     assert data.shape[1] == 2
     np.testing.assert_allclose(data, expected[0], atol=1e-6)
     np.testing.assert_array_equal(label, expected[1])
@@ -314,7 +315,7 @@ def test_intermodality_patches_have_two_channels(tmp_path):
 @pytest.mark.parametrize("compat", [False, True])
 def test_free_mode_pairs_given_lr_and_hr(hr_image, tmp_path, compat):
     """The LR image is zoomed by HR/LR (true ratio; integer division with --compat)."""
-    hr = io.to_array(hr_image)
+    hr = to_array(hr_image)
     lr = scipy.ndimage.zoom(hr, 0.5, order=1)  # 12 x 14 x 10 (25 // 12 = 2 in compat)
     ph = write(hr_image, tmp_path / "hr.nii.gz")
     pl = write(lr, tmp_path / "lr.nii.gz")
@@ -334,7 +335,7 @@ def test_several_images_in_one_file_are_shuffled_together(hr_image, anatomical, 
     second = crop(anatomical, (6, 8, 4), (24, 22, 19))
     pa, pb = write(hr_image, tmp_path / "a.nii.gz"), write(second, tmp_path / "b.nii.gz")
     data, label, *_ = make(tmp_path, "-f", pa, "-f", pb)
-    parts = [original_simulated(io.to_array(im), [2]) for im in (hr_image, second)]
+    parts = [original_simulated(to_array(im), [2]) for im in (hr_image, second)]
     expected = shuffled(np.concatenate([p[0] for p in parts]),
                         np.concatenate([p[1] for p in parts]))
     np.testing.assert_allclose(data, expected[0], atol=1e-6)
@@ -350,7 +351,7 @@ def test_one_file_per_image_and_a_list(hr_image, anatomical, tmp_path):
                  str(outs[1]), "--patch", str(P), "--stride", str(STRIDE), "--border", "2,2,0",
                  "--list", str(tmp_path / "train.txt"), "--quiet"]) == 0
     with h5py.File(outs[0]) as f:
-        expected = shuffled(*original_simulated(io.to_array(hr_image), [2]))
+        expected = shuffled(*original_simulated(to_array(hr_image), [2]))
         np.testing.assert_array_equal(f["label"][:], expected[1])
     listed = (tmp_path / "train.txt").read_text().split()
     assert listed == [str(o.resolve()) for o in outs]

@@ -7,11 +7,12 @@ import pytest
 import SimpleITK as sitk
 from conftest import REPO, package_file, write
 
-from srrecnn_jax import cli, conv, io, model, sources
+from srrecnn_jax import cli, conv, model, sources
 from srrecnn_jax import config as configs
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.degradation import degrade
+from srrecnn_jax.images import to_array
 from srrecnn_jax.inference import super_resolve_array
 from srrecnn_jax.metrics import psnr
 
@@ -24,7 +25,7 @@ def mni_case():
     """A 48^3 crop of the 1 mm MNI T1 around the ventricles, degraded x2, and the
     project's shipped x2 model."""
     path = package_file(*sources.MNI_2009A_T1)
-    hr = io.to_array(sitk.ReadImage(str(path)))[74:122, 92:140, 80:128]
+    hr = to_array(sitk.ReadImage(str(path)))[74:122, 92:140, 80:128]
     lr, hr = degrade(hr, (2, 2, 2))
     loaded = load_model(SHIPPED)
     return lr, hr, jax.tree_util.tree_map(jnp.asarray, loaded.params), loaded.config
@@ -74,7 +75,7 @@ def test_cli_sr_takes_precision_and_interpolation(models, tmp_path, capsys):
         out = tmp_path / f"{name}.nii.gz"
         assert cli.main(["sr", str(source), "-o", str(out), "-m", str(models["mono"]),
                          "-s", "2", *extra]) == 0
-        outputs[name] = io.to_array(sitk.ReadImage(str(out)))
+        outputs[name] = to_array(sitk.ReadImage(str(out)))
     span = float(outputs["default"].max() - outputs["default"].min())
     assert np.abs(outputs["scipy"] - outputs["default"]).max() <= 1e-5 * span
     assert 0 < np.abs(outputs["bf16"] - outputs["default"]).max() <= 1e-2 * span

@@ -130,13 +130,13 @@ def test_no_replace_of_a_taken_header_takes_back_its_data_file(out_dir):
     """``write_image_atomic(replace=False)`` to ``out.mhd`` when ``out.mhd`` exists but
     ``out.raw`` does not: OutputExistsError, ``out.mhd`` untouched, and the ``out.raw``
     it had already put in place removed again (nothing of ours is left)."""
-    from srrecnn_jax import io
     from srrecnn_jax.errors import OutputExistsError
+    from srrecnn_jax.writing import write_image_atomic
 
     header = out_dir / "out.mhd"
     header.write_bytes(b"precious")
     with pytest.raises(OutputExistsError, match="already exists"):
-        io.write_image_atomic(small_image(), header, replace=False)
+        write_image_atomic(small_image(), header, replace=False)
     assert header.read_bytes() == b"precious"
     assert listing(out_dir) == ["out.mhd"]
 
@@ -146,8 +146,8 @@ def test_no_replace_without_hard_links_still_refuses_a_taken_name(out_dir, monke
     still writes a free name and still refuses a taken one, leaving it untouched."""
     import errno
 
-    from srrecnn_jax import io
     from srrecnn_jax.errors import OutputExistsError
+    from srrecnn_jax.writing import write_image_atomic
 
     def no_links(source, target, *args, **kwargs):
         raise OSError(errno.EPERM, "Operation not permitted")
@@ -155,10 +155,10 @@ def test_no_replace_without_hard_links_still_refuses_a_taken_name(out_dir, monke
     monkeypatch.setattr(os, "link", no_links)
     free, taken = out_dir / "free.nrrd", out_dir / "taken.nrrd"
     taken.write_bytes(b"precious")
-    io.write_image_atomic(small_image(), free, replace=False)
+    write_image_atomic(small_image(), free, replace=False)
     assert sitk.ReadImage(str(free)).GetSize() == (5, 4, 3)
     with pytest.raises(OutputExistsError):
-        io.write_image_atomic(small_image(), taken, replace=False)
+        write_image_atomic(small_image(), taken, replace=False)
     assert taken.read_bytes() == b"precious"
     assert listing(out_dir) == ["free.nrrd", "taken.nrrd"]
 

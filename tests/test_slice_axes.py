@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from conftest import crop
 
-from srrecnn_jax import io, model
-from srrecnn_jax.checkpoint import LoadedModel, slice_axes
+from srrecnn_jax import model
+from srrecnn_jax.checkpoint import LoadedModel
 from srrecnn_jax.config import recnn
+from srrecnn_jax.images import to_array
 from srrecnn_jax.inference import SuperResolver, super_resolve_array
+from srrecnn_jax.scales import slice_axes
 
 THICK_Z = [[1.0, 1.0, 2.0], [1.0, 1.0, 3.0]]
 
@@ -39,10 +41,10 @@ def test_slices_along_x_equal_the_model_run_on_the_swapped_volume(anatomical):
     params = model.init(jax.random.key(4), config)
     resolver = SuperResolver(LoadedModel(params, config, trained_scales=THICK_Z))
     image = crop(anatomical, (8, 10, 6), (12, 14, 10))
-    ours = io.to_array(resolver.run(image, (2, 1, 1)))
-    swapped = super_resolve_array(params, config, io.to_array(image).transpose(2, 1, 0),
+    ours = to_array(resolver.run(image, (2, 1, 1)))
+    swapped = super_resolve_array(params, config, to_array(image).transpose(2, 1, 0),
                                   (1, 1, 2)).transpose(2, 1, 0)
     assert ours.shape == (24, 14, 10)
     assert np.abs(ours - swapped).max() <= 1e-5 * np.ptp(swapped)
-    plain = super_resolve_array(params, config, io.to_array(image), (2, 1, 1))
+    plain = super_resolve_array(params, config, to_array(image), (2, 1, 1))
     assert np.abs(ours - plain).max() > 1e-3 * np.ptp(plain)  # the swap changed something

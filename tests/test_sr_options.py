@@ -14,9 +14,9 @@ import scipy.ndimage
 import SimpleITK as sitk
 from conftest import write
 
-from srrecnn_jax import io
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.cli import main
+from srrecnn_jax.images import to_array
 from srrecnn_jax.inference import super_resolve_array
 
 
@@ -29,7 +29,7 @@ def lr(tmp_path_factory) -> Path:
 
 def sr(lr: Path, model: Path, out: Path, *options: str) -> np.ndarray:
     assert main(["sr", str(lr), "-o", str(out), "-m", str(model), "-s", "2", *options]) == 0
-    return io.to_array(sitk.ReadImage(str(out)))
+    return to_array(sitk.ReadImage(str(out)))
 
 
 def test_tile_gives_the_whole_volume_result(lr, models, tmp_path):
@@ -42,7 +42,7 @@ def test_tile_gives_the_whole_volume_result(lr, models, tmp_path):
 @pytest.mark.parametrize("order", [1, 3, 5])
 def test_order_is_the_spline_order_of_the_zoom(order, lr, models, tmp_path):
     loaded = load_model(models["mono"])
-    array = io.to_array(sitk.ReadImage(str(lr)))
+    array = to_array(sitk.ReadImage(str(lr)))
     expected = super_resolve_array(loaded.params, loaded.config, array, 2, order=order)
     other = super_resolve_array(loaded.params, loaded.config, array, 2,
                                 order=1 if order != 1 else 3)

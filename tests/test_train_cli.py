@@ -20,10 +20,10 @@ import scipy.ndimage
 import SimpleITK as sitk
 from conftest import REPO, crop, package_file, write
 
-from srrecnn_jax import io
 from srrecnn_jax.checkpoint import checkpoint_steps, load_model
 from srrecnn_jax.cli import main
 from srrecnn_jax.degradation import degrade
+from srrecnn_jax.images import read_volume
 from srrecnn_jax.inference import super_resolve_array
 from srrecnn_jax.metrics import psnr
 
@@ -160,7 +160,7 @@ def test_validation_logs_the_final_models_scores_on_the_held_out_image(validated
     """Scores recomputed here: the trained model on the degraded held-out slab (PSNR to
     1e-6 dB), and scipy's cubic spline of it (1e-3 dB: float64 here, float32 there)."""
     last = logged(validated_run)[-1]
-    hr = io.read_volume(slabs[1])
+    hr = read_volume(slabs[1])
     lr, truth = degrade(hr, (2, 2, 2))
     factors = [a / b for a, b in zip(truth.shape, lr.shape)]
     model = load_model(validated_run)
@@ -187,7 +187,7 @@ def test_thick_slice_training_with_augmentations_validates_on_thick_slices(slabs
     assert saved["patch_scales"] == [[1, 1, 2]] and saved["blur"] == "slice_profile"
     assert saved["augment"]["noise"] == [0.01, 0.02] and saved["augment"]["flips"] is True
     assert load_model(run / "model").trained_scales == [[1.0, 1.0, 2.0]]
-    hr = io.read_volume(held_out).astype(np.float64)
+    hr = read_volume(held_out).astype(np.float64)
     blurred = scipy.ndimage.gaussian_filter1d(hr, 2 / 2.3548200450309493, axis=2)
     truth = hr[:, :, :12]
     lr = scipy.ndimage.zoom(blurred[:, :, :12], (1, 1, 0.5), order=3)

@@ -1,11 +1,11 @@
-"""Which requested scales a model was trained for (``checkpoint.untrained_scale``): the
+"""Which requested scales a model was trained for (``scales.untrained_scale``): the
 run notes of batch mode warn about the others."""
 
 from __future__ import annotations
 
 import pytest
 
-from srrecnn_jax.checkpoint import format_scales, untrained_scale
+from srrecnn_jax.scales import format_scales, untrained_scale
 
 
 @pytest.mark.parametrize("scale", [(2, 2, 2), (2.5, 2.5, 2.5), (2, 2, 2.5)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import SimpleITK as sitk
 
-from srrecnn_jax.io import header_warnings
+from srrecnn_jax.geometry import header_warnings
 from srrecnn_jax.train.loop import common_spacing
 
 

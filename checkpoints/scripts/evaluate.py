@@ -47,11 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
-from srrecnn_jax import io
 from srrecnn_jax.checkpoint import load_model, read_meta
 from srrecnn_jax.degradation import degrade, slice_profile
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import head_mask, score
+from srrecnn_jax.images import read_image, to_array
 from srrecnn_jax.inference import super_resolve_array
 from srrecnn_jax.sources import COLIN27, release_weights
 from srrecnn_jax.train.augment import rician
@@ -179,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"evaluate.py: {path}: not found", file=sys.stderr)
             return 1
     try:
-        hr = io.to_array(io.read_image(args.hr), np.float64)
+        hr = to_array(read_image(args.hr), np.float64)
         reference = (None if args.reference is None
-                     else io.to_array(io.read_image(args.reference), np.float64))
+                     else to_array(read_image(args.reference), np.float64))
     except SrrecnnError as e:
         print(f"evaluate.py: {e}", file=sys.stderr)
         return 1

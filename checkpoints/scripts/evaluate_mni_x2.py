@@ -15,9 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-from srrecnn_jax import io, sources
+from srrecnn_jax import sources
 from srrecnn_jax.checkpoint import load_model
 from srrecnn_jax.evaluation import validate
+from srrecnn_jax.images import read_image, to_array
 
 #: The shipped model this script scores: ``checkpoints/mni_x2/``.
 FOLDER = Path(__file__).resolve().parents[1] / "mni_x2"
@@ -28,7 +29,7 @@ if __name__ == "__main__":
     parser.add_argument("heldout", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    slab = [io.to_array(io.read_image(args.heldout))]
+    slab = [to_array(read_image(args.heldout))]
     rows = {}
     models = {"ours (checkpoints/mni_x2/model)": FOLDER / "model"}
     if ORIGINAL.exists():

@@ -18,7 +18,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from srrecnn_jax import sources
-from srrecnn_jax.io import write_image_atomic
+from srrecnn_jax.writing import write_image_atomic
 
 
 def split(out: Path) -> None:

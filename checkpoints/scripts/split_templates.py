@@ -35,8 +35,10 @@ import numpy as np
 import scipy.ndimage
 import SimpleITK as sitk
 
-from srrecnn_jax import io, sources
+from srrecnn_jax import sources
 from srrecnn_jax.demo import MNI_HELD_OUT, mni_t1
+from srrecnn_jax.images import to_array
+from srrecnn_jax.writing import write_image_atomic
 
 
 def templates(kinds: tuple[str, ...] = ("t1", "t2")) -> dict[str, sitk.Image]:
@@ -68,7 +70,7 @@ def sharpness(image: sitk.Image) -> float:
     """High-frequency energy: the mean square of ``x - gaussian(x, sigma 1 voxel)`` over
     the variance of ``x``, inside the head (above 15% of the 99th percentile, eroded 3
     voxels)."""
-    x = io.to_array(image, np.float64)
+    x = to_array(image, np.float64)
     x = x / np.percentile(x[x > 0], 99)
     head = scipy.ndimage.binary_erosion(x > 0.15, iterations=3)
     detail = x - scipy.ndimage.gaussian_filter(x, 1.0)
@@ -95,14 +97,14 @@ def split(out: Path, images: dict[str, sitk.Image], coarse: tuple[float, ...] = 
     for name, image in images.items():
         lo, hi = held_out_range(image, world)
         for part, slab in (("inferior", image[:, :, :lo]), ("superior", image[:, :, hi:])):
-            io.write_image_atomic(slab, str(out / f"{name}_{part}.nii.gz"))
+            write_image_atomic(slab, str(out / f"{name}_{part}.nii.gz"))
             for voxel in coarse if name != "c_t2" else ():
-                io.write_image_atomic(coarser(slab, voxel),
+                write_image_atomic(coarser(slab, voxel),
                                       str(out / f"{name}_{part}_{voxel:g}mm.nii.gz"))
         if name != "a":
-            io.write_image_atomic(image[:, :, lo:hi], str(out / f"{name}_heldout.nii.gz"))
+            write_image_atomic(image[:, :, lo:hi], str(out / f"{name}_heldout.nii.gz"))
         print(f"{name}: held out z {lo}-{hi - 1} of {image.GetSize()[2]}")
-    io.write_image_atomic(a[:, :, MNI_HELD_OUT[0]:MNI_HELD_OUT[1]], str(out / "heldout.nii.gz"))
+    write_image_atomic(a[:, :, MNI_HELD_OUT[0]:MNI_HELD_OUT[1]], str(out / "heldout.nii.gz"))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ OPTIONS = {
 
 
 def job_error_line(error: str, parameter: str | None) -> str:
-    """A batch job's error (``batch.Record``): the parameter it starts with shown as the
+    """A batch job's error (``manifest.Record``): the parameter it starts with shown as the
     option that sets it, as ``error_line`` does."""
     if parameter and error.startswith(f"{parameter}: "):
         return f"{OPTIONS.get(parameter, parameter)}: {error[len(parameter) + 2:]}"
@@ -57,12 +57,13 @@ class Parser(argparse.ArgumentParser):
 
 
 def scale(text: str) -> tuple[float, float, float]:
-    from srrecnn_jax.interpolation import parse_scale
+    """A scale argument, parsed and checked by ``scales.parse_scale``."""
+    from srrecnn_jax.scales import ScaleError, parse_scale
 
     try:
         return parse_scale(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    except ScaleError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
 
 
 def model(text: str) -> Path:

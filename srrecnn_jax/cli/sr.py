@@ -12,6 +12,7 @@ from pathlib import Path
 from srrecnn_jax.cli import common
 from srrecnn_jax.config import INTERPOLATIONS, PRECISIONS
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.inference_options import HEADERS, InferenceOptions
 
 
 def add_to(commands) -> None:
@@ -22,21 +23,29 @@ def add_to(commands) -> None:
                             "with -o, or any number of files, folders, DICOM series folders "
                             "and .txt lists of paths with --out-dir (batch mode: pipelined, "
                             "resumable, a manifest, one bad file does not stop the rest).")
+    _add_paths(p)
+    _add_inference(p)
+    _add_batch(p.add_argument_group("batch mode (--out-dir)"))
+    p.set_defaults(run=run)
+    _add_merge(commands)
+
+
+def _add_paths(p) -> None:
+    """Inputs, outputs, model and reference."""
     p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
                    help="image file (NIfTI, NRRD, MetaImage), DICOM series folder, folder "
                    "(searched recursively with --glob) or .txt file listing paths (relative "
                    "to the list file)")
-    p.add_argument("-o", "--output", type=Path, help="output image for a single input (float32)")
+    p.add_argument("-o", "--output", type=Path,
+                   help="output image for a single input (float32); missing folders above "
+                   "it are created")
     p.add_argument("--out-dir", type=Path,
-                   help="batch mode: write outputs here, mirroring each input's place below "
-                   "the folder it was found in")
+                   help="batch mode: write outputs here (created if missing), mirroring each "
+                   "input's place below the folder it was found in")
     p.add_argument("-m", "--model", type=common.model, required=True,
                    help="model folder (from `srrecnn convert`), training run folder, "
                    ".caffemodel file, or the name of a shipped model (`srrecnn models`; "
                    "`default`)")
-    p.add_argument("-s", "--scale", type=common.scale, required=True,
-                   help="zoom factor: one number or x,y,z (e.g. 2 or 2,2,2.5); the output "
-                   "may have at most 2^32 voxels and must fit this machine's memory")
     p.add_argument("-r", "--reference", type=Path,
                    help="high-resolution image of another modality, for multimodal models; "
                    "resampled onto the output grid if it is not on it already")
@@ -44,6 +53,19 @@ def add_to(commands) -> None:
                    help="batch mode: each input's reference is the file named with OLD "
                    "replaced by NEW (e.g. T1w:T2w)")
     p.add_argument("--prototxt", type=Path, help="deploy .prototxt to check a .caffemodel against")
+    p.add_argument("--force", dest="force", action="store_true",
+                   help="replace existing outputs (batch mode otherwise skips an output the "
+                   "manifest records as made from the same input and reference by the same "
+                   "model, scale and options, if it still reads back as written; any other "
+                   "existing output is made again, with a warning)")
+    p.add_argument("--overwrite", dest="force", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_inference(p) -> None:
+    """The options of ``InferenceOptions``: how each image is super-resolved."""
+    p.add_argument("-s", "--scale", type=common.scale, required=True,
+                   help="zoom factor: one number or x,y,z (e.g. 2 or 2,2,2.5); the output "
+                   "may have at most 2^32 voxels and must fit this machine's memory")
     p.add_argument("--tile", type=common.positive_int,
                    help="run the network in tiles of N^3 output voxels (exact: equals the "
                    "whole-volume result); default: whole volume unless it would not fit memory")
@@ -66,16 +88,14 @@ def add_to(commands) -> None:
                    "agree to float32 rounding")
     p.add_argument("--no-residual", action="store_true",
                    help="do not add the interpolated image to the network output")
-    p.add_argument("--header", choices=("consistent", "original"), default="consistent",
+    p.add_argument("--header", choices=HEADERS, default="consistent",
                    help="output geometry: 'consistent' keeps the first and last voxel centres "
                    "where the zoom puts them (default); 'original' writes spacing/scale as the "
                    "original release did")
-    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
-                   help="replace existing outputs (batch mode otherwise skips an output the "
-                   "manifest records as made from the same input and reference by the same "
-                   "model, scale and options, if it still reads back as written; any other "
-                   "existing output is made again, with a warning)")
-    batch = p.add_argument_group("batch mode (--out-dir)")
+
+
+def _add_batch(batch) -> None:
+    """Batch mode's own options."""
     batch.add_argument("--glob", default="*.nii*",
                        help="file pattern when searching folders (default '*.nii*')")
     batch.add_argument("--suffix", default="_SR",
@@ -105,8 +125,9 @@ def add_to(commands) -> None:
                        "array --array=0-3: --shard $SLURM_ARRAY_TASK_ID/4); each "
                        "share appends to its own manifest part, and every run folds the "
                        "parts that exist into the manifest")
-    p.set_defaults(run=run)
 
+
+def _add_merge(commands) -> None:
     m = commands.add_parser("merge-manifest", help="fold a batch's manifest parts into its "
                             "manifest",
                             description="Fold the manifest parts that --distributed or "
@@ -121,6 +142,14 @@ def add_to(commands) -> None:
     m.set_defaults(run=run_merge)
 
 
+def inference_options(args: argparse.Namespace) -> InferenceOptions:
+    """The ``InferenceOptions`` of the command line, for one file and for each batch job."""
+    return InferenceOptions(args.scale, order=args.order, tile=args.tile,
+                            residual=False if args.no_residual else None, header=args.header,
+                            precision=args.precision, interpolation=args.interpolation,
+                            exact=args.exact)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.out_dir is not None:
         if args.output is not None:
@@ -131,19 +160,16 @@ def run(args: argparse.Namespace) -> int:
         return run_batch(args)
     if args.output is None:
         raise SrrecnnError("-o/--output: give an output file, or --out-dir for batch mode")
-    from srrecnn_jax import io
+    from srrecnn_jax.files import is_list_file
     from srrecnn_jax.inference import super_resolve_file
 
-    if len(args.inputs) > 1 or io.is_list_file(args.inputs[0]):
+    if len(args.inputs) > 1 or is_list_file(args.inputs[0]):
         raise SrrecnnError("-o/--output: takes a single input; use --out-dir for several")
 
     start = time.perf_counter()
-    result = super_resolve_file(
-        args.inputs[0], args.output, args.model, args.scale, args.reference,
-        prototxt=args.prototxt, order=args.order, tile=args.tile,
-        residual=False if args.no_residual else None, header=args.header,
-        precision=args.precision, interpolation=args.interpolation, exact=args.exact,
-        force=args.force)
+    result = super_resolve_file(args.inputs[0], args.output, args.model,
+                                inference_options(args), args.reference,
+                                prototxt=args.prototxt, force=args.force)
     size = "x".join(str(n) for n in result.GetSize())
     spacing = "x".join(f"{s:.4g}" for s in result.GetSpacing())
     print(f"{args.output}: {size} voxels of {spacing} mm "
@@ -180,25 +206,23 @@ def _run_batch(args: argparse.Namespace, process: int, count: int, presence,
                run_id: str | None) -> int:
     from srrecnn_jax import batch
     from srrecnn_jax import jobs as planning
+    from srrecnn_jax.manifest import MANIFEST, Record
 
     jobs = planning.plan(args.inputs, args.out_dir, args.glob, args.suffix,
                          args.output_template, args.reference_pattern,
-                         manifest=args.manifest or args.out_dir / batch.MANIFEST)
+                         manifest=args.manifest or args.out_dir / MANIFEST)
     if args.dry_run:
         for job in planning.shard(jobs, process, count):
             ref = f"  [reference {job.reference}]" if job.reference else ""
             print(f"{job.input} -> {job.output}{ref}")
         return 0
-    options = batch.Options(scale=args.scale, order=args.order, tile=args.tile,
-                            residual=False if args.no_residual else None, header=args.header,
-                            precision=args.precision, interpolation=args.interpolation,
-                            exact=args.exact,
-                            bucket=args.bucket, overwrite=args.force, readers=args.workers)
+    options = batch.Options(inference_options(args), bucket=args.bucket,
+                            overwrite=args.force, readers=args.workers)
     start, done_voxels = time.perf_counter(), [0]
     with common.stoppable(len(planning.shard(jobs, process, count)), "vol", args.quiet,
                           "srrecnn: stopping after the volumes in flight are written") \
             as (stop, bar):
-        def progress(record: batch.Record, voxels: int) -> None:
+        def progress(record: Record, voxels: int) -> None:
             if record.status == "error":
                 shown = common.job_error_line(record.error, record.parameter)
                 bar.write(f"srrecnn: error: {shown}", file=sys.stderr)
@@ -237,10 +261,11 @@ def run_merge(args: argparse.Namespace) -> int:
     """``srrecnn merge-manifest``: fold the manifest parts in a batch's output folder into
     its manifest."""
     from srrecnn_jax import batch
+    from srrecnn_jax.manifest import MANIFEST
 
     if not args.out_dir.is_dir():
         raise SrrecnnError(f"{args.out_dir}: no such output folder")
-    manifest = args.manifest or args.out_dir / batch.MANIFEST
+    manifest = args.manifest or args.out_dir / MANIFEST
     with batch.folder_lock(args.out_dir, shared=True, note="merge-manifest"):
         parts = batch.merge(manifest)  # not while a one-process run appends to the manifest
     if not parts:

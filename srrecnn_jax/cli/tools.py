@@ -135,7 +135,7 @@ def _default_name() -> str:
 
 def run_models(args: argparse.Namespace) -> int:
     from srrecnn_jax.catalog import DEFAULT, shipped
-    from srrecnn_jax.checkpoint import format_scales
+    from srrecnn_jax.scales import format_scales
 
     models = shipped()
     if args.json:
@@ -225,7 +225,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from srrecnn_jax.checkpoint import describe_model, format_scales
+    from srrecnn_jax.checkpoint import describe_model
+    from srrecnn_jax.scales import format_scales
 
     facts = describe_model(args.model, args.prototxt)
     if args.json:

@@ -22,10 +22,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from srrecnn_jax import io
 from srrecnn_jax.degradation import blur_sigma
 from srrecnn_jax.errors import SrrecnnError
-from srrecnn_jax.interpolation import Scale, parse_scale
+from srrecnn_jax.files import is_list_file, read_list_file
+from srrecnn_jax.scales import Scale, parse_scale
 from srrecnn_jax.train.augment import degraded_patch, flip_permute
 from srrecnn_jax.train.config import AugmentConfig
 from srrecnn_jax.train.patches import PatchConfig, Source, pairs, rescale_unit
@@ -37,7 +37,7 @@ def expand_sources(paths: Sequence[Path]) -> list[Path]:
     for path in paths:
         if not path.is_file():
             raise SrrecnnError(f"{path}: no such training data file")
-        files += io.read_list_file(path) if io.is_list_file(path) else [path]
+        files += read_list_file(path) if is_list_file(path) else [path]
     return files
 
 

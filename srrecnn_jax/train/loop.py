@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from srrecnn_jax import io, parallel
+from srrecnn_jax import parallel
 from srrecnn_jax.checkpoint import (
     RUN_CHECKPOINTS,
     RUN_CONFIG,
@@ -42,11 +42,14 @@ from srrecnn_jax.checkpoint import (
 )
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import validate
+from srrecnn_jax.files import is_list_file
+from srrecnn_jax.images import read_volume, read_volume_spacing
 from srrecnn_jax.plots import draw_curves
 from srrecnn_jax.train.config import TrainConfig
 from srrecnn_jax.train.data import PatchSet, RandomPatches, check_degradable, prefetch
 from srrecnn_jax.train.settings import read_run_config, resolve
 from srrecnn_jax.train.step import compile_step, init_state
+from srrecnn_jax.writing import write_text_atomic
 
 
 def _manager(run_dir: Path, keep: int):
@@ -166,7 +169,7 @@ def _claim_run_dir(run_dir: Path, config: TrainConfig, process: int) -> None:
         raise SrrecnnError(f"{max_iter} is below the step the run in {run_dir} has reached "
                            f"({done_steps[-1]})", "max_iter")
     if process == 0 and saved != config:
-        io.write_text_atomic(config_file, json.dumps(config.to_dict(), indent=2) + "\n")
+        write_text_atomic(config_file, json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 @dataclasses.dataclass
@@ -296,7 +299,7 @@ def _forget_later_logs(log_file: Path, curves: Path, step: int) -> None:
 
     kept = [line for line in lines if logged_step(line) <= step]
     if kept != lines:
-        io.write_text_atomic(log_file, "".join(kept))
+        write_text_atomic(log_file, "".join(kept))
     if not kept:
         curves.unlink(missing_ok=True)
 
@@ -305,10 +308,10 @@ def open_data(paths: Sequence[Path], config: TrainConfig) -> PatchSet | RandomPa
     """HDF5 patch sets (or list files naming them), else HR images to cut random patches
     from on the fly (``config.patch``, ``config.patch_scales`` and
     ``patch_scales_by_file``, ``config.blur``, ``config.augment``, ``config.seed``)."""
-    if all(p.name.endswith((".h5", ".hdf5")) or io.is_list_file(p) for p in paths):
+    if all(p.name.endswith((".h5", ".hdf5")) or is_list_file(p) for p in paths):
         return PatchSet(paths)
     own_scales = config.scales_for(paths)
-    volumes, spacings = zip(*(io.read_volume_spacing(path, "training image") for path in paths))
+    volumes, spacings = zip(*(read_volume_spacing(path, "training image") for path in paths))
     return RandomPatches(volumes, config.patch_scales, config.patch, seed=config.seed,
                          blur=config.blur, augment=config.augment,
                          spacing=common_spacing(spacings),
@@ -338,7 +341,7 @@ def train_files(data: Sequence[Path], run_dir: Path, *, config_file: Path | None
     init_model = load_model(init) if init else None
     config = resolve(run_dir, config_file, caffe_solver, overrides,
                      init_model.config if init_model else None)
-    held_out = [io.read_volume(path, "validation image") for path in validation]
+    held_out = [read_volume(path, "validation image") for path in validation]
     for path, volume in zip(validation, held_out):
         check_degradable(volume.shape, config.validation_scale, f"{path}: validation image",
                          "validation_scale")

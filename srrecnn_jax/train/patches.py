@@ -70,10 +70,12 @@ import h5py
 import numpy as np
 import scipy.ndimage
 
-from srrecnn_jax import io
 from srrecnn_jax.degradation import modcrop
 from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.files import check_output_file
+from srrecnn_jax.images import image_size, read_volume
 from srrecnn_jax.interpolation import zoom
+from srrecnn_jax.writing import atomic_output, write_text_atomic
 
 Scale = tuple[float, float, float]
 
@@ -241,7 +243,7 @@ def write_patch_set(path: Path, sources: Sequence[Source],
 
     Args:
       path: the ``.h5`` file (written under a temporary name, then renamed; without
-        ``replace`` never over an existing file, see ``io.atomic_output``).
+        ``replace`` never over an existing file, see ``writing.atomic_output``).
       sources: the training examples, in order.
       shapes: per source, the (x, y, z) shapes of its HR image (and of its other
         image), to count patches up front.
@@ -269,7 +271,7 @@ def write_patch_set(path: Path, sources: Sequence[Source],
     row_of[permutation] = np.arange(total)
     channels = 2 if any(s.mode == "intermod" for s in sources) else 1
     p = config.patch
-    with io.atomic_output(path, replace=replace) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_output(path, replace=replace) as tmp, h5py.File(tmp, "w") as f:
         # store2hdf53D: chunks=(chunksz,) + dims[1:] whatever the row count (allowed
         # with an unlimited first axis); the default mode never exceeds the rows.
         batch = config.batch if config.compat else min(config.batch, kept)
@@ -335,18 +337,18 @@ def make_patch_sets(hr: Sequence[Path], outputs: Sequence[Path], config: PatchCo
     if len(outputs) not in (1, len(hr)):
         raise SrrecnnError(f"give one file, or one per HR image ({len(hr)})", "outputs")
     for output in list(outputs) + ([list_file] if list_file else []):
-        io.check_output_file(output, force, list(hr) + list(others), image=False)
+        check_output_file(output, force, list(hr) + list(others), image=False)
     if config.sigma < 0:
         raise SrrecnnError(f"must be >= 0, got {config.sigma}", "sigma")
     sources = [Source(path, others[i] if others else None, mode) for i, path in enumerate(hr)]
-    shapes = [tuple(io.image_size(p) for p in (s.hr, s.other) if p) for s in sources]
+    shapes = [tuple(image_size(p) for p in (s.hr, s.other) if p) for s in sources]
     groups = ([(outputs[0], sources, shapes)] if len(outputs) == 1 else
               [(o, [s], [sh]) for o, s, sh in zip(outputs, sources, shapes)])
     counts = []
     for output, group, group_shapes in groups:
         try:
             count = write_patch_set(output, group, group_shapes, config,
-                                    lambda path: io.read_volume(path, "image"), progress,
+                                    lambda path: read_volume(path, "image"), progress,
                                     replace=force)
         except ValueError as e:
             raise SrrecnnError(f"{output}: {e}") from None
@@ -354,6 +356,6 @@ def make_patch_sets(hr: Sequence[Path], outputs: Sequence[Path], config: PatchCo
         if report:
             report(f"{output}: {count} patches")
     if list_file:
-        io.write_text_atomic(list_file, "".join(f"{o.resolve()}\n" for o in outputs),
+        write_text_atomic(list_file, "".join(f"{o.resolve()}\n" for o in outputs),
                              replace=force)
     return counts

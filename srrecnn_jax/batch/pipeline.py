@@ -1,0 +1,328 @@
+"""One process's share of a batch, pipelined: three stages joined by bounded queues, so
+host memory stays flat however many volumes there are.
+
+  readers (threads)  read, check, normalise, zoom, resample the reference
+  devices (a thread per local device)  the network, in shape buckets or tiles
+  writer (thread)    de-normalise, clamp, write atomically, log to the manifest
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from srrecnn_jax.batch.processes import staging_dir
+from srrecnn_jax.batch.resume import job_facts, redo_reason
+from srrecnn_jax.checkpoint import fingerprint
+from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.geometry import header_warnings
+from srrecnn_jax.images import read_input
+from srrecnn_jax.inference import SuperResolver, conv_algorithm, run_network
+from srrecnn_jax.inference_options import InferenceOptions
+from srrecnn_jax.jobs import Job
+from srrecnn_jax.manifest import Manifest, ManifestError, Record
+from srrecnn_jax.scales import format_scales, untrained_scale
+from srrecnn_jax.writing import stored_bytes, write_image_verified
+
+_DONE = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How to run each job: the inference settings of every job, and the batch's own
+    (see ``srrecnn sr --help``): ``bucket`` (pad volumes to a multiple of this many
+    voxels, so nearby sizes share one compilation), ``overwrite`` (redo every existing
+    output), ``readers`` (reader threads) and ``prefetch`` (volumes queued between
+    stages)."""
+
+    inference: InferenceOptions
+    bucket: int = 8
+    overwrite: bool = False
+    readers: int = 2
+    prefetch: int = 2
+
+
+@dataclasses.dataclass
+class Summary:
+    ok: int = 0  # outputs written (``redone`` of them replaced existing ones)
+    redone: int = 0
+    skipped: int = 0
+    errors: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+    device_seconds: float = 0.0
+    devices: int = 1
+    voxels: int = 0
+    missing: list[str] = dataclasses.field(default_factory=list)  # processes that died
+
+    @property
+    def utilisation(self) -> float:
+        """Fraction of the run's wall time the devices spent running the network."""
+        return self.device_seconds / max(self.seconds * self.devices, 1e-9)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
+              manifest: Manifest, out_root: Path, stop: threading.Event | None = None,
+              progress: Callable[[Record, int], None] | None = None,
+              warn: Callable[[str], None] | None = None,
+              recorded: dict[str, dict] | None = None) -> Summary:
+    """Super-resolve every job; never raise for one bad job.
+
+    An existing output is skipped only when ``recorded`` (``recorded_outputs`` of the
+    manifest's earlier rows) says it was made from the same input and reference, by
+    the same model, scale and options, and it still reads back as written
+    (``redo_reason``); otherwise it is redone, with a warning and the reason in its
+    row. ``options.overwrite`` redoes every output.
+
+    Args:
+      resolver: the loaded model.
+      jobs: what to do (this process's share).
+      options: scale and how to run.
+      manifest: receives one record per job.
+      out_root: folder for the staging area of atomic writes.
+      stop: when set (Ctrl-C), no new volume starts; queued writes finish.
+      progress: called after each job with its record and output voxels.
+      warn: receives warnings (header, scale, reference resampling, redone outputs).
+      recorded: what made the outputs already there (default: nothing known).
+    """
+    run = _Run(resolver, options, manifest, stop or threading.Event(), progress,
+               warn or _stderr)
+    todo = run.triage(jobs, recorded or {})
+    run.raise_fatal()
+    run.note_untrained_scale()
+    staging = staging_dir(out_root)
+    start = time.perf_counter()
+    try:
+        run.flow(todo, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    run.raise_fatal()
+    if run.stop.is_set():  # say what is left, so the manifest of a stopped run is complete
+        finished = {r.input for r in manifest.records}
+        for job in todo:
+            if str(job.input) not in finished:
+                manifest.add(Record(str(job.input), str(job.output), "not-started"))
+    run.summary.interrupted = run.stop.is_set()
+    run.summary.seconds = time.perf_counter() - start
+    return run.summary
+
+
+class _Run:
+    """What the stages of one ``run_batch`` share: the jobs' queues, the summary, and
+    the first error that stops the run (``fatal``: the manifest cannot be written)."""
+
+    def __init__(self, resolver: SuperResolver, options: Options, manifest: Manifest,
+                 stop: threading.Event, progress: Callable[[Record, int], None] | None,
+                 warn: Callable[[str], None]):
+        self.resolver, self.options, self.manifest = resolver, options, manifest
+        self.stop, self.progress, self.warn = stop, progress, warn
+        self.summary = Summary(devices=len(jax.local_devices()))
+        self.fatal: list[SrrecnnError] = []
+        self.lock = threading.Lock()
+        self.planned: dict[Job, tuple[dict, str | None]] = {}  # facts, why redone
+        self.run_notes: list[str] = []  # on stderr once, and in every job's manifest row
+        self.staging: Path | None = None
+        self.jobs_q: queue.Queue = queue.Queue()
+        self.ready_q: queue.Queue = queue.Queue(maxsize=options.prefetch)
+        self.done_q: queue.Queue = queue.Queue(maxsize=options.prefetch)
+
+    def halted(self) -> bool:
+        return self.stop.is_set() or bool(self.fatal)
+
+    def raise_fatal(self) -> None:
+        if self.fatal:
+            raise self.fatal[0]
+
+    def record(self, row: Record, voxels: int = 0) -> bool:
+        """Log a job's row (never raises: a manifest that fails stops the run)."""
+        try:
+            self.manifest.add(row)
+        except ManifestError as e:
+            with self.lock:
+                self.fatal.append(e)
+            return False
+        if self.progress:
+            self.progress(row, voxels)
+        return True
+
+    def fail(self, job: Job, error: Exception, started: float) -> None:
+        message = str(error) if isinstance(error, SrrecnnError) else f"{job.input}: " \
+            f"{type(error).__name__}: {error}"
+        parameter = error.parameter if isinstance(error, SrrecnnError) else None
+        if self.record(Record(str(job.input), str(job.output), "error",
+                              str(job.reference) if job.reference else None,
+                              seconds=time.perf_counter() - started, error=message,
+                              parameter=parameter)):
+            with self.lock:
+                self.summary.errors += 1
+
+    def triage(self, jobs: Sequence[Job], recorded: dict[str, dict]) -> list[Job]:
+        """The jobs to run; an existing output that can be kept is logged as skipped, and
+        one that is made again is warned about with the reason (``redo_reason``)."""
+        model, overwrite, todo = fingerprint(self.resolver.model), self.options.overwrite, []
+        for job in jobs:
+            facts, redo = job_facts(job, self.options.inference, model), None
+            if job.output.exists():
+                row = recorded.get(os.path.realpath(job.output))
+                redo = "overwrite" if overwrite else redo_reason(job.output, facts, row)
+                if redo is None:
+                    assert row is not None
+                    if self.record(Record(str(job.input), str(job.output), "skipped",
+                                          str(job.reference) if job.reference else None,
+                                          row.get("shape"), row.get("spacing"), job=facts,
+                                          output_bytes=row.get("output_bytes"))):
+                        self.summary.skipped += 1
+                    continue
+                if not overwrite:
+                    self.warn(f"{job.output}: exists, but is made again: {redo}")
+            self.planned[job] = (facts, redo)
+            todo.append(job)
+        return todo
+
+    def note_untrained_scale(self) -> None:
+        scales, scale = self.resolver.model.trained_scales, self.options.inference.scale
+        if untrained_scale(scales, scale):
+            self.run_notes.append(f"scale {scale} differs from the scale(s) "
+                                  f"[{format_scales(scales)}] the model was trained for")
+            self.warn(self.run_notes[-1])
+
+    def flow(self, todo: Sequence[Job], staging: Path) -> None:
+        """Run the stages' threads over ``todo`` until every job is done or stopped."""
+        self.staging = staging
+        for job in todo:
+            self.jobs_q.put(job)
+        readers = [threading.Thread(target=self.guarded(self.read, None), daemon=True)
+                   for _ in range(self.options.readers)]
+        devices = [threading.Thread(target=self.guarded(lambda d=d: self.compute(d),
+                                                        self.ready_q), daemon=True)
+                   for d in jax.local_devices()]
+        writer = threading.Thread(target=self.guarded(self.write, self.done_q), daemon=True)
+        for thread in readers + devices + [writer]:
+            thread.start()
+        for thread in readers:
+            thread.join()
+        self.ready_q.put(_DONE)  # each device thread passes it on and stops
+        for thread in devices:
+            thread.join()
+        self.done_q.put(_DONE)
+        writer.join()
+
+    def guarded(self, body: Callable[[], None], inbox: queue.Queue | None
+                ) -> Callable[[], None]:
+        """``body``, and if it fails (a bug), stop the run and keep emptying ``inbox`` so
+        that no other thread waits for it forever."""
+        def target() -> None:
+            try:
+                body()
+            except Exception as e:  # noqa: BLE001 - reported as the run's error
+                with self.lock:
+                    self.fatal.append(SrrecnnError(f"batch run failed: {type(e).__name__}: "
+                                                   f"{e}"))
+                if inbox is not None:
+                    while inbox.get() is not _DONE:
+                        pass
+                    inbox.put(_DONE)
+        return target
+
+    def read(self) -> None:
+        """Reader stage: read, check and prepare jobs until none is left or the run stops."""
+        inference = self.options.inference
+        while not self.halted():
+            try:
+                job = self.jobs_q.get_nowait()
+            except queue.Empty:
+                break
+            started = time.perf_counter()
+            notes: list[str] = list(self.run_notes)
+            try:
+                image = read_input(job.input, "input image")
+                notes += header_warnings(image, str(job.input),
+                                         self.resolver.model.trained_spacing, inference.scale)
+                reference = (read_input(job.reference, "reference image")
+                             if job.reference else None)
+                prepared = self.resolver.prepare(image, inference, reference,
+                                                 input_name=str(job.input),
+                                                 reference_name=str(job.reference),
+                                                 log=notes.append)
+            except Exception as e:  # noqa: BLE001 - reported, the batch goes on
+                self.fail(job, e, started)
+                continue
+            for note in notes[len(self.run_notes):]:
+                self.warn(note)
+            self.ready_q.put((job, prepared, notes, started))
+
+    def compute(self, device) -> None:
+        """Device stage: the network on ``device`` for each prepared volume."""
+        resolver, inference = self.resolver, self.options.inference
+        params = jax.device_put(resolver.model.params, device)
+        while True:
+            item = self.ready_q.get()
+            if item is _DONE:
+                self.ready_q.put(_DONE)  # let the other device threads see it too
+                break
+            if self.halted():
+                continue  # not started: a rerun does it
+            job, prepared, notes, started = item
+            try:
+                tick = time.perf_counter()
+                with jax.default_device(device):
+                    y = run_network(params, resolver.config, prepared.volume, inference.tile,
+                                    inference.residual, self.options.bucket, devices=[device],
+                                    precision=inference.precision,
+                                    algorithm=conv_algorithm(inference.exact))
+                with self.lock:
+                    self.summary.device_seconds += time.perf_counter() - tick
+            except Exception as e:  # noqa: BLE001
+                self.fail(job, e, started)
+                continue
+            self.done_q.put((job, prepared, y, notes, started))
+
+    def write(self) -> None:
+        """Writer stage: finish, write and log each network output."""
+        while True:
+            item = self.done_q.get()
+            if item is _DONE:
+                break
+            if self.fatal:
+                continue  # keep taking results, so the device threads never block
+            job, prepared, y, notes, started = item
+            try:
+                image = self.resolver.finish(prepared, y)
+                job.output.parent.mkdir(parents=True, exist_ok=True)
+                write_image_verified(image, job.output, self.staging)
+            except Exception as e:  # noqa: BLE001
+                self.fail(job, e, started)
+                continue
+            self.written(job, image, notes, started)
+
+    def written(self, job: Job, image, notes: list[str], started: float) -> None:
+        """Log a written output's row with what made it, and count it."""
+        voxels = int(np.prod(image.GetSize()))
+        facts, redo = self.planned[job]
+        try:
+            size = stored_bytes(job.output)
+        except OSError:
+            size = None  # recorded as unknown: a rerun redoes it
+        if self.record(Record(str(job.input), str(job.output), "ok",
+                              str(job.reference) if job.reference else None,
+                              list(image.GetSize()), list(image.GetSpacing()),
+                              time.perf_counter() - started, warnings=notes, job=facts,
+                              output_bytes=size, redone=redo), voxels):
+            with self.lock:
+                self.summary.ok += 1
+                self.summary.redone += redo is not None
+                self.summary.voxels += voxels

@@ -1,0 +1,72 @@
+"""The settings of one super-resolution, checked once when made: what ``srrecnn sr``
+passes for a single file and for each job of a batch, and what the Python API builds
+from its keywords (``SuperResolver.run(image, 2, tile=64)``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from srrecnn_jax.config import INTERPOLATIONS, PRECISIONS
+from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.scales import Scale, parse_scale
+
+#: Output geometry (``geometry.zoomed_geometry``): ``consistent`` keeps the first and
+#: last voxel centres where the zoom puts them; ``original`` writes ``spacing / scale``
+#: as the original release did.
+HEADERS = ("consistent", "original")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceOptions:
+    """How to super-resolve an image; a bad setting is a ``SrrecnnError`` naming it.
+
+    Attributes:
+      scale: (x, y, z) zoom factors; one number, ``"2,2,2.5"`` text or three numbers
+        are taken and kept as the checked triple (``scales.parse_scale``).
+      order: spline order of the zoom, 0 to 5.
+      tile: tile edge in output voxels (exact: equals the whole-volume result), or None
+        to let ``tiling.plan`` choose z slabs, the whole volume or tiles by memory.
+      residual: add the interpolated image to the network output; None: the model's
+        own ``residual``.
+      header: output geometry, one of ``HEADERS``.
+      precision: arithmetic of the convolutions, one of ``config.PRECISIONS``.
+      interpolation: where the zoom runs, one of ``config.INTERPOLATIONS``.
+      exact: convolutions exact to float32 rounding (``inference.conv_algorithm``) instead
+        of the fastest algorithm (on CPU within 3e-5 of the output range).
+    """
+
+    scale: Scale
+    order: int = 3
+    tile: int | None = None
+    residual: bool | None = None
+    header: str = "consistent"
+    precision: str = "fp32"
+    interpolation: str = "device"
+    exact: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", parse_scale(self.scale))
+        if not 0 <= self.order <= 5:
+            raise SrrecnnError(f"spline order must be 0 to 5, got {self.order}", "order")
+        if self.tile is not None and self.tile < 1:
+            raise SrrecnnError(f"must be a positive number of voxels, got {self.tile}", "tile")
+        if self.header not in HEADERS:
+            raise SrrecnnError(f"must be one of {', '.join(HEADERS)}, not {self.header!r}",
+                               "header")
+        if self.precision not in PRECISIONS:
+            raise SrrecnnError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                               f"not {self.precision!r}", "precision")
+        if self.interpolation not in INTERPOLATIONS:
+            raise SrrecnnError(f"must be one of {', '.join(INTERPOLATIONS)}, "
+                               f"not {self.interpolation!r}", "interpolation")
+
+    @classmethod
+    def of(cls, scale: InferenceOptions | float | str | Sequence[float],
+           **settings) -> InferenceOptions:
+        """Options from a scale and keyword settings (the fields above), or ``scale``
+        itself when it is options already, ``settings`` replacing its fields: how every
+        entry point of the Python API turns its arguments into options."""
+        if isinstance(scale, cls):
+            return dataclasses.replace(scale, **settings) if settings else scale
+        return cls(scale, **settings)

@@ -1,0 +1,114 @@
+"""Scales: the one parser of a requested scale, and the rules that compare a scale with
+those a model was trained for (``trained_scales`` of a model folder).
+
+A scale is (x, y, z) zoom factors. A model's ``trained_scales`` lists numbers (isotropic
+training scales) and [x, y, z] lists (anisotropic ones: thick slices, ``[1, 1, 4]``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from srrecnn_jax.errors import SrrecnnError
+
+Scale = tuple[float, float, float]
+
+
+class ScaleError(SrrecnnError, ValueError):
+    """A scale that is not 1 or 3 finite positive numbers: a ``SrrecnnError`` naming the
+    ``scale`` parameter, and a ``ValueError`` for callers that expect one."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "scale")
+
+
+def parse_scale(value: str | float | Sequence[float]) -> Scale:
+    """``2``, ``"2"``, ``"2,2,2.5"`` or ``(2, 2, 2.5)`` -> per-axis (x, y, z) factors.
+
+    Raises:
+      ScaleError: not numbers, not 1 or 3 of them, or not finite and positive.
+    """
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        try:
+            factors = [float(p) for p in parts]
+        except ValueError:
+            raise ScaleError(f"{value!r} is not a number or three comma-separated numbers") \
+                from None
+    elif isinstance(value, (int, float)):
+        factors = [float(value)]
+    else:
+        try:
+            factors = [float(v) for v in value]
+        except ValueError as e:
+            raise ScaleError(str(e)) from None
+    if len(factors) == 1:
+        factors *= 3
+    if len(factors) != 3:
+        raise ScaleError(f"{len(factors)} factors given, expected 1 or 3 (x, y, z)")
+    if not all(math.isfinite(f) and f > 0 for f in factors):
+        raise ScaleError(f"factors must be finite and positive, got {factors}")
+    return (factors[0], factors[1], factors[2])
+
+
+def positive_number(value: Any) -> bool:
+    """A finite positive int or float (not a bool), as a JSON setting holds it."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
+
+
+def scale_entry(value: Any) -> bool:
+    """A ``trained_scales`` entry: a positive number, or an [x, y, z] list of them."""
+    if isinstance(value, list):
+        return len(value) == 3 and all(map(positive_number, value))
+    return positive_number(value)
+
+
+def untrained_scale(trained: list | None, scale) -> bool:
+    """Whether the (x, y, z) ``scale`` is none the model was trained for.
+
+    ``trained``: a model folder's ``trained_scales``. A number is an isotropic
+    training scale: a request whose every factor is one of them passes (a model
+    trained at 2 and 2.5 may take (2, 2, 2.5)). An [x, y, z] list is an anisotropic
+    one (thick slices: [1, 1, 4]), which a request must equal, or equal once its thick
+    axis is swapped into the model's (``slice_axes``: (4, 1, 1) runs as (1, 1, 4)).
+    None: unknown, never warned about."""
+    if not trained:
+        return False
+    wanted = tuple(float(s) for s in scale)
+    numbers = [float(t) for t in trained if not isinstance(t, list | tuple)]
+    triples = [tuple(float(v) for v in t) for t in trained if isinstance(t, list | tuple)]
+    axes = slice_axes(trained, wanted)
+    if axes is not None:
+        wanted = tuple(wanted[i] for i in axes)
+    return not (wanted in triples or (numbers and all(s in numbers for s in wanted)))
+
+
+def slice_axes(trained_scales: list | None, factors: Sequence[float]
+               ) -> tuple[int, int, int] | None:
+    """The axis order that runs a thick-slice model on slices along another axis.
+
+    A model whose ``trained_scales`` are all (x, y, z) triples thickening one axis (a
+    thick-slice model: ``[1, 1, s]``, slices along z) asked for ``factors`` that thicken
+    another single axis (``(s, 1, 1)``: slices along x) runs on the volume with those
+    two axes swapped, so its slice axis lies where it learned it. None otherwise (the
+    volume runs as it is)."""
+    triples = [t for t in trained_scales or () if isinstance(t, list | tuple)]
+    if not triples or len(triples) != len(trained_scales):
+        return None
+    learned = {i for t in triples for i, f in enumerate(t) if f != 1}
+    wanted = [i for i, f in enumerate(factors) if f != 1]
+    if len(learned) != 1 or len(wanted) != 1 or wanted[0] in learned:
+        return None
+    order = [0, 1, 2]
+    (a,), b = learned, wanted[0]
+    order[a], order[b] = b, a
+    return tuple(order)
+
+
+def format_scales(trained: list) -> str:
+    """``trained_scales`` for people: ``2, 2.5`` or ``1x1x2, 1x1x3``."""
+    return ", ".join("x".join(f"{v:g}" for v in t) if isinstance(t, list | tuple) else f"{t:g}"
+                     for t in trained)
