@@ -190,9 +190,12 @@ def _with(value: float) -> np.ndarray:
     ("nan.nrrd", _with(np.nan)),
     ("inf.mha", _with(np.inf)),
     ("minus_inf.nrrd", _with(-np.inf)),
+    ("nan.nii.gz", _with(np.nan)),
+    ("inf.nii", _with(np.inf)),
 ])
 def test_input_values_unusable(name, values, good, in_dir, out_dir, capfd):
-    """All-zero, all-negative and non-finite images (NaN/inf kept by NRRD/MetaImage) fail."""
+    """All-zero, all-negative and non-finite images fail: NaN/inf kept by NRRD/MetaImage,
+    and in NIfTI, which SimpleITK reads as 0 (found on the raw data: ``test_nifti.py``)."""
     path = in_dir / name
     sitk.WriteImage(lr_image(values), str(path))
     line = expect_error(argv({**good, "input": str(path)}), capfd, out_dir)
