@@ -156,6 +156,42 @@ def manifest_parts(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f"{path.stem}.part-*-of-*.jsonl"))
 
 
+#: How much of an existing manifest ``check_manifest_file`` reads to recognise it.
+RECOGNISE_BYTES = 1 << 16
+
+
+def check_manifest_file(path: Path) -> None:
+    """Refuse a manifest path that holds something else: a run appends to its manifest
+    and a merge rewrites it, so a scan or any other file at that path would be spoiled.
+    Ours is an empty file or JSON lines among whose first ones a row (an object with
+    ``input`` and ``status``) is found; a folder, a device, a binary file or text of
+    another kind is refused before any work, naming the file."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_file():
+        raise SrrecnnError(f"{path}: exists and is not a file; a manifest is a JSON-lines "
+                           "file", "manifest")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(RECOGNISE_BYTES)
+    except OSError as e:
+        raise SrrecnnError(f"{path}: cannot read the manifest ({e.strerror or e})",
+                           "manifest") from None
+    if not head.strip():
+        return
+    rows = []
+    if b"\0" not in head:
+        for line in head.decode("utf-8", "replace").splitlines():
+            try:
+                rows.append(parse_json(line))
+            except ValueError:
+                continue
+    if not any(isinstance(r, dict) and {"input", "status"} <= r.keys() for r in rows):
+        raise SrrecnnError(f"{path}: exists and is not a manifest of srrecnn (no row of one "
+                           "in its first lines); it is never appended to or rewritten",
+                           "manifest")
+
+
 def history(path: Path) -> list[dict]:
     """Every row the manifest ``path`` and its parts hold, oldest first (by time)."""
     rows = read_rows(path)

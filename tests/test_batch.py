@@ -405,6 +405,55 @@ def test_cli_manifest_that_is_an_input_is_refused(tmp_path, models):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("shard", [None, "0/2"])
+def test_cli_manifest_onto_a_file_that_is_no_manifest_is_refused(tmp_path, models, shard):
+    """``--manifest`` at a scan of the study that is not an input of this run: refused
+    before any work, naming --manifest, the scan byte for byte as it was (a one-process
+    run appended JSON to it, a --shard run's merge rewrote it as JSON rows), no output."""
+    src = tmp_path / "s"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    scan = save(synthetic((6, 6, 6), 1), tmp_path / "other" / "b.nii.gz")
+    before = scan.read_bytes()
+    extra = ["--shard", shard] if shard else []
+    code, _, err = run_cli(src, "--out-dir", tmp_path / "out", "-m", models["mono"],
+                           "-s", SCALE, "--manifest", scan, *extra)
+    assert code == 1
+    (line,) = error_lines(err)
+    assert line.startswith("srrecnn: error: --manifest:") and "not a manifest" in line, line
+    assert scan.read_bytes() == before
+    outputs = list((tmp_path / "out").rglob("*.nii*")) if (tmp_path / "out").exists() else []
+    assert outputs == []
+
+
+def test_merge_manifest_onto_a_file_that_is_no_manifest_is_refused(tmp_path, capsys):
+    """``merge-manifest OUT --manifest notes.txt`` with a part beside it: one error line,
+    notes.txt as it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    notes = out / "notes.txt"
+    notes.write_text("my notes on this study\n")
+    (out / "notes.part-00000-of-00002.jsonl").write_text(
+        json.dumps({"input": "a", "status": "ok", "time": "1"}) + "\n")
+    assert cli.main(["merge-manifest", str(out), "--manifest", str(notes)]) == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "not a manifest" in line and str(notes) in line
+    assert notes.read_text() == "my notes on this study\n"
+
+
+def test_an_existing_manifest_of_ours_with_a_killed_fragment_is_kept_and_appended(
+        tmp_path, models):
+    """A manifest whose earlier run was killed mid-line is still ours: the run appends."""
+    src = tmp_path / "s"
+    save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    old = json.dumps({"input": "x", "output": "y", "status": "ok"}) + '\n{"input": "a'
+    (out / MANIFEST).write_text(old)
+    code, _, err = run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE)
+    assert code == 0, err
+    assert (out / MANIFEST).read_text().startswith(old)
+
+
 # --- a mixed batch: real crops, synthetic volumes, bad inputs ---------------------------
 
 

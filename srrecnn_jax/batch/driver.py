@@ -19,7 +19,14 @@ from srrecnn_jax.batch.resume import recorded_outputs
 from srrecnn_jax.files import writable_folder
 from srrecnn_jax.inference import SuperResolver
 from srrecnn_jax.jobs import Job, shard
-from srrecnn_jax.manifest import MANIFEST, Manifest, Record, history, manifest_part
+from srrecnn_jax.manifest import (
+    MANIFEST,
+    Manifest,
+    Record,
+    check_manifest_file,
+    history,
+    manifest_part,
+)
 
 
 def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
@@ -50,6 +57,8 @@ def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
     share = shard(jobs, process, count)
     manifest_path = manifest_path or out_dir / MANIFEST
     part = manifest_part(manifest_path, process, count)
+    for path in {manifest_path, part}:
+        check_manifest_file(path)
     resolver = SuperResolver.load(model, prototxt)
     writable_folder(out_dir)
     with folder_lock(out_dir, shared=count > 1, note=f"process {process} of {count}",

@@ -26,6 +26,7 @@ from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.files import writable_folder
 from srrecnn_jax.jobs import Job, shard
 from srrecnn_jax.manifest import (
+    check_manifest_file,
     manifest_part,
     manifest_parts,
     merge_manifests,
@@ -160,6 +161,7 @@ def merge(manifest_path: Path) -> list[Path]:
     """Fold every manifest part beside ``manifest_path`` into it (``merge_manifests``);
     safe to repeat, and to run while other processes still write their parts (what they
     add later is folded in by the next merge). Returns the parts merged."""
+    check_manifest_file(manifest_path)
     parts = manifest_parts(manifest_path)
     if parts:
         merge_manifests(parts, manifest_path)
