@@ -1262,6 +1262,33 @@ def test_second_run_into_a_locked_out_dir_is_refused(tmp_path, models):
     assert sorted(p.name for p in out.iterdir()) == [".srrecnn.lock"]
 
 
+def test_a_second_run_of_the_same_share_is_refused_and_another_share_runs(tmp_path, models):
+    """While a ``--shard 0/2`` run holds the folder (shared) and its share's lock (here:
+    the test, through its own open files), a second ``--shard 0/2`` into the folder is
+    refused with one line naming the share and the holder, writing nothing; ``--shard
+    1/2`` runs beside it (two 0/2 runs used to write the same outputs, both exit 0)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(4):
+        save(synthetic((6, 6, 6), i), src / f"a{i}.nii.gz")
+    out.mkdir()
+    with open(out / ".srrecnn.lock", "a+") as folder, \
+            open(out / ".srrecnn-share-00000-of-00002.lock", "a+") as share:
+        fcntl.flock(folder, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(share, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        share.write(f"pid {os.getpid()} on testhost (process 0 of 2)\n")
+        share.flush()
+        code, _, err = run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE,
+                               "--shard", "0/2")
+        assert code == 1
+        (line,) = error_lines(err)
+        assert "share 0 of 2" in line and f"pid {os.getpid()} on testhost" in line, line
+        assert list(out.rglob("*.nii*")) == []
+        code, _, err = run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE,
+                               "--shard", "1/2")
+        assert code == 0, err
+        assert len(list(out.rglob("*_SR.nii.gz"))) == 2
+
+
 def test_lock_is_removed_after_the_run(tmp_path, models):
     """A finished run leaves no lock file behind."""
     src, out = tmp_path / "in", tmp_path / "out"

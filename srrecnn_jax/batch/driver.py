@@ -62,7 +62,7 @@ def run(jobs: Sequence[Job], model: Path, options: Options, out_dir: Path,
     resolver = SuperResolver.load(model, prototxt)
     writable_folder(out_dir)
     with folder_lock(out_dir, shared=count > 1, note=f"process {process} of {count}",
-                     warn=warn):
+                     warn=warn, share=(process, count) if count > 1 else None):
         if count == 1:  # no other process can be running here: tidy up after dead ones
             remove_dead_presences(out_dir)
         recorded = recorded_outputs(history(manifest_path))

@@ -66,12 +66,19 @@ def _alive(pid: int) -> bool:
 LOCK = ".srrecnn.lock"
 
 
+#: Share I of an N-share run holds this lock file, exclusively, for the whole run.
+SHARE_LOCK = ".srrecnn-share-{process:05d}-of-{count:05d}.lock"
+
+
 @contextlib.contextmanager
 def folder_lock(out_dir: Path, shared: bool = False, note: str = "",
-                warn: Callable[[str], None] | None = None) -> Iterator[None]:
+                warn: Callable[[str], None] | None = None,
+                share: tuple[int, int] | None = None) -> Iterator[None]:
     """Own ``out_dir`` for a run: exclusive for one process, shared by the processes of a
-    multi-process run. Another run holding it is refused (one line, naming the folder
-    and the holder when known) before any work."""
+    multi-process run; ``share`` ``(I, N)``: and share I of N alone, so that two runs of
+    the same share (two ``I/N`` array tasks started twice) never write the same outputs.
+    Another run holding either is refused (one line, naming the folder and the holder
+    when known) before any work."""
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(locking.hold(out_dir / LOCK, shared=shared, note=note,
@@ -80,6 +87,15 @@ def folder_lock(out_dir: Path, shared: bool = False, note: str = "",
             raise SrrecnnError(f"{out_dir}: another srrecnn run is writing to this folder "
                                f"({e.holder or 'lock file ' + LOCK}); wait for it to end or "
                                "choose another output folder") from None
+        if share is not None:
+            name = SHARE_LOCK.format(process=share[0], count=share[1])
+            try:
+                stack.enter_context(locking.hold(out_dir / name, note=note, warn=warn))
+            except locking.LockBusy as e:
+                raise SrrecnnError(f"{out_dir}: another srrecnn run is doing share "
+                                   f"{share[0]} of {share[1]} in this folder "
+                                   f"({e.holder or 'lock file ' + name}); wait for it to end"
+                                   ) from None
         yield
 
 
