@@ -9,6 +9,7 @@ In-process calls of ``cli.main`` unless the process itself (signals, exit) is th
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -374,6 +375,25 @@ def test_training_settings_beyond_the_limits_are_refused(setting, refusal, tmp_p
     capfd.readouterr()
     assert cli.main(args) == 1
     assert refusal in one_error_line(capfd)
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("batch", ["100000000", "100000000000"])
+def test_a_batch_beyond_the_machines_memory_is_refused_before_any_work(batch, tmp_path,
+                                                                       capfd):
+    """A batch of 10^8 or 10^11 patches of 5^3 voxels (hundreds of GB) grew memory without
+    bound: now one line naming --set batch and the memory it would need, exit 1, no run
+    folder, at once (the patches it needs are never made)."""
+    h5 = patch_file(tmp_path / "patches.h5")
+    run = tmp_path / "run"
+    args = ["train", str(h5), "--out-dir", str(run), "--quiet", "--set", "layers=2", "--set",
+            "filters=2", "--set", f"batch={batch}", "--set", "max_iter=1"]
+    capfd.readouterr()
+    started = time.monotonic()
+    assert cli.main(args) == 1
+    line = one_error_line(capfd)
+    assert "batch" in line and "GiB of memory" in line, line
+    assert time.monotonic() - started < 30
     assert not run.exists()
 
 

@@ -27,7 +27,7 @@ OPTIONS = {
     "shave": "--shave", "mask": "--mask", "mode": "--mode", "others": "-i/--other",
     "outputs": "-o/--output", "overrides": "--set", "output_template": "--output-template",
     "reference_pattern": "--reference-pattern", "suffix": "--suffix", "manifest": "--manifest",
-    "patch_scales": "--set patch_scales", "max_iter": "--set max_iter",
+    "patch_scales": "--set patch_scales", "max_iter": "--set max_iter", "batch": "--set batch",
 }
 
 

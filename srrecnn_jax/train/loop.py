@@ -44,11 +44,12 @@ from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import validate
 from srrecnn_jax.files import is_list_file
 from srrecnn_jax.images import read_volume, read_volume_spacing
+from srrecnn_jax.limits import memory_bytes, size_text
 from srrecnn_jax.plots import draw_curves
 from srrecnn_jax.train.config import TrainConfig
 from srrecnn_jax.train.data import PatchSet, RandomPatches, check_degradable, prefetch
 from srrecnn_jax.train.settings import read_run_config, resolve
-from srrecnn_jax.train.step import compile_step, init_state
+from srrecnn_jax.train.step import compile_step, init_state, micro_batches
 from srrecnn_jax.writing import write_text_atomic
 
 
@@ -151,6 +152,28 @@ def _check_inputs(config: TrainConfig, data: PatchSet | RandomPatches,
     if init is not None and init.config != model_config:
         raise SrrecnnError(f"model {init.config.describe()} does not match the "
                            f"configured {model_config.describe()}", "init")
+    _check_memory(config, (data.patch,) * 3)
+
+
+#: Batches held at once: those read ahead (``prefetch``'s depth), the one being made, the
+#: one in the step and its copy on the device.
+BATCHES_IN_MEMORY = 7
+
+
+def _check_memory(config: TrainConfig, patch: Sequence[int]) -> None:
+    """Refuse, before anything is made, a batch whose patches (read ahead, on the host and
+    the device) and the step's activations (a micro-batch's, forward and backward) would
+    not fit this machine's memory: a huge ``batch`` grew memory without bound instead."""
+    voxels = float(np.prod([float(n) for n in patch]))
+    model = config.model
+    data = config.batch * voxels * (model.in_channels + 1) * 4 * BATCHES_IN_MEMORY
+    micro = config.batch / micro_batches(config)
+    activations = micro * voxels * sum(model.filters) * 4 * 3
+    need, have = data + activations, memory_bytes()
+    if need > have:
+        raise SrrecnnError(f"{config.batch} patches of {size_text(patch)} voxels need about "
+                           f"{need / 2**30:.3g} GiB of memory, more than the "
+                           f"{have / 2**30:.3g} GiB of this machine", "batch")
 
 
 def _claim_run_dir(run_dir: Path, config: TrainConfig, process: int) -> None:
