@@ -185,8 +185,11 @@ def merge(manifest_path: Path) -> list[Path]:
 
 
 def remove_dead_presences(out_dir: Path) -> None:
-    """Remove the presence lock files that killed processes left (nobody holds them)."""
-    for path in out_dir.glob(PRESENCE.replace("{process:05d}", "*").replace("{count:05d}", "*")):
+    """Remove the presence and share lock files that killed processes left (nobody holds
+    them)."""
+    patterns = [name.replace("{process:05d}", "*").replace("{count:05d}", "*")
+                for name in (PRESENCE, SHARE_LOCK)]
+    for path in (p for pattern in patterns for p in out_dir.glob(pattern)):
         if locking.held(path) is False:
             with contextlib.suppress(OSError):
                 path.unlink()
