@@ -99,9 +99,11 @@ def read_input(path: Path, role: str = "input image") -> sitk.Image:
         ids = reader.GetGDCMSeriesIDs(sitk_name(path))
         if not ids:
             raise SrrecnnError(f"{path}: folder holds no DICOM series")
-        if len(ids) > 1:
-            raise SrrecnnError(f"{path}: folder holds {len(ids)} DICOM series; give one per "
-                               "folder")
+        if len(ids) > 1:  # which one a user wants cannot be guessed: none is taken
+            shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+            raise SrrecnnError(f"{path}: folder holds {len(ids)} DICOM series (Series "
+                               f"Instance UIDs {shown}); none is chosen: put each series "
+                               "in a folder of its own")
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), ids[0]))
         try:
             image = reader.Execute()

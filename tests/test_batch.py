@@ -986,6 +986,28 @@ def test_dicom_series_reads_back_as_written(tmp_path):
     np.testing.assert_allclose(image.GetOrigin(), (-5.0, 3.0, 10.0), rtol=0, atol=1e-4)
 
 
+def test_a_dicom_folder_of_two_series_is_refused_naming_both(tmp_path, models):
+    """A folder holding two series (a T1 and a T2 put together): no series is guessed;
+    one line naming the folder, the count and both Series Instance UIDs, exit 1, no
+    output."""
+    folder = tmp_path / "mixed"
+    for name, seed in (("t1", 3), ("t2", 4)):
+        write_dicom_series(np.random.default_rng(seed).integers(10, 1000, (7, 6, 5)),
+                           tmp_path / name)
+        for path in (tmp_path / name).iterdir():
+            folder.mkdir(exist_ok=True)
+            path.rename(folder / f"{name}_{path.name}")
+    uids = sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    assert len(uids) == 2
+    code, _, err = run_cli(folder, "-o", tmp_path / "out.nii.gz", "-m", models["mono"],
+                           "-s", SCALE)
+    assert code == 1
+    (line,) = error_lines(err)
+    assert str(folder) in line and "2 DICOM series" in line, line
+    assert all(uid in line for uid in uids), line
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
 def test_dicom_series_gives_the_result_of_the_same_volume_as_nifti(dicom_series, tmp_path,
                                                                      models):
     """``sr FOLDER`` equals ``sr`` of the series' voxels and geometry written as NIfTI:
