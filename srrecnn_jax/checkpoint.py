@@ -312,8 +312,10 @@ def check_model_output(output: Path, force: bool, inputs: Sequence[Path] = ()) -
     """Where a user's command may write a model folder: a path that does not exist, or,
     with ``force``, a model folder of ours and nothing else (``config.json`` of our format
     and ``params/``, no other entry) that is no part of a training run. Never an input,
-    nor a folder holding one, nor a run folder, its ``model/`` or ``checkpoints/``, nor a
-    folder with other files: ``force`` replaces the whole folder, and would delete them.
+    nor a folder holding one, nor a training run folder (``train_config.json`` and
+    ``checkpoints/``), its ``model/`` or ``checkpoints/``, nor a folder with other files
+    (a shipped model's ``model/``, beside its run's settings but no checkpoints, may be
+    replaced): ``force`` replaces the whole folder, and would delete them.
     A refusal is a ``SrrecnnError`` naming ``output`` (``OutputExistsError`` without
     ``force``); nothing is touched."""
     output = Path(output)
@@ -327,8 +329,8 @@ def check_model_output(output: Path, force: bool, inputs: Sequence[Path] = ()) -
         return
     if not force:
         raise OutputExistsError(f"{output}: already exists")
-    if any((folder / RUN_CONFIG).is_file() for folder in (target, target.parent,
-                                                           target.parent.parent)):
+    if any((folder / RUN_CONFIG).is_file() and (folder / RUN_CHECKPOINTS).is_dir()
+           for folder in (target, target.parent, target.parent.parent)):
         raise SrrecnnError(f"{output}: is a training run folder or part of one; force "
                            "replaces only a model folder of its own")
     if not target.is_dir():

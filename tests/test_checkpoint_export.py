@@ -92,3 +92,51 @@ def test_the_run_itself_is_never_the_output(export, two_channel_run, capsys):
     assert stop.value.code == 2
     assert "would replace the run" in capsys.readouterr().err
     assert (two_channel_run / "checkpoints" / "4").is_dir()
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("target", ["checkpoints", "model", "checkpoints/2"])
+def test_no_part_of_a_run_is_ever_the_output(export, two_channel_run, target, capsys):
+    """``export.py run run/checkpoints`` deleted every checkpoint; its model/ and a step's
+    folder are parts of the run too: one error line, exit 2, the run byte for byte."""
+    before = snapshot(two_channel_run)
+    with pytest.raises(SystemExit) as stop:
+        export.main([str(two_channel_run), str(two_channel_run / target)])
+    assert stop.value.code == 2
+    assert "training run" in capsys.readouterr().err
+    assert snapshot(two_channel_run) == before
+
+
+def test_a_folder_that_is_not_a_model_folder_is_never_replaced(export, two_channel_run,
+                                                                tmp_path, capsys):
+    """``export.py run M/model/params`` broke model M; any folder holding other files is
+    refused likewise, untouched."""
+    from srrecnn_jax.checkpoint import save_model
+
+    (tmp_path / "M").mkdir()
+    other = save_model(tmp_path / "M" / "model", load_model(two_channel_run))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "n.txt").write_text("mine")
+    for target in (other / "params", tmp_path / "notes"):
+        before = snapshot(target.parent)
+        with pytest.raises(SystemExit):
+            export.main([str(two_channel_run), str(target)])
+        assert "other than a model folder" in capsys.readouterr().err
+        assert snapshot(target.parent) == before
+
+
+@pytest.mark.parametrize("option, value", [("--scales", "nan"), ("--spacing", "inf"),
+                                           ("--spacing", "0")])
+def test_a_scale_or_spacing_that_is_not_a_finite_positive_number_is_refused(
+        export, two_channel_run, tmp_path, option, value, capsys):
+    """``--scales nan`` / ``--spacing inf`` wrote folders that loading then refused."""
+    out = tmp_path / "m"
+    with pytest.raises(SystemExit) as stop:
+        export.main([str(two_channel_run), str(out), option, value])
+    assert stop.value.code == 2
+    assert option in capsys.readouterr().err
+    assert not out.exists()

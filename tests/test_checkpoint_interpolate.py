@@ -123,3 +123,18 @@ def test_a_missing_model_is_one_error_line_naming_it(interpolate, pair, tmp_path
     assert stop.value.code == 2
     assert f"{missing}: no such model file" in capsys.readouterr().err.splitlines()[-1]
     assert not (tmp_path / "model").exists()
+
+
+def test_a_run_folder_is_never_the_output(interpolate, pair, tmp_path, capsys):
+    """``interpolate.py run/model other/model run`` replaced the run folder (checkpoints,
+    metrics): refused, the run as it was."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / "4").mkdir(parents=True)
+    (run / "train_config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"step": 4}\n')
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    with pytest.raises(SystemExit) as stop:
+        interpolate.main([str(pair[0]), str(pair[1]), str(run)])
+    assert stop.value.code == 2
+    assert "training run" in capsys.readouterr().err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before

@@ -14,11 +14,24 @@ progress is scored (``checkpoints/scripts/evaluate.py``) and trained on in a new
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
-from srrecnn_jax.checkpoint import checkpoint_steps, load_model, save_model
+from srrecnn_jax.checkpoint import checkpoint_steps, load_model, write_model
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.sources import RELEASE
+
+
+def positive(text: str) -> float:
+    """A finite number > 0 (a scale or a voxel size): ``nan`` and ``inf`` are refused here,
+    before a folder is written that loading would then refuse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,10 +42,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="steps of the earlier runs this one was initialised from "
                              "(--init), so that the folder records the steps in all")
     parser.add_argument("--step", type=int, help="this checkpoint (default: the latest)")
-    parser.add_argument("--scales", type=float, nargs="+", metavar="S",
+    parser.add_argument("--scales", type=positive, nargs="+", metavar="S",
                         help="the scales trained, for a run from HDF5 patches (which do not "
                              "record them); refused when the checkpoint records its own")
-    parser.add_argument("--spacing", type=float, metavar="MM",
+    parser.add_argument("--spacing", type=positive, metavar="MM",
                         help="the HR voxel size (mm) trained on, likewise")
     args = parser.parse_args(argv)
     if args.out.resolve() in (args.run.resolve(), *args.run.resolve().parents):
@@ -56,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                      "step": step, "steps_in_all": args.earlier_steps + step,
                      "fine_tuned_from": RELEASE[loaded.config.in_channels]}
     try:
-        save_model(args.out, loaded, force=True)
+        write_model(args.out, loaded, force=True, inputs=[args.run])
     except SrrecnnError as error:  # e.g. the output's folder does not exist
         parser.error(str(error))
     print(f"{args.out}: step {step}, scales {loaded.trained_scales}, "

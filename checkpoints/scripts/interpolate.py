@@ -28,7 +28,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from srrecnn_jax.checkpoint import LoadedModel, fingerprint, load_model, save_model
+from srrecnn_jax.checkpoint import LoadedModel, fingerprint, load_model, write_model
 from srrecnn_jax.errors import SrrecnnError
 
 
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                                     "origin": fine_tuned.origin},
                      "fine_tuned_from": fine_tuned.origin.get("fine_tuned_from")}
     try:
-        save_model(args.out, loaded, force=True)
+        write_model(args.out, loaded, force=True,
+                    inputs=[args.start, args.fine_tuned])
     except SrrecnnError as error:  # e.g. the output's folder does not exist
         parser.error(str(error))
     print(f"{args.out}: {1 - args.alpha:g} x {args.start} + {args.alpha:g} x {args.fine_tuned}")
