@@ -1317,3 +1317,59 @@ def test_lock_is_removed_after_the_run(tmp_path, models):
     save(synthetic((6, 6, 6), 0), src / "a.nii.gz")
     assert run_cli(src, "--out-dir", out, "-m", models["mono"], "-s", SCALE)[0] == 0
     assert not (out / ".srrecnn.lock").exists()
+
+
+def write_gzip_bomb(path: Path, trailing: int) -> Path:
+    """A valid 8^3 float32 NIfTI-1 whose gzip stream goes on with ``trailing`` bytes of
+    zeros after the voxels (a few hundred KB on disk; written chunk by chunk)."""
+    import nibabel
+
+    tmp = path.with_suffix(".tmp.nii")
+    nibabel.save(nibabel.Nifti1Image(np.random.default_rng(0).uniform(
+        1, 2, (8, 8, 8)).astype(np.float32), np.eye(4)), tmp)
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    zeros = bytes(1 << 24)
+    with open(path, "wb") as out:
+        out.write(packer.compress(tmp.read_bytes()))
+        for _ in range(trailing // len(zeros)):
+            out.write(packer.compress(zeros))
+        out.write(packer.flush())
+    tmp.unlink()
+    return path
+
+
+@pytest.mark.slow
+def test_gzip_bombs_read_by_four_workers_at_once_keep_memory_bounded(tmp_path, models):
+    """Four .nii.gz files that decompress to 512 MB each (a valid 8^3 image, then zeros)
+    and one whose header declares 4000^3 voxels, read by ``--workers 4`` at once: the
+    bombs are read only as far as their voxels (and super-resolved), the huge one is
+    refused from its header, and the run's peak memory stays under 1.5 GB (2 GB of zeros
+    would be decompressed otherwise)."""
+    import gzip
+    import struct
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        write_gzip_bomb(src / f"bomb{i}.nii.gz", 512 << 20)
+    header = bytearray(352)
+    header[0:4] = struct.pack("<i", 348)
+    header[40:56] = struct.pack("<8h", 3, 4000, 4000, 4000, 1, 1, 1, 1)
+    header[70:74] = struct.pack("<2h", 16, 32)
+    header[76:92] = struct.pack("<4f", 1, 1, 1, 1)
+    header[108:112] = struct.pack("<f", 352)
+    header[344:348] = b"n+1\0"
+    (src / "huge.nii.gz").write_bytes(gzip.compress(bytes(header) + bytes(4096)))
+    # The run's own peak: a wrapper process waits for it alone and reports its maxrss.
+    measure = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode;"
+               " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", measure,
+                             *command(src, "--out-dir", tmp_path / "out", "-m", models["mono"],
+                                      "-s", SCALE, "--workers", "4")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr  # the huge one fails as its own job
+    (line,) = error_lines(result.stderr)
+    assert "huge.nii.gz" in line, line
+    assert len(list((tmp_path / "out").glob("bomb*_SR.nii.gz"))) == 4
+    peak_kb = int(result.stdout.split()[-1])
+    assert peak_kb < 1.5 * 2**20, f"peak {peak_kb / 2**20:.2f} GB"
