@@ -59,6 +59,11 @@ def _add_paths(p) -> None:
                    "model, scale and options, if it still reads back as written; any other "
                    "existing output is made again, with a warning)")
     p.add_argument("--overwrite", dest="force", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--check", action="store_true",
+                   help="single input: also estimate the input's noise (%% of its maximum) "
+                   "and predict, by a self-check on the input acquired once more at the "
+                   "scale, whether the model beats cubic spline on it (monomodal models; "
+                   "a warning when it is predicted to lose); with --json, in the JSON")
 
 
 def _add_inference(p) -> None:
@@ -115,7 +120,9 @@ def _add_batch(batch) -> None:
                        "compilation; results unchanged (default 8)")
     batch.add_argument("--dry-run", action="store_true", help="list the work and stop")
     batch.add_argument("--quiet", action="store_true", help="no progress bar or warnings")
-    batch.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    batch.add_argument("--json", action="store_true",
+                       help="print a JSON summary on stdout (a single input: its output's "
+                       "size, spacing, time and, with --check, the checks)")
     common.add_distributed(batch, "takes its share of the files; all wait at the end until "
                            "every process has ended, and one that ended before finishing "
                            "its share is named in an error (exit status 1)")
@@ -154,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out_dir is not None:
         if args.output is not None:
             raise SrrecnnError("-o/--output: give either -o (one input) or --out-dir, not both")
+        if args.check:
+            raise SrrecnnError("--check: applies to a single input (-o) for now")
         if args.reference is not None:
             raise SrrecnnError("--reference: in batch mode pair inputs with "
                                "--reference-pattern OLD:NEW")
@@ -167,14 +176,47 @@ def run(args: argparse.Namespace) -> int:
         raise SrrecnnError("-o/--output: takes a single input; use --out-dir for several")
 
     start = time.perf_counter()
-    result = super_resolve_file(args.inputs[0], args.output, args.model,
-                                inference_options(args), args.reference,
-                                prototxt=args.prototxt, force=args.force)
+    options = inference_options(args)
+    result = super_resolve_file(args.inputs[0], args.output, args.model, options,
+                                args.reference, prototxt=args.prototxt, force=args.force)
+    seconds = time.perf_counter() - start
     size = "x".join(str(n) for n in result.GetSize())
     spacing = "x".join(f"{s:.4g}" for s in result.GetSpacing())
-    print(f"{args.output}: {size} voxels of {spacing} mm "
-          f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    print(f"{args.output}: {size} voxels of {spacing} mm ({seconds:.1f} s)", file=sys.stderr)
+    facts = {"input": str(args.inputs[0]), "output": str(args.output),
+             "size": list(result.GetSize()), "spacing": list(result.GetSpacing()),
+             "seconds": round(seconds, 3)}
+    if args.check:
+        facts |= _check(args, options)
+    if args.json:
+        print(json.dumps(facts))
     return 0
+
+
+def _check(args: argparse.Namespace, options: InferenceOptions) -> dict:
+    """The per-scan checks of the single input (``guardrails.check_scan``), said on stderr,
+    with a warning when the model is predicted to lose to cubic spline."""
+    from srrecnn_jax.guardrails import check_scan
+    from srrecnn_jax.images import read_input, to_array
+    from srrecnn_jax.inference import SuperResolver
+
+    resolver = SuperResolver.load(args.model, args.prototxt)
+    lr = to_array(read_input(args.inputs[0], "input image"))
+    facts = check_scan(resolver.model.params, resolver.config, lr, options.scale,
+                       options.precision)
+    gain = facts["self_check_gain_db"]
+    said = (f"{args.inputs[0]}: noise about {facts['noise_percent']:.2g}% of the maximum"
+            + ("" if gain is None else f"; self-check: model {gain:+.2f} dB against "
+               f"cubic spline ({facts['self_check_psf']} acquisition)"))
+    if not args.quiet:
+        print(said, file=sys.stderr)
+        if gain is not None and gain < 0:
+            better = ("-m mono-x2-robust, made for noisy scans, or " if
+                      facts["noise_percent"] > 1 else "")
+            print(f"srrecnn: warning: {args.inputs[0]}: the self-check predicts this model is "
+                  f"{-gain:.2f} dB behind cubic spline on this scan; try {better}compare "
+                  "with a spline zoom", file=sys.stderr)
+    return facts
 
 
 def run_batch(args: argparse.Namespace) -> int:

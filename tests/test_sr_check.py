@@ -1,0 +1,63 @@
+"""``srrecnn sr --check``: the per-scan checks said on stderr, warned about when the model
+is predicted to lose to cubic spline, and given by ``--json``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from conftest import write
+
+from srrecnn_jax import config, model
+from srrecnn_jax.checkpoint import LoadedModel, save_model
+from srrecnn_jax.cli import main
+
+
+@pytest.fixture(scope="module")
+def harmful(tmp_path_factory):
+    """A tiny model whose network adds 0.2 of the range everywhere: worse than spline."""
+    cfg = config.tiny()
+    params = jax.tree_util.tree_map(np.zeros_like, model.init(jax.random.PRNGKey(0), cfg))
+    params["conv3"]["bias"] = np.full_like(params["conv3"]["bias"], 0.2)
+    return save_model(tmp_path_factory.mktemp("harmful") / "model", LoadedModel(params, cfg))
+
+
+@pytest.fixture
+def scan(tmp_path):
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in (20, 22, 18)],
+                                indexing="ij"))
+    values = np.exp(-(grid ** 2).sum(0)) * (1 + 0.2 * np.sin(5 * grid[0]))
+    return write(values.astype(np.float32), tmp_path / "scan.nii.gz")
+
+
+def test_json_holds_the_checks_and_a_negative_prediction_is_warned(harmful, scan, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "sr.nii.gz"
+    assert main(["sr", str(scan), "-o", str(out), "-m", str(harmful), "-s", "2",
+                 "--check", "--json"]) == 0
+    captured = capsys.readouterr()
+    facts = json.loads(captured.out)
+    assert facts["input"] == str(scan) and facts["size"] == [40, 44, 36]
+    assert set(facts) >= {"noise_percent", "falloff", "self_check_psf", "self_check_gain_db"}
+    assert facts["self_check_gain_db"] < -3
+    warnings = [ln for ln in captured.err.splitlines() if ln.startswith("srrecnn: warning:")]
+    assert len(warnings) == 1 and "behind cubic spline" in warnings[0], captured.err
+
+
+def test_json_without_check_has_no_checks(harmful, scan, tmp_path, capsys):
+    assert main(["sr", str(scan), "-o", str(tmp_path / "sr.nii.gz"), "-m", str(harmful),
+                 "-s", "2", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert "self_check_gain_db" not in facts and facts["size"] == [40, 44, 36]
+
+
+def test_check_in_batch_mode_is_refused(harmful, scan, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(scan, folder / "scan.nii.gz")
+    assert main(["sr", str(folder), "--out-dir", str(tmp_path / "out"), "-m", str(harmful),
+                 "-s", "2", "--check"]) == 1
+    assert "--check" in capsys.readouterr().err
