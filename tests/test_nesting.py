@@ -62,16 +62,17 @@ def test_a_manifest_line_nested_too_deeply_is_skipped(tmp_path):
 
 
 def test_a_batch_runs_beside_a_manifest_line_nested_too_deeply(models, tmp_path, capsys):
-    """The nested line stays in the manifest (earlier rows are never lost); the run does
-    its work and appends its rows."""
+    """A manifest of an earlier run holding a nested line: the line stays (earlier rows
+    are never lost); the run does its work and appends its rows."""
     study = tmp_path / "study"
     study.mkdir()
     write(np.random.default_rng(1).uniform(0.1, 1, (8, 9, 7)).astype(np.float32),
           study / "a.nii.gz")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "srrecnn_manifest.jsonl").write_text(NESTED_JSON + "\n")
+    earlier = '{"input": "x", "output": "y", "status": "ok"}\n'
+    (out / "srrecnn_manifest.jsonl").write_text(earlier + NESTED_JSON + "\n")
     assert main(["sr", str(study), "--out-dir", str(out), "-m", str(models["mono"]),
                  "-s", "2", "--quiet"]) == 0
     assert (out / "a_SR.nii.gz").is_file()
-    assert [r["status"] for r in read_rows(out / "srrecnn_manifest.jsonl")] == ["ok"]
+    assert [r["status"] for r in read_rows(out / "srrecnn_manifest.jsonl")] == ["ok", "ok"]
