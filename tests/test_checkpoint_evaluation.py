@@ -138,3 +138,23 @@ def test_a_noise_level_out_of_range_is_one_line_and_exit_2(evaluate, anatomical_
     assert evaluate.main(["--hr", str(anatomical_path), "--noise", "-1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--noise" in err
+
+
+def test_a_kspace_acquisition_is_its_own_condition_beside_the_release_model(
+        evaluate, anatomical_path, tmp_path):
+    """--psf gaussian kspace scores each condition under both observation models: the
+    release's rows keep their names and numbers, the k-space rows are named for it and
+    differ (the k-space LR keeps more detail, so spline scores higher on it)."""
+    plain, both = tmp_path / "plain.json", tmp_path / "both.json"
+    common = ["--hr", str(anatomical_path), "--regions", "crop", "--conditions", "x2",
+              "--models", "mni_x2"]
+    assert evaluate.main([*common, "--json", str(plain)]) == 0
+    assert evaluate.main([*common, "--psf", "gaussian", "kspace", "--json", str(both)]) == 0
+    rows = {(r["condition"], r["method"]): r["psnr"]
+            for r in json.loads(both.read_text())["rows"]}
+    before = {(r["condition"], r["method"]): r["psnr"]
+              for r in json.loads(plain.read_text())["rows"]}
+    assert set(rows) == {(c, m) for c in ("x2", "x2 k-space")
+                         for m in ("cubic spline", "mni_x2")}
+    assert all(rows[key] == value for key, value in before.items())
+    assert rows["x2 k-space", "cubic spline"] > rows["x2", "cubic spline"]

@@ -13,13 +13,15 @@ Debian's ``mricron-data``: ``apt-get install mricron-data``) is degraded by:
 - thick slices 1 x 1 x s, s = 2..5: a Gaussian slice profile with FWHM = s voxels
   along z only, modcrop, downsampling along z.
 
-and, with ``--noise P``, Rician noise of sigma P % of the HR maximum (of the region
-scored, the PSNR peak: Colin27's crop 190, its whole head 254) added to the LR image
-(seeded: the same noisy image for every method; a scan's own noise, which the
-degradation above leaves out), and restored by cubic spline, by the original
-release's monomodal x2 weights (when ``../shared/caffe`` is present) and by every
-monomodal ``checkpoints/*/model``, each run at the degradation's scale through
-``super_resolve_array`` (as ``srrecnn sr``).
+or, with ``--psf kspace``, as a scanner acquires a coarser image: the central 1 / s of
+k-space along each coarser axis, magnitude, then the same crop and sampling
+(``degradation.observe``; rows ``x2 k-space``); and, with ``--noise P``, Rician noise of
+sigma P % of the HR maximum (of the region scored, the PSNR peak: Colin27's crop 190,
+its whole head 254) added to the LR image (seeded: the same noisy image for every
+method; a scan's own noise, which the degradation above leaves out), and restored by
+cubic spline, by the original release's monomodal x2 weights (when ``../shared/caffe``
+is present) and by every monomodal ``checkpoints/*/model``, each run at the
+degradation's scale through ``super_resolve_array`` (as ``srrecnn sr``).
 
 With ``--reference`` (an HR image of another modality on the grid of ``--hr``, e.g.
 the held-out slab of the ICBM 2009c T1/T2 pair: no real T1/T2 pair is installable),
@@ -48,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from srrecnn_jax.checkpoint import load_model, read_meta
-from srrecnn_jax.degradation import degrade, slice_profile
+from srrecnn_jax.degradation import PSFS, observe, slice_profile
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import head_mask, score
 from srrecnn_jax.images import read_image, to_array
@@ -86,9 +88,12 @@ def central_crop(volume: np.ndarray, size=CROP) -> np.ndarray:
     return volume[tuple(slice(a, a + c) for a, c in zip(start, size))]
 
 
-def condition_name(condition: str, noise: float = 0.0) -> str:
-    """The row label of ``condition`` with ``noise`` % Rician noise: ``x2``, ``x2 + 1% noise``."""
-    return f"{condition} + {noise:g}% noise" if noise else condition
+def condition_name(condition: str, noise: float = 0.0, psf: str = "gaussian") -> str:
+    """The row label of ``condition`` with ``noise`` % Rician noise and the acquisition's
+    point spread: ``x2``, ``x2 + 1% noise``, ``x2 k-space + 1% noise`` (the release's
+    Gaussian model is unnamed, as in every earlier table)."""
+    name = condition if psf == "gaussian" else f"{condition} k-space"
+    return f"{name} + {noise:g}% noise" if noise else name
 
 
 def noisy(lr: np.ndarray, noise: float, peak: float) -> np.ndarray:
@@ -98,14 +103,17 @@ def noisy(lr: np.ndarray, noise: float, peak: float) -> np.ndarray:
 
 
 def evaluate(hr: np.ndarray, condition: str, models: dict, region: str,
-             reference: np.ndarray | None = None, noise: float = 0.0) -> list[dict]:
+             reference: np.ndarray | None = None, noise: float = 0.0,
+             psf: str = "gaussian") -> list[dict]:
     """Rows ``{condition, region, method, psnr, ssim}`` for one degradation of ``hr``
-    (``noise``: Rician, % of the HR maximum, on the LR image); ``reference`` (the grid
-    of ``hr``) goes to every model, cropped as ``hr`` is."""
+    (``psf``: the release's Gaussian model, or ``kspace``, a scanner's acquisition of the
+    central 1 / s of k-space along each coarser axis, magnitude, ``degradation.observe``;
+    ``noise``: Rician, % of the HR maximum, on the LR image); ``reference`` (the grid of
+    ``hr``) goes to every model, cropped as ``hr`` is."""
     scale, sigma = CONDITIONS[condition]
-    lr, truth = degrade(hr, scale, sigma)
+    lr, truth = observe(hr, scale, psf=psf, sigma=sigma)
     lr = noisy(lr, noise, float(hr.max()))
-    condition = condition_name(condition, noise)
+    condition = condition_name(condition, noise, psf)
     if reference is not None:
         reference = reference[tuple(slice(0, n) for n in truth.shape)]
     factors = [a / b for a, b in zip(truth.shape, lr.shape)]
@@ -154,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Rician noise on the LR image, sigma in %% of the HR maximum of "
                              "the region (the PSNR peak); "
                              "each condition once per value (default: 0, none)")
+    parser.add_argument("--psf", nargs="+", choices=PSFS, default=["gaussian"],
+                        help="how the LR image is acquired, each its own condition: gaussian "
+                        "(the release's model, default), kspace (a scanner's: the central 1/s "
+                        "of k-space per coarser axis, magnitude)")
     parser.add_argument("--reference", type=Path,
                         help="HR image of another modality on the grid of --hr: score the "
                              "multimodal methods, given it, instead of the monomodal ones")
@@ -202,10 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     for region in args.regions:
         cut = central_crop if region == "crop" else np.asarray
         volume, other = cut(hr), None if reference is None else cut(reference)
-        for condition, noise in itertools.product(args.conditions, args.noise):
-            new = evaluate(volume, condition, models, region, other, noise)
+        for psf, condition, noise in itertools.product(args.psf, args.conditions, args.noise):
+            new = evaluate(volume, condition, models, region, other, noise, psf)
             scores = ", ".join(f"{r['region']} {r['method']} {r['psnr']:.2f} dB" for r in new)
-            print(f"{condition_name(condition, noise)}: {scores}", file=sys.stderr, flush=True)
+            print(f"{condition_name(condition, noise, psf)}: {scores}", file=sys.stderr,
+                  flush=True)
             rows += new
     if args.json:
         rows = merged(args.json, rows)
