@@ -39,6 +39,7 @@ class Record:
     job: dict | None = None  # what made the output (ok, skipped): see ``batch.resume.job_facts``
     output_bytes: int | None = None  # the output's size on disk when written (ok, skipped)
     redone: str | None = None  # why an existing output was made again
+    noise_percent: float | None = None  # the input's noise, % of its max (guardrails)
 
 
 def new_run_id(micros: int | None = None, tag: int | None = None) -> str:

@@ -26,7 +26,8 @@ from srrecnn_jax.batch.resume import job_facts, redo_reason
 from srrecnn_jax.checkpoint import fingerprint
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.geometry import header_warnings
-from srrecnn_jax.images import read_input
+from srrecnn_jax.guardrails import noise_percent
+from srrecnn_jax.images import read_input, to_array
 from srrecnn_jax.inference import SuperResolver, conv_algorithm, run_network
 from srrecnn_jax.inference_options import InferenceOptions
 from srrecnn_jax.jobs import Job
@@ -258,12 +259,13 @@ class _Run:
                                                  input_name=str(job.input),
                                                  reference_name=str(job.reference),
                                                  log=notes.append)
+                checks = {"noise_percent": round(noise_percent(to_array(image)), 3)}
             except Exception as e:  # noqa: BLE001 - reported, the batch goes on
                 self.fail(job, e, started)
                 continue
             for note in notes[len(self.run_notes):]:
                 self.warn(note)
-            self.ready_q.put((job, prepared, notes, started))
+            self.ready_q.put((job, prepared, notes, started, checks))
 
     def compute(self, device) -> None:
         """Device stage: the network on ``device`` for each prepared volume."""
@@ -276,7 +278,7 @@ class _Run:
                 break
             if self.halted():
                 continue  # not started: a rerun does it
-            job, prepared, notes, started = item
+            job, prepared, notes, started, checks = item
             try:
                 tick = time.perf_counter()
                 with jax.default_device(device):
@@ -289,7 +291,7 @@ class _Run:
             except Exception as e:  # noqa: BLE001
                 self.fail(job, e, started)
                 continue
-            self.done_q.put((job, prepared, y, notes, started))
+            self.done_q.put((job, prepared, y, notes, started, checks))
 
     def write(self) -> None:
         """Writer stage: finish, write and log each network output."""
@@ -299,7 +301,7 @@ class _Run:
                 break
             if self.fatal:
                 continue  # keep taking results, so the device threads never block
-            job, prepared, y, notes, started = item
+            job, prepared, y, notes, started, checks = item
             try:
                 image = self.resolver.finish(prepared, y)
                 job.output.parent.mkdir(parents=True, exist_ok=True)
@@ -307,10 +309,12 @@ class _Run:
             except Exception as e:  # noqa: BLE001
                 self.fail(job, e, started)
                 continue
-            self.written(job, image, notes, started)
+            self.written(job, image, notes, started, checks)
 
-    def written(self, job: Job, image, notes: list[str], started: float) -> None:
-        """Log a written output's row with what made it, and count it."""
+    def written(self, job: Job, image, notes: list[str], started: float,
+                checks: dict) -> None:
+        """Log a written output's row with what made it and the input's checks, and count
+        it."""
         voxels = int(np.prod(image.GetSize()))
         facts, redo = self.planned[job]
         try:
@@ -321,7 +325,7 @@ class _Run:
                               str(job.reference) if job.reference else None,
                               list(image.GetSize()), list(image.GetSpacing()),
                               time.perf_counter() - started, warnings=notes, job=facts,
-                              output_bytes=size, redone=redo), voxels):
+                              output_bytes=size, redone=redo, **checks), voxels):
             with self.lock:
                 self.summary.ok += 1
                 self.summary.redone += redo is not None
