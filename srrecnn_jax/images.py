@@ -127,6 +127,16 @@ def is_dicom_series(folder: Path) -> bool:
 
 def image_size(path: Path, role: str = "image") -> tuple[int, ...]:
     """The (x, y, z) size of a 3-D image file, from its header alone."""
+    return image_spacing(path, role)[0]
+
+
+def image_spacing(path: Path, role: str = "image"
+                  ) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The (x, y, z) size and voxel spacing (mm) of a 3-D image file, from its header
+    alone (a DICOM series folder is read whole)."""
+    if path.is_dir():
+        image = read_input(path, role)
+        return tuple(image.GetSize()), tuple(image.GetSpacing())
     if not path.is_file():
         raise SrrecnnError(f"{path}: no such {role} file")
     reader = sitk.ImageFileReader()
@@ -137,7 +147,7 @@ def image_size(path: Path, role: str = "image") -> tuple[int, ...]:
         raise SrrecnnError(f"{path}: unreadable or corrupt {role}") from None
     if reader.GetDimension() != 3:
         raise SrrecnnError(f"{path}: image is {reader.GetDimension()}-D, expected 3-D")
-    return tuple(reader.GetSize())
+    return tuple(reader.GetSize()), tuple(reader.GetSpacing())
 
 
 def read_volume(path: Path, role: str = "image") -> np.ndarray:

@@ -112,3 +112,43 @@ def format_scales(trained: list) -> str:
     """``trained_scales`` for people: ``2, 2.5`` or ``1x1x2, 1x1x3``."""
     return ", ".join("x".join(f"{v:g}" for v in t) if isinstance(t, list | tuple) else f"{t:g}"
                      for t in trained)
+
+
+#: ``isotropic_factors`` refuses a thick axis less than this many times the in-plane
+#: spacing (the scan is near isotropic already), and an in-plane axis that much coarser
+#: than the finest (two thick axes: which one to resolve is not clear).
+MIN_THICK_RATIO = 1.2
+
+
+def isotropic_factors(size: Sequence[int], spacing: Sequence[float],
+                      target: float | None = None) -> Scale:
+    """The (x, y, z) zoom factors that make a thick-slice scan of ``size`` voxels of
+    ``spacing`` mm isotropic at ``target`` mm (default: its finest, in-plane spacing).
+
+    The thick axis is the one of largest spacing; the output of each axis has
+    ``round((n - 1) * spacing / target) + 1`` voxels, so that with the zoom's header
+    (first and last voxel centres kept) its spacing is ``target`` to rounding, and the
+    factor is that over ``n`` (non-integer allowed: 5.5 / 0.75 mm is about 7.1 on 26
+    slices). Raises ``SrrecnnError`` naming ``isotropic`` when the thick axis is less
+    than ``MIN_THICK_RATIO`` times the finest, or a second axis is that coarse too."""
+    spacing = [float(s) for s in spacing]
+    order = sorted(range(3), key=lambda a: spacing[a])
+    finest, middle, thick = (spacing[a] for a in order)
+    axes = "xyz"
+    if thick < MIN_THICK_RATIO * finest:
+        raise SrrecnnError(f"voxels of {_mm(spacing)} mm are near isotropic already (the "
+                           f"thickest axis is under {MIN_THICK_RATIO:g} times the finest)",
+                           "isotropic")
+    if middle >= MIN_THICK_RATIO * finest:
+        raise SrrecnnError(f"voxels of {_mm(spacing)} mm have two coarse axes "
+                           f"({axes[order[1]]} and {axes[order[2]]}): which is the slice axis "
+                           "is not clear; give the factors", "isotropic")
+    target = finest if target is None else float(target)
+    if not (math.isfinite(target) and target > 0):
+        raise SrrecnnError(f"must be a positive number, got {target}", "target_spacing")
+    out = [max(2, round((n - 1) * s / target) + 1) for n, s in zip(size, spacing)]
+    return tuple(o / n for o, n in zip(out, size))
+
+
+def _mm(spacing: Sequence[float]) -> str:
+    return "x".join(f"{s:.3g}" for s in spacing)

@@ -28,6 +28,7 @@ OPTIONS = {
     "outputs": "-o/--output", "overrides": "--set", "output_template": "--output-template",
     "reference_pattern": "--reference-pattern", "suffix": "--suffix", "manifest": "--manifest",
     "patch_scales": "--set patch_scales", "max_iter": "--set max_iter", "batch": "--set batch",
+    "isotropic": "--isotropic", "target_spacing": "--target-spacing",
 }
 
 

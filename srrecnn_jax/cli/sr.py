@@ -68,9 +68,17 @@ def _add_paths(p) -> None:
 
 def _add_inference(p) -> None:
     """The options of ``InferenceOptions``: how each image is super-resolved."""
-    p.add_argument("-s", "--scale", type=common.scale, required=True,
+    p.add_argument("-s", "--scale", type=common.scale,
                    help="zoom factor: one number or x,y,z (e.g. 2 or 2,2,2.5); the output "
                    "may have at most 2^32 voxels and must fit this machine's memory")
+    p.add_argument("--isotropic", action="store_true",
+                   help="instead of -s, for a single thick-slice scan: the factors from its "
+                   "header, so that the output is isotropic at its in-plane spacing (the "
+                   "thick axis is the one of largest spacing, any of x, y, z; non-integer "
+                   "factors allowed); with a thick-slice model, -m thick-slice")
+    p.add_argument("--target-spacing", type=common.positive_float, metavar="MM",
+                   help="with --isotropic: the output's voxel size instead of the in-plane "
+                   "spacing")
     p.add_argument("--tile", type=common.positive_int,
                    help="run the network in tiles of N^3 output voxels (exact: equals the "
                    "whole-volume result); default: whole volume unless it would not fit memory")
@@ -157,7 +165,27 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
                             exact=args.exact)
 
 
+def _scale_from_header(args: argparse.Namespace) -> None:
+    """``-s`` or ``--isotropic`` (its factors from the single input's header)."""
+    if args.isotropic and args.scale is not None:
+        raise SrrecnnError("--isotropic: give either -s or --isotropic, not both")
+    if args.target_spacing is not None and not args.isotropic:
+        raise SrrecnnError("--target-spacing: applies with --isotropic")
+    if not args.isotropic:
+        if args.scale is None:
+            raise SrrecnnError("-s/--scale: give the zoom factors, or --isotropic")
+        return
+    if args.out_dir is not None or len(args.inputs) != 1:
+        raise SrrecnnError("--isotropic: applies to a single input (-o) for now")
+    from srrecnn_jax.images import image_spacing
+    from srrecnn_jax.scales import isotropic_factors
+
+    size, spacing = image_spacing(args.inputs[0], "input image")
+    args.scale = isotropic_factors(size, spacing, args.target_spacing)
+
+
 def run(args: argparse.Namespace) -> int:
+    _scale_from_header(args)
     if args.out_dir is not None:
         if args.output is not None:
             raise SrrecnnError("-o/--output: give either -o (one input) or --out-dir, not both")

@@ -1,0 +1,99 @@
+"""``srrecnn sr --isotropic``: the factors that make a thick-slice scan isotropic, from its
+header (any thick axis, non-integer factors), and what is refused as ambiguous."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from srrecnn_jax.cli import main
+from srrecnn_jax.degradation import degrade_image, slice_profile
+from srrecnn_jax.errors import SrrecnnError
+from srrecnn_jax.images import to_array, to_image
+from srrecnn_jax.scales import isotropic_factors
+
+
+def test_the_clinical_t2_geometry_gives_a_non_integer_factor_along_z():
+    """320 x 320 x 26 voxels of 0.75 x 0.75 x 5.5 mm: z becomes round(25 x 5.5 / 0.75) + 1
+    = 184 slices (factor 184 / 26 = 7.08), x and y stay."""
+    assert isotropic_factors((320, 320, 26), (0.75, 0.75, 5.5)) == (1.0, 1.0, 184 / 26)
+
+
+def test_the_thick_axis_may_be_any_axis_and_a_target_spacing_applies_to_all():
+    assert isotropic_factors((30, 40, 50), (1.0, 4.0, 1.0)) == (1.0, 157 / 40, 1.0)
+    assert isotropic_factors((30, 40, 50), (1.0, 1.0, 4.0), target=0.5) == (
+        59 / 30, 79 / 40, 393 / 50)
+
+
+@pytest.mark.parametrize("spacing, words", [((1.0, 1.0, 1.1), "near isotropic"),
+                                            ((0.9, 3.0, 3.0), "two coarse axes")])
+def test_an_ambiguous_geometry_is_one_error_naming_isotropic(spacing, words):
+    with pytest.raises(SrrecnnError, match=words) as error:
+        isotropic_factors((20, 20, 20), spacing)
+    assert error.value.parameter == "isotropic"
+
+
+def head(shape=(36, 40, 44)) -> sitk.Image:
+    """A smooth brain-like 1 mm volume (x, y, z)."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    values = (np.exp(-(grid ** 2).sum(0) / 0.4) * (1 + 0.3 * np.sin(6 * grid[2]))
+              + 0.05).astype(np.float32)
+    return to_image(values, (1.0, 1.0, 1.0), (-3.0, 4.0, 5.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+@pytest.fixture(scope="module")
+def thick(tmp_path_factory):
+    """The volume degraded to 1 x 1 x 4 by a slice profile (its LR header as the
+    degradation writes it), its truth, and the same scan with y and z swapped."""
+    root = tmp_path_factory.mktemp("isotropic")
+    images = degrade_image(head(), (1, 1, 4), slice_profile((1, 1, 4)))
+    sitk.WriteImage(images["lr"], str(root / "z.nii.gz"))
+    lr = images["lr"]
+    swapped = to_image(to_array(lr).transpose(0, 2, 1).copy(),
+                       tuple(np.array(lr.GetSpacing())[[0, 2, 1]]), lr.GetOrigin(),
+                       (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    sitk.WriteImage(swapped, str(root / "y.nii.gz"))
+    return root, images["hr"]
+
+
+def test_isotropic_output_lies_on_the_hr_grid(thick, tmp_path):
+    """1 x 1 x 4 with the degradation's header: the output has the cropped HR's size,
+    1 mm spacing (to 1e-6) and origin: the grid the thick slices came from."""
+    root, truth = thick
+    out = tmp_path / "iso.nii.gz"
+    assert main(["sr", str(root / "z.nii.gz"), "-o", str(out), "-m", "thick-slice",
+                 "--isotropic"]) == 0
+    image = sitk.ReadImage(str(out))
+    assert image.GetSize() == truth.GetSize()
+    np.testing.assert_allclose(image.GetSpacing(), (1.0, 1.0, 1.0), atol=1e-6)
+    np.testing.assert_allclose(image.GetOrigin(), truth.GetOrigin(), atol=1e-6)
+
+
+def test_the_same_scan_with_y_thick_gives_the_same_numbers(thick, tmp_path):
+    """The scan with its thick axis along y instead of z: the output is the z-thick one's
+    with y and z swapped, to 1e-5 of the range (the model runs with the axes swapped)."""
+    root, _ = thick
+    for axis in ("z", "y"):
+        assert main(["sr", str(root / f"{axis}.nii.gz"), "-o", str(tmp_path / f"{axis}.nii.gz"),
+                     "-m", "thick-slice", "--isotropic"]) == 0
+    z = to_array(sitk.ReadImage(str(tmp_path / "z.nii.gz")))
+    y = to_array(sitk.ReadImage(str(tmp_path / "y.nii.gz")))
+    np.testing.assert_allclose(y.transpose(0, 2, 1), z, rtol=0, atol=1e-5 * float(z.max()))
+
+
+def test_isotropic_with_a_scale_or_in_batch_mode_is_refused(thick, tmp_path, capsys):
+    root, _ = thick
+    assert main(["sr", str(root / "z.nii.gz"), "-o", str(tmp_path / "a.nii.gz"),
+                 "-m", "thick-slice", "--isotropic", "-s", "2"]) == 1
+    assert "--isotropic" in capsys.readouterr().err
+    assert main(["sr", str(root), "--out-dir", str(tmp_path / "o"), "-m", "thick-slice",
+                 "--isotropic"]) == 1
+    assert "--isotropic" in capsys.readouterr().err
+
+
+def test_neither_scale_nor_isotropic_is_one_error(thick, tmp_path, capsys):
+    root, _ = thick
+    assert main(["sr", str(root / "z.nii.gz"), "-o", str(tmp_path / "a.nii.gz"),
+                 "-m", "thick-slice"]) == 1
+    assert "-s/--scale" in capsys.readouterr().err
