@@ -27,7 +27,7 @@ from srrecnn_jax.images import check_image, check_values, read_input, to_array, 
 from srrecnn_jax.inference_options import InferenceOptions
 from srrecnn_jax.interpolation import zoom, zoom_device, zoomed_shape
 from srrecnn_jax.limits import size_problem, size_text
-from srrecnn_jax.scales import slice_axes
+from srrecnn_jax.scales import slice_axes, untrained_scale_note
 from srrecnn_jax.tiling import run_network
 from srrecnn_jax.writing import write_image_atomic
 
@@ -265,6 +265,7 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
                        scale: InferenceOptions | float | str | Sequence[float],
                        reference: Path | None = None, *, prototxt: Path | None = None,
                        force: bool = False, log: Callable[[str], None] = _stderr,
+                       warn: Callable[[str], None] | None = None,
                        **settings) -> sitk.Image:
     """Super-resolve one image file (or DICOM series folder) into ``output``.
 
@@ -272,8 +273,8 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
     inputs read before the model is loaded; missing folders above ``output`` are
     created, and it is written under a temporary name and moved into place, without
     ``force`` only if the name is still free (another run may have taken it meanwhile:
-    ``OutputExistsError``). ``scale`` and ``settings`` as ``SuperResolver.run``;
-    returns the image.
+    ``OutputExistsError``). ``scale`` and ``settings`` as ``SuperResolver.run``; a scale
+    the model was not trained for goes to ``warn`` (default ``log``). Returns the image.
     """
     options = InferenceOptions.of(scale, **settings)
     inputs = [source] + ([reference] if reference else [])
@@ -282,6 +283,9 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
     output_shape(image.GetSize(), options.scale, 2 if reference else 1, str(source))
     ref = read_input(reference, "reference image") if reference else None
     resolver = SuperResolver.load(model, prototxt)
+    note = untrained_scale_note(resolver.model.trained_scales, options.scale)
+    if note:
+        (warn or log)(note)
     result = resolver.run(image, options, ref, input_name=str(source),
                           reference_name=str(reference), log=log)
     writable_folder(output.parent)

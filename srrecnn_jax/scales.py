@@ -86,6 +86,15 @@ def untrained_scale(trained: list | None, scale) -> bool:
     return not (wanted in triples or (numbers and all(s in numbers for s in wanted)))
 
 
+def untrained_scale_note(trained: list | None, scale) -> str | None:
+    """The warning for a ``scale`` none of a model's ``trained`` scales covers
+    (``untrained_scale``), or None."""
+    if not untrained_scale(trained, scale):
+        return None
+    return (f"scale {scale} differs from the scale(s) [{format_scales(trained)}] the model "
+            "was trained for")
+
+
 def slice_axes(trained_scales: list | None, factors: Sequence[float]
                ) -> tuple[int, int, int] | None:
     """The axis order that runs a thick-slice model on slices along another axis.

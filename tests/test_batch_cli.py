@@ -116,6 +116,22 @@ def test_warnings_reach_stderr_and_the_manifest(tmp_path, model_trained_at_x2):
         assert any(needle in line for line in warned), (needle, warned)
 
 
+def test_a_single_input_at_an_untrained_scale_is_warned_about(tmp_path, model_trained_at_x2):
+    """``sr -o`` warns as batch mode does: one ``srrecnn: warning:`` line naming the input
+    and the scales the model was trained for, at scale 3 for a model trained at 2; none
+    at scale 2."""
+    image = save(synthetic((6, 6, 6), 1), tmp_path / "in.nii.gz")
+    scale = "differs from the scale(s) [2] the model was trained for"
+    for factor, warned in (("3", 1), ("2", 0)):
+        out = tmp_path / f"x{factor}.nii.gz"
+        code, _, err = run_cli(image, "-o", out, "-m", model_trained_at_x2, "-s", factor,
+                               quiet=False)
+        assert code == 0, err
+        lines = [ln for ln in err.splitlines() if ln.startswith("srrecnn: warning:")]
+        assert len(lines) == warned and all(str(image) in ln and scale in ln
+                                            for ln in lines), err
+
+
 def test_json_facts_agree_with_the_outputs(two_inputs, tmp_path, models):
     """``--json``: counts, voxels (the outputs' own), voxels/s = voxels / seconds, the
     device count, utilisation in (0, 1], the manifest path, process 0 of 1."""

@@ -32,7 +32,7 @@ from srrecnn_jax.inference import SuperResolver, conv_algorithm, run_network
 from srrecnn_jax.inference_options import InferenceOptions
 from srrecnn_jax.jobs import Job
 from srrecnn_jax.manifest import Manifest, ManifestError, Record
-from srrecnn_jax.scales import format_scales, untrained_scale
+from srrecnn_jax.scales import untrained_scale_note
 from srrecnn_jax.writing import stored_bytes, write_image_verified
 
 _DONE = object()
@@ -195,11 +195,11 @@ class _Run:
         return todo
 
     def note_untrained_scale(self) -> None:
-        scales, scale = self.resolver.model.trained_scales, self.options.inference.scale
-        if untrained_scale(scales, scale):
-            self.run_notes.append(f"scale {scale} differs from the scale(s) "
-                                  f"[{format_scales(scales)}] the model was trained for")
-            self.warn(self.run_notes[-1])
+        note = untrained_scale_note(self.resolver.model.trained_scales,
+                                    self.options.inference.scale)
+        if note:
+            self.run_notes.append(note)
+            self.warn(note)
 
     def flow(self, todo: Sequence[Job], staging: Path) -> None:
         """Run the stages' threads over ``todo`` until every job is done or stopped."""

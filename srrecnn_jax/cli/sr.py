@@ -205,8 +205,13 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     options = inference_options(args)
+    def warn(message: str) -> None:
+        if not args.quiet:
+            print(f"srrecnn: warning: {args.inputs[0]}: {message}", file=sys.stderr)
+
     result = super_resolve_file(args.inputs[0], args.output, args.model, options,
-                                args.reference, prototxt=args.prototxt, force=args.force)
+                                args.reference, prototxt=args.prototxt, force=args.force,
+                                warn=warn)
     seconds = time.perf_counter() - start
     size = "x".join(str(n) for n in result.GetSize())
     spacing = "x".join(f"{s:.4g}" for s in result.GetSpacing())
