@@ -99,10 +99,13 @@ def falloff(volume: np.ndarray) -> float:
     return float(np.mean(ratios)) if ratios else float("nan")
 
 
-def central_crop(volume: np.ndarray, size: int = SELF_CHECK_SIZE) -> np.ndarray:
-    """The central block of at most ``size`` voxels per axis (the self-check's cost)."""
-    starts = [max(0, (n - size) // 2) for n in volume.shape]
-    return volume[tuple(slice(a, a + min(size, n)) for a, n in zip(starts, volume.shape))]
+def central_crop(volume: np.ndarray, size: int | Sequence[int] = SELF_CHECK_SIZE
+                 ) -> np.ndarray:
+    """The central block of at most ``size`` voxels per axis (one number, or one per axis;
+    all of an axis shorter than that): the self-check's crop, and the evaluation's."""
+    sizes = [size] * volume.ndim if isinstance(size, int) else list(size)
+    starts = [max(0, (n - c) // 2) for n, c in zip(volume.shape, sizes)]
+    return volume[tuple(slice(a, a + c) for a, c in zip(starts, sizes))]
 
 
 def likely_psf(volume: np.ndarray) -> str:

@@ -49,14 +49,14 @@ from pathlib import Path
 
 import numpy as np
 
+from srrecnn_jax import guardrails
 from srrecnn_jax.checkpoint import load_model, read_meta
-from srrecnn_jax.degradation import PSFS, observe, slice_profile
+from srrecnn_jax.degradation import PSFS, observe, rician_noise, slice_profile
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.evaluation import head_mask, score
 from srrecnn_jax.images import read_image, to_array
 from srrecnn_jax.inference import super_resolve_array
 from srrecnn_jax.sources import COLIN27, release_weights
-from srrecnn_jax.train.augment import rician
 
 #: The shelf of shipped models: ``checkpoints/``, the folder above this script's.
 SHELF = Path(__file__).resolve().parents[1]
@@ -84,8 +84,7 @@ def shipped_models(channels: int = 1) -> dict[str, Path]:
 
 def central_crop(volume: np.ndarray, size=CROP) -> np.ndarray:
     """The central ``size`` voxels (all of an axis shorter than that)."""
-    start = [max(0, (n - c) // 2) for n, c in zip(volume.shape, size)]
-    return volume[tuple(slice(a, a + c) for a, c in zip(start, size))]
+    return guardrails.central_crop(volume, size)
 
 
 def condition_name(condition: str, noise: float = 0.0, psf: str = "gaussian") -> str:
@@ -99,7 +98,7 @@ def condition_name(condition: str, noise: float = 0.0, psf: str = "gaussian") ->
 def noisy(lr: np.ndarray, noise: float, peak: float) -> np.ndarray:
     """``lr`` with Rician noise of sigma ``noise`` % of ``peak``, from a generator seeded
     with 0: every method of a run, and every run, gets the same noisy image."""
-    return rician(lr, noise / 100 * peak, np.random.default_rng(0)) if noise else lr
+    return rician_noise(lr, noise / 100 * peak, np.random.default_rng(0)) if noise else lr
 
 
 def evaluate(hr: np.ndarray, condition: str, models: dict, region: str,
