@@ -2,7 +2,8 @@
 
 Pipeline (as the original ``demo_*SRReCNN3D.py``): normalise by the maximum,
 cubic-spline zoom, network (``tiling``: whole volume or exact tiles),
-residual, de-normalise, clamp at the input minimum. Arrays are (x, y, z); the
+residual, de-normalise, clamp at the input minimum (and, unlike the release, at
+``ceiling`` times its maximum: ``InferenceOptions``). Arrays are (x, y, z); the
 network sees ``(X, Y, Z, C)`` volumes.
 """
 
@@ -44,6 +45,8 @@ class Prepared:
       name: the input's name, for errors about the result.
       axes: when not None, ``volume``'s axes are the input's in this order (two swapped,
         see ``scales.slice_axes``), and the network output is put back before finishing.
+      ceiling: the output's upper clamp, or None (``InferenceOptions.ceiling``).
+      clipped: set by ``finish_array``: how many output voxels the ceiling clipped.
     """
 
     volume: np.ndarray
@@ -52,6 +55,8 @@ class Prepared:
     geometry: tuple | None = None
     name: str = "input"
     axes: tuple[int, int, int] | None = None
+    ceiling: float | None = None
+    clipped: int = 0
 
 
 def prepare_array(config: ModelConfig, lr: np.ndarray,
@@ -83,7 +88,7 @@ def prepare_array(config: ModelConfig, lr: np.ndarray,
                                f"{interp.shape}")
         check_values(reference, "reference")
         channels.append(reference / np.float32(reference.max()))
-    return Prepared(np.stack(channels, axis=-1), low, top)
+    return Prepared(np.stack(channels, axis=-1), low, top, ceiling=options.ceiling)
 
 
 #: Bytes of memory per output voxel besides the network's own (tiled) work: the network
@@ -111,7 +116,9 @@ def output_shape(size: Sequence[int], factors: Sequence[float], channels: int,
 
 
 def finish_array(prepared: Prepared, y: np.ndarray) -> np.ndarray:
-    """De-normalise the network output and clamp it at the input minimum.
+    """De-normalise the network output and clamp it at the input minimum and at
+    ``prepared.ceiling`` times its maximum (the count of voxels clipped there goes to
+    ``prepared.clipped``).
 
     A result with a NaN or infinite voxel (a model that overflows on this input)
     is an error, never an output.
@@ -119,6 +126,11 @@ def finish_array(prepared: Prepared, y: np.ndarray) -> np.ndarray:
     if prepared.axes is not None:  # a swap of two axes is its own inverse
         y = y.transpose(prepared.axes)
     out = np.maximum(y * np.float32(prepared.top), np.float32(prepared.low))
+    if prepared.ceiling is not None:
+        top = np.float32(prepared.ceiling * prepared.top)
+        prepared.clipped = int(np.count_nonzero(out > top))
+        if prepared.clipped:
+            out = np.minimum(out, top, out=out)
     if not np.all(np.isfinite(out)):
         bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
         raise SrrecnnError(f"{prepared.name}: the super-resolved image has {bad} non-finite "
@@ -141,17 +153,31 @@ def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarra
         ``tile`` edge and ``precision`` (see ``run_network``), ``residual`` (override
         ``config.residual``), ``interpolation`` (where the zoom runs), ``exact``
         (convolutions exact to float32 rounding, ``algorithm="exact"`` of ``run_network``;
-        slower on CPU, instead of the fastest algorithm). ``header`` has no effect.
+        slower on CPU, instead of the fastest algorithm), ``ceiling``. ``header`` has no
+        effect.
 
     Returns:
-      ``(round(x*s), ...)`` float32: ``max(mx * (net(i) + i), mn)`` with
-      ``i = zoom(lr / mx)``, ``mn, mx`` the input's minimum and maximum.
+      ``(round(x*s), ...)`` float32: ``clip(mx * (net(i) + i), mn, c * mx)`` with
+      ``i = zoom(lr / mx)``, ``mn, mx`` the input's minimum and maximum, ``c`` the
+      ``ceiling`` (none when None: the release).
     """
     options = InferenceOptions.of(scale, **settings)
     prepared = prepare_array(config, lr, options, reference)
     return finish_array(prepared, run_network(params, config, prepared.volume, options.tile,
                                               options.residual, precision=options.precision,
                                               algorithm=conv_algorithm(options.exact)))
+
+
+def clipped_note(prepared: Prepared) -> str | None:
+    """A warning when the ceiling clipped output voxels: the model over-sharpens this
+    scan (a point spread or noise it was not trained for), so its output is suspect."""
+    if not prepared.clipped:
+        return None
+    share = 100 * prepared.clipped / max(1, np.prod(prepared.volume.shape[:3]))
+    return (f"{prepared.name}: {prepared.clipped} output voxels ({share:.2g}%) were above "
+            f"{prepared.ceiling:g}x the input's maximum and were clipped there: the model "
+            "over-sharpens this scan (the model mono-x2-robust is made for noisy, "
+            "sharper scans)")
 
 
 def conv_algorithm(exact: bool) -> str:
@@ -245,7 +271,8 @@ class SuperResolver:
         """Super-resolve ``image`` by ``scale`` (one factor or x, y, z factors).
 
         ``settings`` are the other fields of ``InferenceOptions`` (``order``, ``tile``,
-        ``residual``, ``header``, ``precision``, ``interpolation``, ``exact``); or
+        ``residual``, ``header``, ``precision``, ``interpolation``, ``exact``,
+        ``ceiling``); or
         ``scale`` is ``InferenceOptions`` itself. ``header="consistent"`` keeps the
         physical position of the first and last voxel centres (what the zoom computes);
         ``"original"`` writes the original release's ``spacing / scale``. A reference
@@ -258,7 +285,11 @@ class SuperResolver:
         y = run_network(self.model.params, self.config, prepared.volume, options.tile,
                         options.residual, devices=jax.local_devices(),
                         precision=options.precision, algorithm=conv_algorithm(options.exact))
-        return self.finish(prepared, y)
+        result = self.finish(prepared, y)
+        note = clipped_note(prepared)
+        if note:
+            log(note)
+        return result
 
 
 def super_resolve_file(source: Path, output: Path, model: str | Path,

@@ -16,6 +16,12 @@ from srrecnn_jax.scales import Scale, parse_scale
 #: as the original release did.
 HEADERS = ("consistent", "original")
 
+#: The output's default ceiling, as a multiple of the input's maximum. Above it a voxel is
+#: the network over-sharpening a bright structure of a scan it was not trained for (the
+#: 2 mm nibabel T1: 2.5x), not anatomy; on the held-out real scans clipping there never
+#: lowered PSNR (docs/differences.md).
+CEILING = 1.2
+
 
 @dataclasses.dataclass(frozen=True)
 class InferenceOptions:
@@ -34,6 +40,8 @@ class InferenceOptions:
       interpolation: where the zoom runs, one of ``config.INTERPOLATIONS``.
       exact: convolutions exact to float32 rounding (``inference.conv_algorithm``) instead
         of the fastest algorithm (on CPU within 3e-5 of the output range).
+      ceiling: clip the output at this multiple (>= 1) of the input's maximum; None: the
+        release's range (clamped at the input's minimum only).
     """
 
     scale: Scale
@@ -44,6 +52,7 @@ class InferenceOptions:
     precision: str = "fp32"
     interpolation: str = "device"
     exact: bool = False
+    ceiling: float | None = CEILING
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", parse_scale(self.scale))
@@ -60,6 +69,9 @@ class InferenceOptions:
         if self.interpolation not in INTERPOLATIONS:
             raise SrrecnnError(f"must be one of {', '.join(INTERPOLATIONS)}, "
                                f"not {self.interpolation!r}", "interpolation")
+        if self.ceiling is not None and not self.ceiling >= 1:  # NaN too
+            raise SrrecnnError(f"must be at least 1 (a multiple of the input's maximum), "
+                               f"got {self.ceiling}", "ceiling")
 
     @classmethod
     def of(cls, scale: InferenceOptions | float | str | Sequence[float],

@@ -66,10 +66,11 @@ def lr_image_from_hr(hr: sitk.Image, scale: int = 2) -> sitk.Image:
 
 
 def run_cli(tmp_path, lr: sitk.Image, model, *extra: str) -> np.ndarray:
+    """``srrecnn sr`` with the release's output range (``--ceiling off``)."""
     sitk.WriteImage(lr, str(tmp_path / "lr.nii.gz"))
     out = tmp_path / "sr.nii.gz"
     status = main(["sr", str(tmp_path / "lr.nii.gz"), "-o", str(out), "-m", str(model),
-                   "-s", "2", "--force", *extra])
+                   "-s", "2", "--force", "--ceiling", "off", *extra])
     assert status == 0
     return to_array(sitk.ReadImage(str(out)), np.float64)
 

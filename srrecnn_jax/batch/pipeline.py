@@ -28,7 +28,7 @@ from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.geometry import header_warnings
 from srrecnn_jax.guardrails import noise_percent
 from srrecnn_jax.images import read_input, to_array
-from srrecnn_jax.inference import SuperResolver, conv_algorithm, run_network
+from srrecnn_jax.inference import SuperResolver, clipped_note, conv_algorithm, run_network
 from srrecnn_jax.inference_options import InferenceOptions
 from srrecnn_jax.jobs import Job
 from srrecnn_jax.manifest import Manifest, ManifestError, Record
@@ -304,6 +304,10 @@ class _Run:
             job, prepared, y, notes, started, checks = item
             try:
                 image = self.resolver.finish(prepared, y)
+                note = clipped_note(prepared)
+                if note:
+                    notes = notes + [note]
+                    self.warn(note)
                 job.output.parent.mkdir(parents=True, exist_ok=True)
                 write_image_verified(image, job.output, self.staging)
             except Exception as e:  # noqa: BLE001

@@ -51,7 +51,7 @@ def job_facts(job: Job, options: InferenceOptions, model: str) -> dict:
              "model": model, "scale": list(options.scale), "order": options.order,
              "residual": options.residual, "header": options.header,
              "precision": options.precision, "interpolation": options.interpolation,
-             "exact": options.exact}
+             "exact": options.exact, "ceiling": options.ceiling}
     return json.loads(json.dumps(facts))  # as a manifest row reads back (lists, not tuples)
 
 
@@ -62,8 +62,8 @@ def _shown(value) -> str:
 
 
 #: Facts of outputs recorded before the fact was: versions before ``exact`` ran every
-#: convolution exactly (Winograd F(2, 3) on CPU).
-_UNRECORDED = {"exact": True}
+#: convolution exactly (Winograd F(2, 3) on CPU), and before ``ceiling`` had none.
+_UNRECORDED = {"exact": True, "ceiling": None}
 
 
 def changed_facts(old: dict, new: dict) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from srrecnn_jax.cli import common
 from srrecnn_jax.config import INTERPOLATIONS, PRECISIONS
 from srrecnn_jax.errors import SrrecnnError
-from srrecnn_jax.inference_options import HEADERS, InferenceOptions
+from srrecnn_jax.inference_options import CEILING, HEADERS, InferenceOptions
 
 
 def add_to(commands) -> None:
@@ -105,6 +105,10 @@ def _add_inference(p) -> None:
                    help="output geometry: 'consistent' keeps the first and last voxel centres "
                    "where the zoom puts them (default); 'original' writes spacing/scale as the "
                    "original release did")
+    p.add_argument("--ceiling", type=_ceiling, default=CEILING, metavar="X|off",
+                   help=f"clip the output at X times the input's maximum (default {CEILING:g}; "
+                   "a warning counts the clipped voxels: the model over-sharpened the scan); "
+                   "'off' keeps the original release's range, clamped at the minimum only")
 
 
 def _add_batch(batch) -> None:
@@ -157,12 +161,22 @@ def _add_merge(commands) -> None:
     m.set_defaults(run=run_merge)
 
 
+def _ceiling(text: str) -> float | None:
+    """``--ceiling``: a number, or ``off`` for none (checked by ``InferenceOptions``)."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
+
+
 def inference_options(args: argparse.Namespace) -> InferenceOptions:
     """The ``InferenceOptions`` of the command line, for one file and for each batch job."""
     return InferenceOptions(args.scale, order=args.order, tile=args.tile,
                             residual=False if args.no_residual else None, header=args.header,
                             precision=args.precision, interpolation=args.interpolation,
-                            exact=args.exact)
+                            exact=args.exact, ceiling=args.ceiling)
 
 
 def _scale_from_header(args: argparse.Namespace) -> None:
