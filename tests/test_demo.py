@@ -29,6 +29,17 @@ def test_demo_writes_volumes_and_a_montage(mni_t1_path, tmp_path, capsys):
     assert montage.GetSize()[0] > 400
 
 
+def test_demo_shows_a_real_low_resolution_scan_beside_spline(mni_t1_path, tmp_path, capsys):
+    """nibabel's real 2 mm T1 (no truth) at x2: spline beside SR in real_2mm.png."""
+    cfg = config.tiny()
+    save_model(tmp_path / "m", LoadedModel(model.init(jax.random.PRNGKey(0), cfg), cfg))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out-dir", str(out), "-m", str(tmp_path / "m"), "--crop", "32"]) == 0
+    assert "real_2mm.png" in capsys.readouterr().out
+    figure = sitk.ReadImage(str(out / "real_2mm.png"))
+    assert figure.GetSize()[0] >= 2 * 3 * 80  # two columns or more, 3 inches at 80 dpi
+
+
 def test_demo_without_a_checkpoint_is_one_error_line(tmp_path, capsys, monkeypatch):
     from srrecnn_jax import demo
 

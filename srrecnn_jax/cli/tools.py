@@ -219,6 +219,8 @@ def run_demo(args: argparse.Namespace) -> int:
           f"SRReCNN3D     PSNR {scores['psnr_sr']:.2f} dB "
           f"(head {scores['psnr_sr_head']:.2f})  SSIM {scores['ssim_sr']:.4f}\n"
           f"{original}data: {scores['data']}\n"
+          + (f"also: {scores['real']}, in {args.out_dir}/real_2mm.png\n"
+             if "real" in scores else "") +
           f"wrote {args.out_dir}/{{lr,spline,sr,hr}}.nii.gz and {args.out_dir}/montage.png "
           f"({time.perf_counter() - start:.0f} s)")
     return 0
