@@ -135,6 +135,17 @@ def self_check_gain_db(params: model.Params, config: ModelConfig, lr: np.ndarray
     return psnr(restored, cropped, peak) - psnr(spline, cropped, peak)
 
 
+def losing_note(facts: dict) -> str | None:
+    """The warning for checks (``check_scan``) whose self-check predicts the model loses to
+    cubic spline on this scan, or None."""
+    gain = facts.get("self_check_gain_db")
+    if gain is None or gain >= 0:
+        return None
+    return (f"the self-check predicts this model is {-gain:.2f} dB behind cubic spline on "
+            f"this scan ({facts['self_check_psf']} acquisition, noise about "
+            f"{facts['noise_percent']:.2g}% of the maximum)")
+
+
 def check_scan(params: model.Params, config: ModelConfig, lr: np.ndarray,
                scale: Sequence[float], precision: str = "fp32") -> dict:
     """Every check of the (x, y, z) input ``lr`` for a model at ``scale``:

@@ -40,6 +40,9 @@ class Record:
     output_bytes: int | None = None  # the output's size on disk when written (ok, skipped)
     redone: str | None = None  # why an existing output was made again
     noise_percent: float | None = None  # the input's noise, % of its max (guardrails)
+    falloff: float | None = None  # with --check: the input's spectral fall-off (guardrails)
+    self_check_psf: str | None = None  # with --check: the self-check's acquisition
+    self_check_gain_db: float | None = None  # with --check: predicted gain over spline
 
 
 def new_run_id(micros: int | None = None, tag: int | None = None) -> str:

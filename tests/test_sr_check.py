@@ -54,10 +54,29 @@ def test_json_without_check_has_no_checks(harmful, scan, tmp_path, capsys):
     assert "self_check_gain_db" not in facts and facts["size"] == [40, 44, 36]
 
 
-def test_check_in_batch_mode_is_refused(harmful, scan, tmp_path, capsys):
+def test_batch_rows_carry_the_checks_and_the_warning(harmful, scan, tmp_path):
+    """Batch mode with --check: each ok row holds the self-check beside the noise estimate,
+    and the predicted loss among its warnings."""
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(scan, folder / "scan.nii.gz")
     assert main(["sr", str(folder), "--out-dir", str(tmp_path / "out"), "-m", str(harmful),
-                 "-s", "2", "--check"]) == 1
-    assert "--check" in capsys.readouterr().err
+                 "-s", "2", "--check", "--quiet"]) == 0
+    rows = [json.loads(line) for line in
+            (tmp_path / "out" / "srrecnn_manifest.jsonl").read_text().splitlines()]
+    (row,) = [r for r in rows if r["status"] == "ok"]
+    assert row["self_check_gain_db"] < -3 and row["self_check_psf"] in ("gaussian", "kspace")
+    assert row["noise_percent"] is not None and row["falloff"] is not None
+    assert any("behind cubic spline" in w for w in row["warnings"])
+
+
+def test_batch_rows_without_check_have_no_self_check(harmful, scan, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(scan, folder / "scan.nii.gz")
+    assert main(["sr", str(folder), "--out-dir", str(tmp_path / "out"), "-m", str(harmful),
+                 "-s", "2", "--quiet"]) == 0
+    rows = [json.loads(line) for line in
+            (tmp_path / "out" / "srrecnn_manifest.jsonl").read_text().splitlines()]
+    (row,) = [r for r in rows if r["status"] == "ok"]
+    assert row["self_check_gain_db"] is None and row["noise_percent"] is not None

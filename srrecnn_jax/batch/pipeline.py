@@ -26,7 +26,7 @@ from srrecnn_jax.batch.resume import job_facts, redo_reason
 from srrecnn_jax.checkpoint import fingerprint
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.geometry import header_warnings
-from srrecnn_jax.guardrails import noise_percent
+from srrecnn_jax.guardrails import check_scan, losing_note, noise_percent
 from srrecnn_jax.images import read_input, to_array
 from srrecnn_jax.inference import SuperResolver, clipped_note, conv_algorithm, run_network
 from srrecnn_jax.inference_options import InferenceOptions
@@ -43,14 +43,16 @@ class Options:
     """How to run each job: the inference settings of every job, and the batch's own
     (see ``srrecnn sr --help``): ``bucket`` (pad volumes to a multiple of this many
     voxels, so nearby sizes share one compilation), ``overwrite`` (redo every existing
-    output), ``readers`` (reader threads) and ``prefetch`` (volumes queued between
-    stages)."""
+    output), ``readers`` (reader threads), ``prefetch`` (volumes queued between
+    stages) and ``check`` (each input's self-check, ``guardrails.check_scan``, in its row
+    beside the noise estimate every row has)."""
 
     inference: InferenceOptions
     bucket: int = 8
     overwrite: bool = False
     readers: int = 2
     prefetch: int = 2
+    check: bool = False
 
 
 @dataclasses.dataclass
@@ -259,13 +261,24 @@ class _Run:
                                                  input_name=str(job.input),
                                                  reference_name=str(job.reference),
                                                  log=notes.append)
-                checks = {"noise_percent": round(noise_percent(to_array(image)), 3)}
+                checks = self.checks(to_array(image))
+                losing = losing_note(checks)
+                if losing:
+                    notes.append(f"{job.input}: {losing}")
             except Exception as e:  # noqa: BLE001 - reported, the batch goes on
                 self.fail(job, e, started)
                 continue
             for note in notes[len(self.run_notes):]:
                 self.warn(note)
             self.ready_q.put((job, prepared, notes, started, checks))
+
+    def checks(self, lr) -> dict:
+        """The input's noise estimate, and with ``Options.check`` the self-check."""
+        if not self.options.check:
+            return {"noise_percent": round(noise_percent(lr), 3)}
+        inference = self.options.inference
+        return check_scan(self.resolver.model.params, self.resolver.config, lr,
+                          inference.scale, inference.precision)
 
     def compute(self, device) -> None:
         """Device stage: the network on ``device`` for each prepared volume."""

@@ -60,10 +60,11 @@ def _add_paths(p) -> None:
                    "existing output is made again, with a warning)")
     p.add_argument("--overwrite", dest="force", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--check", action="store_true",
-                   help="single input: also estimate the input's noise (%% of its maximum) "
-                   "and predict, by a self-check on the input acquired once more at the "
-                   "scale, whether the model beats cubic spline on it (monomodal models; "
-                   "a warning when it is predicted to lose); with --json, in the JSON")
+                   help="also estimate the input's noise (%% of its maximum) and predict, by "
+                   "a self-check on the input acquired once more at the scale, whether the "
+                   "model beats cubic spline on it (monomodal models; a warning when it is "
+                   "predicted to lose); with --json (one input) in the JSON, in batch mode "
+                   "in each manifest row")
 
 
 def _add_inference(p) -> None:
@@ -203,8 +204,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out_dir is not None:
         if args.output is not None:
             raise SrrecnnError("-o/--output: give either -o (one input) or --out-dir, not both")
-        if args.check:
-            raise SrrecnnError("--check: applies to a single input (-o) for now")
         if args.reference is not None:
             raise SrrecnnError("--reference: in batch mode pair inputs with "
                                "--reference-pattern OLD:NEW")
@@ -243,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace, options: InferenceOptions) -> dict:
     """The per-scan checks of the single input (``guardrails.check_scan``), said on stderr,
     with a warning when the model is predicted to lose to cubic spline."""
-    from srrecnn_jax.guardrails import check_scan
+    from srrecnn_jax.guardrails import check_scan, losing_note
     from srrecnn_jax.images import read_input, to_array
     from srrecnn_jax.inference import SuperResolver
 
@@ -255,13 +254,13 @@ def _check(args: argparse.Namespace, options: InferenceOptions) -> dict:
     said = (f"{args.inputs[0]}: noise about {facts['noise_percent']:.2g}% of the maximum"
             + ("" if gain is None else f"; self-check: model {gain:+.2f} dB against "
                f"cubic spline ({facts['self_check_psf']} acquisition)"))
+    losing = losing_note(facts)
     if not args.quiet:
         print(said, file=sys.stderr)
-        if gain is not None and gain < 0:
+        if losing:
             better = ("-m mono-x2-robust, made for noisy scans, or " if
                       facts["noise_percent"] > 1 else "")
-            print(f"srrecnn: warning: {args.inputs[0]}: the self-check predicts this model is "
-                  f"{-gain:.2f} dB behind cubic spline on this scan; try {better}compare "
+            print(f"srrecnn: warning: {args.inputs[0]}: {losing}; try {better}compare "
                   "with a spline zoom", file=sys.stderr)
     return facts
 
@@ -306,7 +305,7 @@ def _run_batch(args: argparse.Namespace, process: int, count: int, presence,
             print(f"{job.input} -> {job.output}{ref}")
         return 0
     options = batch.Options(inference_options(args), bucket=args.bucket,
-                            overwrite=args.force, readers=args.workers)
+                            overwrite=args.force, readers=args.workers, check=args.check)
     start, done_voxels = time.perf_counter(), [0]
     with common.stoppable(len(planning.shard(jobs, process, count)), "vol", args.quiet,
                           "srrecnn: stopping after the volumes in flight are written") \
