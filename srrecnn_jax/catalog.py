@@ -39,6 +39,9 @@ CARD = "card.json"
 #: The Colin27 table of ``checkpoints/scripts/evaluate.py`` (central crop), relative to
 #: the shelf.
 COLIN27_SCORES = "scores/colin27_crop.json"
+#: The table of ``checkpoints/scripts/evaluate_real.py`` (x2 under each observation model
+#: and noise level, Colin27 and the real scans' held-out slabs), relative to the shelf.
+REAL_SCORES = "scores/real_acquisitions.json"
 #: Where a model's scores come from unless its card says otherwise.
 DEFAULT_SCORES = {"table": COLIN27_SCORES, "region": "crop", "on": "Colin27 crop"}
 #: The keys of a shipped model's ``card.json``. ``task`` and ``data`` are words; ``scales``
@@ -57,7 +60,9 @@ class Shipped:
     what it was trained on (``data``), the scales and HR voxel size (mm, or None) its
     folder records, what it was scored on (``scored_on``: Colin27's crop unless its card
     says otherwise) and its PSNR there beside cubic spline's, per condition
-    (``{"x2": (model, spline)}``)."""
+    (``{"x2": (model, spline)}``); and, when ``REAL_SCORES`` scored it, its gain over
+    cubic spline at x2 per observation model and noise level, mean and least over the
+    scans (``{"k-space 1%": (mean, least)}``)."""
 
     name: str
     path: Path
@@ -67,6 +72,7 @@ class Shipped:
     trained_spacing: float | None
     scored_on: str
     psnr: dict[str, tuple[float, float]]
+    acquisitions: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
 def names(root: Path = CHECKPOINTS) -> list[str]:
@@ -99,7 +105,8 @@ def describe(name: str, root: Path = CHECKPOINTS) -> Shipped:
     scales = tuple(meta.get("trained_scales") or ())
     return Shipped(_folder_name(folder), folder / "model", task, data, scales,
                    meta.get("trained_spacing"), scored_on,
-                   _psnr(folder.name, root / table, region))
+                   _psnr(folder.name, root / table, region),
+                   _gains(folder.name, root / REAL_SCORES))
 
 
 def check_card(name: str, root: Path = CHECKPOINTS) -> list[str]:
@@ -165,6 +172,20 @@ def _folder(name: str, root: Path) -> Path:
         raise SrrecnnError(f"{name}: not a shipped model (names: "
                            f"{', '.join(['default'] + names(root))})", "model")
     return folder
+
+
+def _gains(method: str, table: Path) -> dict[str, tuple[float, float]]:
+    """``{condition: (mean, least)}`` of ``method``'s gain over spline across the scans of
+    an ``evaluate_real.py`` table (empty when the table or the model's rows are missing)."""
+    try:
+        rows = parse_json(table.read_text(encoding="utf-8"))["rows"]
+        gains: dict[str, list[float]] = {}
+        for r in rows:
+            if r["method"] == method:
+                gains.setdefault(str(r["condition"]), []).append(float(r["gain_db"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {c: (sum(g) / len(g), min(g)) for c, g in gains.items()}
 
 
 def _psnr(method: str, table: Path, region: str) -> dict[str, tuple[float, float]]:

@@ -63,6 +63,24 @@ def test_a_card_naming_its_own_score_table_is_scored_from_it(shelf):
     assert (tiny.scored_on, tiny.psnr) == ("held-out pair slab", {"x3": (36.5, 33.0)})
 
 
+def test_description_holds_the_gains_by_acquisition_mean_and_least(shelf):
+    """From evaluate_real.py's table: per condition, the mean and the least gain over the
+    scans that scored the model; other methods' rows ignored."""
+    rows = [{"scan": s, "condition": "k-space 1%", "method": m, "psnr": 30.0, "gain_db": g}
+            for s, m, g in (("a", "tiny_x3", 1.0), ("b", "tiny_x3", -0.5),
+                            ("a", "other", 9.0))]
+    rows.append({"scan": "a", "condition": "k-space 1%", "method": "cubic spline",
+                 "psnr": 29.0})
+    (shelf / catalog.REAL_SCORES).write_text(json.dumps({"rows": rows}))
+    (tiny,) = catalog.shipped(shelf)
+    assert tiny.acquisitions == {"k-space 1%": (0.25, -0.5)}
+
+
+def test_no_acquisition_table_means_no_gains(shelf):
+    (tiny,) = catalog.shipped(shelf)
+    assert tiny.acquisitions == {}
+
+
 def test_description_holds_the_trained_voxel_size(shelf):
     (tiny,) = catalog.shipped(shelf)
     assert tiny.trained_spacing == 1.0
