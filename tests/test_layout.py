@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "srrecnn_jax"
 # package's __init__ is the public facade (it imports lazily from below) and is left out.
 LAYERS = [
     ["cli.*"],
-    ["train.*", "batch.*", "demo"],
+    ["train.*", "batch.*", "bids.*", "demo"],
     ["jobs", "manifest", "catalog"],
     ["guardrails"],
     ["evaluation"],
@@ -35,7 +35,7 @@ LAYERS = [
     ["errors"],
 ]
 
-SUBPACKAGES = ("cli", "train", "batch")
+SUBPACKAGES = ("cli", "train", "batch", "bids")
 
 
 def modules() -> dict[str, Path]:

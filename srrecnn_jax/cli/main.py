@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from srrecnn_jax import __version__
-from srrecnn_jax.cli import common, sr, tools, train
+from srrecnn_jax.cli import bids, common, sr, tools, train
 from srrecnn_jax.errors import SrrecnnError
 
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=common.Parser)
     sr.add_to(commands)
+    bids.add_to(commands)
     tools.add_to(commands)
     train.add_to(commands)
     return parser
@@ -103,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the process's own command line (not a call from Python)
         _handle_interrupts()
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given, for provenance
     common.configure_jax()
     if not args.debug:  # one line per error: no library warnings on stderr
         import logging
