@@ -191,7 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--candidate", help="the method whose targets are checked")
     p.add_argument("--versus", default="mono_x2",
                    help="the method wins and losses are counted against (default mono_x2)")
-    p.add_argument("--json", type=Path, help="write the rows and the summary here")
+    p.add_argument("--json", type=Path, help="write the rows and the summary here, after "
+                   "every cell; rows not scored this time are kept from the file")
     return p
 
 
@@ -219,15 +220,25 @@ def main(argv: list[str] | None = None) -> int:
                      for r in cell]
             said = ", ".join(f"{r['method']} {r.get('gain_db', r['psnr']):+.2f}" for r in cell)
             print(f"{scan}, {name}: {said}", file=sys.stderr, flush=True)
-    result = {"rows": rows, "summary": summary(rows, args.candidate, args.versus)}
+            if args.json:  # after every cell: a long run stopped keeps what it scored
+                save(args.json, rows, args)
     for scan in dict.fromkeys(r["scan"] for r in rows):
         print(table(rows, scan) + "\n")
-    print(json.dumps(result["summary"], indent=1))
-    if args.json:
-        partial = args.json.with_name(args.json.name + ".partial")
-        partial.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        partial.replace(args.json)
+    print(json.dumps(summary(rows, args.candidate, args.versus), indent=1))
     return 0
+
+
+def save(path: Path, rows: list[dict], args: argparse.Namespace) -> None:
+    """The rows and their summary to ``path``, through a temporary name; rows of a scan,
+    condition and method not scored this time are kept from the file."""
+    new = {(r["scan"], r["condition"], r["method"]): r for r in rows}
+    old = json.loads(path.read_text(encoding="utf-8"))["rows"] if path.is_file() else []
+    kept = [new.pop((r["scan"], r["condition"], r["method"]), r) for r in old]
+    merged = kept + list(new.values())
+    result = {"rows": merged, "summary": summary(merged, args.candidate, args.versus)}
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    partial.replace(path)
 
 
 if __name__ == "__main__":
