@@ -21,6 +21,7 @@ Arrays are (x, y, z); the network sees channels-last ``(X, Y, Z, C)`` volumes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import time
@@ -369,8 +370,10 @@ def _train(params: model.Params, pairs: Sequence[Pair], h: int, cut: int,
     opt_state = optimizer.init(trained)
     batch = min(settings.batch, settings.pool)
     index = jnp.asarray(rng.choice(settings.pool, batch, replace=False))
-    # Compiled ahead, so that compilation counts before the first step is weighed.
-    step = step.lower(trained, opt_state, feats, base, label, index).compile()
+    step = _compile_before(step.lower(trained, opt_state, feats, base, label, index),
+                           deadline)
+    if step is None:
+        return trained, 0
     steps = 0
     while time.perf_counter() + estimate <= deadline:
         began = time.perf_counter()
@@ -381,3 +384,17 @@ def _train(params: model.Params, pairs: Sequence[Pair], h: int, cut: int,
         trained, steps = updated, steps + 1
         estimate = time.perf_counter() - began
     return trained, steps
+
+
+def _compile_before(lowered, deadline: float):
+    """``lowered.compile()``, or None when it is not done by ``deadline``
+    (``time.perf_counter``): the compilation then goes on in a background thread, which
+    cannot be stopped, and its result is dropped. Compiling the differentiated network
+    can take longer than a small budget."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(lowered.compile)
+    pool.shutdown(wait=False)
+    try:
+        return future.result(timeout=max(0.0, deadline - time.perf_counter()))
+    except concurrent.futures.TimeoutError:
+        return None
