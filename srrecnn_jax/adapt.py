@@ -55,7 +55,8 @@ class AdaptSettings:
         steps and both held-out evaluations).
       layers: how many last layers learn (all of them when the model has fewer).
       patch: patch edge in voxels (shorter along an axis the pairs are shorter on).
-      pool: patches whose frozen features are computed once and drawn from.
+      pool: patches whose frozen features are computed once and drawn from (fewer when
+        computing them reaches the budget).
       batch: patches per step.
       learning_rate: Adam's step size (0: nothing changes, the start is kept).
       heldout: fraction of the longer in-plane axis held out, at its far end.
@@ -269,13 +270,21 @@ def _frozen_features(frozen: model.Params, x: jax.Array) -> jax.Array:
     return jax.nn.relu(model.forward(frozen, x, "SAME"))
 
 
-def features(frozen: model.Params, inputs: np.ndarray, chunk: int = 8) -> jax.Array:
+def features(frozen: model.Params, inputs: np.ndarray, chunk: int = 8,
+             deadline: float = math.inf) -> jax.Array:
     """The input of the first trained layer for each patch: the inputs themselves when
-    nothing is frozen. ``(N, X, Y, Z, C_in)`` -> ``(N, X, Y, Z, F)``."""
+    nothing is frozen. ``(N, X, Y, Z, C_in)`` -> ``(M, X, Y, Z, F)``, M = N unless
+    ``deadline`` (``time.perf_counter``) passed first: then the first chunks done (at
+    least one)."""
     if not frozen:
         return jnp.asarray(inputs)
-    return jnp.concatenate([_frozen_features(frozen, jnp.asarray(inputs[i:i + chunk]))
-                            for i in range(0, len(inputs), chunk)])
+    done = []
+    for i in range(0, len(inputs), chunk):
+        if done and time.perf_counter() >= deadline:
+            break
+        done.append(_frozen_features(frozen, jnp.asarray(inputs[i:i + chunk]))
+                    .block_until_ready())
+    return jnp.concatenate(done)
 
 
 def make_step(learning_rate: float, residual: bool, algorithm: str = "exact"
@@ -360,16 +369,16 @@ def _train(params: model.Params, pairs: Sequence[Pair], h: int, cut: int,
     shape = patch_shape(pairs, h, cut, settings.patch)
     inputs, labels = draw_patches(pairs, h, cut, shape, settings.pool, rng)
     before = time.perf_counter()
-    feats = features(frozen, inputs)
-    feats.block_until_ready()
+    feats = features(frozen, inputs, deadline=deadline)
+    pool = len(feats)
     # Until a step has run, guess one as the pool's forward pass per batch, three times
     # (backward), compilation aside.
-    estimate = 3 * (time.perf_counter() - before) * settings.batch / settings.pool
-    base, label = jnp.asarray(inputs[..., :1]), jnp.asarray(labels)
+    estimate = 3 * (time.perf_counter() - before) * settings.batch / pool
+    base, label = jnp.asarray(inputs[:pool, ..., :1]), jnp.asarray(labels[:pool])
     optimizer, step = make_step(settings.learning_rate, residual, settings.algorithm)
     opt_state = optimizer.init(trained)
-    batch = min(settings.batch, settings.pool)
-    index = jnp.asarray(rng.choice(settings.pool, batch, replace=False))
+    batch = min(settings.batch, pool)
+    index = jnp.asarray(rng.choice(pool, batch, replace=False))
     step = _compile_before(step.lower(trained, opt_state, feats, base, label, index),
                            deadline)
     if step is None:
@@ -378,7 +387,7 @@ def _train(params: model.Params, pairs: Sequence[Pair], h: int, cut: int,
     while time.perf_counter() + estimate <= deadline:
         began = time.perf_counter()
         updated, opt_state, value = step(trained, opt_state, feats, base, label, index)
-        index = jnp.asarray(rng.choice(settings.pool, batch, replace=False))
+        index = jnp.asarray(rng.choice(pool, batch, replace=False))
         if not np.isfinite(float(value)):
             break
         trained, steps = updated, steps + 1

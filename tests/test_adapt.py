@@ -69,6 +69,15 @@ def test_each_pair_degrades_an_inplane_axis_onto_the_slice_axis_with_the_scan_as
         np.testing.assert_array_equal(pair.volume, expected.volume.transpose(pair.axes + (3,)))
 
 
+def test_a_non_integer_factor_gives_pairs_whose_input_and_target_align(thick):
+    """x4.6 along z (what --isotropic gives for 2 x 2 x 9.2 mm): the zoom back restores
+    each cropped length exactly."""
+    for pair in make_pairs(config.tiny(), thick[0], (1, 1, 4.6)):
+        assert pair.volume.shape == pair.target.shape + (1,)
+        length = pair.target.shape[pair.axes.index(pair.degraded)]
+        assert thick[0].shape[pair.degraded] - 5.6 < length <= thick[0].shape[pair.degraded]
+
+
 def test_the_budget_is_respected_compilation_included(thick):
     """3 s: the whole adaptation, compilations included, ends within 10% + 2 s of it."""
     begin = time.perf_counter()
@@ -110,7 +119,7 @@ def test_json_and_stderr_carry_the_held_out_numbers(thick, models, tmp_path, cap
 def test_save_adapted_writes_a_loadable_model_folder_and_refuses_an_existing_one(
         thick, models, tmp_path, capsys):
     saved = tmp_path / "adapted"
-    command = ["sr", str(thick[1]), "-m", str(models["mono"]), "-s", "1,1,4",
+    command = ["sr", str(thick[1]), "-m", str(models["mono"]), "--isotropic",
                "--adapt", "2", "--save-adapted", str(saved)]
     assert main(command + ["-o", str(tmp_path / "a.nii.gz")]) == 0
     loaded = load_model(saved)
