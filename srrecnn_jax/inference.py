@@ -292,7 +292,7 @@ class SuperResolver:
         return result
 
 
-def super_resolve_file(source: Path, output: Path, model: str | Path,
+def super_resolve_file(source: Path, output: Path, model: str | Path | LoadedModel,
                        scale: InferenceOptions | float | str | Sequence[float],
                        reference: Path | None = None, *, prototxt: Path | None = None,
                        force: bool = False, log: Callable[[str], None] = _stderr,
@@ -305,7 +305,8 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
     created, and it is written under a temporary name and moved into place, without
     ``force`` only if the name is still free (another run may have taken it meanwhile:
     ``OutputExistsError``). ``scale`` and ``settings`` as ``SuperResolver.run``; a scale
-    the model was not trained for goes to ``warn`` (default ``log``). Returns the image.
+    the model was not trained for goes to ``warn`` (default ``log``). ``model``: a path
+    as ``load_model`` takes, or a model already loaded (``adapt``). Returns the image.
     """
     options = InferenceOptions.of(scale, **settings)
     inputs = [source] + ([reference] if reference else [])
@@ -313,7 +314,8 @@ def super_resolve_file(source: Path, output: Path, model: str | Path,
     image = read_input(source, "input image")
     output_shape(image.GetSize(), options.scale, 2 if reference else 1, str(source))
     ref = read_input(reference, "reference image") if reference else None
-    resolver = SuperResolver.load(model, prototxt)
+    resolver = (SuperResolver(model) if isinstance(model, LoadedModel)
+                else SuperResolver.load(model, prototxt))
     note = untrained_scale_note(resolver.model.trained_scales, options.scale)
     if note:
         (warn or log)(note)

@@ -20,7 +20,7 @@ LAYERS = [
     ["train.*", "batch.*", "bids.*", "demo"],
     ["jobs", "manifest", "catalog"],
     ["guardrails"],
-    ["evaluation"],
+    ["evaluation", "adapt"],
     ["inference"],
     ["tiling", "checkpoint"],
     ["flax_module"],

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from srrecnn_jax.cli import common
+from srrecnn_jax.cli import common, sr_adapt
 from srrecnn_jax.config import INTERPOLATIONS, PRECISIONS
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference_options import CEILING, HEADERS, InferenceOptions
@@ -25,6 +25,7 @@ def add_to(commands) -> None:
                             "resumable, a manifest, one bad file does not stop the rest).")
     _add_paths(p)
     _add_inference(p)
+    sr_adapt.add_options(p.add_argument_group("fine-tuning on the scan (--adapt, one input)"))
     _add_batch(p.add_argument_group("batch mode (--out-dir)"))
     p.set_defaults(run=run)
     _add_merge(commands)
@@ -200,6 +201,7 @@ def _scale_from_header(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    sr_adapt.check(args)
     _scale_from_header(args)
     if args.out_dir is not None:
         if args.output is not None:
@@ -222,16 +224,20 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"srrecnn: warning: {args.inputs[0]}: {message}", file=sys.stderr)
 
-    result = super_resolve_file(args.inputs[0], args.output, args.model, options,
-                                args.reference, prototxt=args.prototxt, force=args.force,
-                                warn=warn)
+    adapted = {}
+    if args.adapt is not None:
+        result, adapted = sr_adapt.run(args, options, warn)
+    else:
+        result = super_resolve_file(args.inputs[0], args.output, args.model, options,
+                                    args.reference, prototxt=args.prototxt,
+                                    force=args.force, warn=warn)
     seconds = time.perf_counter() - start
     size = "x".join(str(n) for n in result.GetSize())
     spacing = "x".join(f"{s:.4g}" for s in result.GetSpacing())
     print(f"{args.output}: {size} voxels of {spacing} mm ({seconds:.1f} s)", file=sys.stderr)
     facts = {"input": str(args.inputs[0]), "output": str(args.output),
              "size": list(result.GetSize()), "spacing": list(result.GetSpacing()),
-             "seconds": round(seconds, 3)}
+             "seconds": round(seconds, 3)} | adapted
     if args.check:
         facts |= _check(args, options)
     if args.json:
