@@ -46,6 +46,13 @@ def test_versus_counts_cells_won_and_lost(evaluate_real):
     assert evaluate_real.versus(rows, "new", "old") == {"wins": 2, "losses": 1}
 
 
+def test_versus_of_numpy_scores_is_plain_json(evaluate_real):
+    """PSNRs come as NumPy floats; the counts must still be written as JSON."""
+    rows = [row("a", "c", "new", np.float64(31)), row("a", "c", "old", np.float64(30))]
+    assert json.loads(json.dumps(evaluate_real.versus(rows, "new", "old"))) == {
+        "wins": 1, "losses": 0}
+
+
 def test_target_misses_name_scan_condition_and_size(evaluate_real):
     rows = [row("ce", "k-space 0%", "new", 30, gain=0.6, check=0.1),           # < +1
             row("ce", "k-space 1%", "new", 30, gain=0.6, check=0.1, noise=1.0),  # >= +0.5

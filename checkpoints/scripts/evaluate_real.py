@@ -117,8 +117,8 @@ def versus(rows: list[dict], method: str, other: str) -> dict[str, int]:
     wins = losses = 0
     for found in cells.values():
         if method in found and other in found:
-            wins += found[method] > found[other]
-            losses += found[method] < found[other]
+            wins += int(found[method] > found[other])
+            losses += int(found[method] < found[other])
     return {"wins": wins, "losses": losses}
 
 
