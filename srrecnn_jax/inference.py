@@ -176,8 +176,8 @@ def clipped_note(prepared: Prepared) -> str | None:
     share = 100 * prepared.clipped / max(1, np.prod(prepared.volume.shape[:3]))
     return (f"{prepared.name}: {prepared.clipped} output voxels ({share:.2g}%) were above "
             f"{prepared.ceiling:g}x the input's maximum and were clipped there: the model "
-            "over-sharpens this scan (the model mono-x2-robust is made for noisy, "
-            "sharper scans)")
+            "over-sharpens this scan (the model real-x2 is trained on scanner "
+            "acquisitions and noise)")
 
 
 def conv_algorithm(exact: bool) -> str:

@@ -264,8 +264,8 @@ def _check(args: argparse.Namespace, options: InferenceOptions) -> dict:
     if not args.quiet:
         print(said, file=sys.stderr)
         if losing:
-            better = ("-m mono-x2-robust, made for noisy scans, or " if
-                      facts["noise_percent"] > 1 else "")
+            better = ("" if "real_x2" in Path(str(args.model)).parts
+                      else "-m real-x2, trained on scanner acquisitions and noise, or ")
             print(f"srrecnn: warning: {args.inputs[0]}: {losing}; try {better}compare "
                   "with a spline zoom", file=sys.stderr)
     return facts
