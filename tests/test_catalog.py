@@ -130,11 +130,11 @@ def test_models_lists_the_shipped_models_with_the_default_marked(capsys):
 @pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
 def test_shipped_models_record_the_1mm_voxels_they_were_trained_on(capsys):
     """Those trained on 1 mm templates record it, so the sr warning about far-off voxel
-    sizes works; mono-x2, mono-x2-robust, multiscale and thick-slice, trained on the
-    templates at 1, 1.5 and 2 mm, record none."""
+    sizes works; mono-x2, mono-x2-robust, multiscale, thick-slice and real-x2, trained on
+    the templates at 1, 1.5 and 2 mm (real-x2 also on a 1.6 mm scan), record none."""
     assert cli.main(["models", "--json"]) == 0
     spacing = {m["name"]: m["trained_spacing"] for m in json.loads(capsys.readouterr().out)}
-    for name in ("mono-x2", "mono-x2-robust", "multiscale", "thick-slice"):
+    for name in ("mono-x2", "mono-x2-robust", "multiscale", "thick-slice", "real-x2"):
         assert spacing.pop(name) is None, name
     assert spacing and all(value == 1.0 for value in spacing.values())
 
