@@ -83,13 +83,20 @@ def write(image_or_array, path: Path, spacing=(1.0, 1.0, 1.0)) -> Path:
     return path
 
 
+def small_residual(params: dict) -> dict:
+    """``params`` with the last layer scaled down by 100: like a trained residual network,
+    the output stays near the interpolated input (He-initialised, a random network
+    overshoots the input's maximum many times, and the output's ceiling would clip and
+    warn on every run)."""
+    last = params[f"conv{len(params)}"]
+    last["kernel"], last["bias"] = last["kernel"] / 100, last["bias"] / 100
+    return params
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random models saved once: ``mono`` (1 channel) and ``multi`` (2 channels).
-
-    The last layer is scaled down by 100, so that, like a trained residual network, the
-    output stays near the interpolated input (He-initialised, it overshoots the input's
-    maximum many times and the output's ceiling would clip and warn on every run)."""
+    """Tiny random models saved once: ``mono`` (1 channel) and ``multi`` (2 channels), with
+    a small residual (``small_residual``)."""
     import jax
 
     from srrecnn_jax import config, model
@@ -99,9 +106,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     folders = {}
     for name, channels in (("mono", 1), ("multi", 2)):
         cfg = config.tiny(in_channels=channels)
-        params = model.init(jax.random.PRNGKey(0), cfg)
-        last = params[f"conv{len(params)}"]
-        last["kernel"], last["bias"] = last["kernel"] / 100, last["bias"] / 100
+        params = small_residual(model.init(jax.random.PRNGKey(0), cfg))
         folders[name] = save_model(root / name, LoadedModel(params, cfg))
     return folders
 

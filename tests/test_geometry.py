@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 import SimpleITK as sitk
-from conftest import crop, package_file
+from conftest import crop, package_file, small_residual
 
 from srrecnn_jax import config, inference, model
 from srrecnn_jax.checkpoint import LoadedModel
@@ -48,7 +48,7 @@ def oblique_image() -> sitk.Image:
 
 def _resolver(in_channels: int, zero: bool = False) -> SuperResolver:
     cfg = config.tiny(in_channels=in_channels)
-    params = model.init(jax.random.PRNGKey(0), cfg)
+    params = small_residual(model.init(jax.random.PRNGKey(0), cfg))
     if zero:
         params = jax.tree_util.tree_map(jnp.zeros_like, params)
     return SuperResolver(LoadedModel(params, cfg))
