@@ -168,16 +168,21 @@ def super_resolve_array(params: model.Params, config: ModelConfig, lr: np.ndarra
                                               algorithm=conv_algorithm(options.exact)))
 
 
+#: The share of output voxels clipped at the ceiling above which ``clipped_note`` warns: a
+#: few isolated voxels (3 of Colin27's 7 million with ``real-x2``) are not worth a warning.
+CLIPPED_WARN_SHARE = 1e-4
+
+
 def clipped_note(prepared: Prepared) -> str | None:
-    """A warning when the ceiling clipped output voxels: the model over-sharpens this
-    scan (a point spread or noise it was not trained for), so its output is suspect."""
-    if not prepared.clipped:
+    """A warning when the ceiling clipped more than ``CLIPPED_WARN_SHARE`` of the output
+    voxels: the model over-sharpens this scan (a point spread or noise it was not trained
+    for), so its output is suspect."""
+    share = prepared.clipped / max(1, np.prod(prepared.volume.shape[:3]))
+    if share <= CLIPPED_WARN_SHARE:
         return None
-    share = 100 * prepared.clipped / max(1, np.prod(prepared.volume.shape[:3]))
-    return (f"{prepared.name}: {prepared.clipped} output voxels ({share:.2g}%) were above "
-            f"{prepared.ceiling:g}x the input's maximum and were clipped there: the model "
-            "over-sharpens this scan (the model real-x2 is trained on scanner "
-            "acquisitions and noise)")
+    return (f"{prepared.name}: {prepared.clipped} output voxels ({100 * share:.2g}%) were "
+            f"above {prepared.ceiling:g}x the input's maximum and were clipped there: the "
+            "model over-sharpens this scan; compare with a spline zoom")
 
 
 def conv_algorithm(exact: bool) -> str:

@@ -107,8 +107,8 @@ def test_an_unknown_name_is_an_error_listing_the_names(shelf):
 
 
 @pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
-def test_default_is_the_shipped_mono_x2_model():
-    assert catalog.DEFAULT == "mono-x2"
+def test_default_is_the_shipped_real_x2_model():
+    assert catalog.DEFAULT == "real-x2"
     assert catalog.locate("default") == catalog.CHECKPOINTS / "mono_x2" / "model"
     assert catalog.locate("mni-x2") == MNI_X2
 
@@ -123,7 +123,7 @@ def test_info_takes_a_shipped_models_name(capsys):
 def test_models_lists_the_shipped_models_with_the_default_marked(capsys):
     assert cli.main(["models", "--json"]) == 0
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
-    assert listed["mono-x2"]["default"] is True and listed["mni-x2"]["default"] is False
+    assert listed["real-x2"]["default"] is True and listed["mono-x2"]["default"] is False
     assert listed["mni-x2"]["trained_scales"] == [2.0]
 
 

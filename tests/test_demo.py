@@ -60,7 +60,7 @@ def test_demo_of_a_multimodal_model_is_one_error_line_and_writes_nothing(models,
 
 
 def test_demo_runs_the_shipped_checkpoint_by_default(mni_t1_path, tmp_path, capsys):
-    """No --model: checkpoints/mono_x2 (10 layers, 64 filters) restores a crop better than
+    """No --model: checkpoints/real_x2 (10 layers, 64 filters) restores a crop better than
     spline (interior of a 48^3 crop)."""
     out = tmp_path / "demo"
     assert main(["demo", "--out-dir", str(out), "--crop", "48"]) == 0
