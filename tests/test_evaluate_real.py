@@ -97,3 +97,11 @@ def test_main_writes_rows_and_summary(evaluate_real, anatomical, tmp_path):
     assert len(cells) == 5 * 8 * 2
     assert result["summary"]["confusion"]["mono_x2"]["cells"] == 5 * 8
     assert isinstance(result["summary"]["misses"], list)
+
+
+def test_montage_of_the_real_2mm_scan_has_a_column_per_model(tmp_path):
+    """checkpoints/scripts/montage_real.py: spline and each named model, 3 inches a column."""
+    montage = checkpoints_script("montage_real")
+    png = tmp_path / "real.png"
+    assert montage.main([str(png), "mni-x2"]) == 0
+    assert sitk.ReadImage(str(png)).GetSize()[0] >= 2 * 3 * 80
