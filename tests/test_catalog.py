@@ -109,7 +109,7 @@ def test_an_unknown_name_is_an_error_listing_the_names(shelf):
 @pytest.mark.skipif(not MNI_X2.is_dir(), reason="checkpoints/ is not beside the package")
 def test_default_is_the_shipped_real_x2_model():
     assert catalog.DEFAULT == "real-x2"
-    assert catalog.locate("default") == catalog.CHECKPOINTS / "mono_x2" / "model"
+    assert catalog.locate("default") == catalog.CHECKPOINTS / "real_x2" / "model"
     assert catalog.locate("mni-x2") == MNI_X2
 
 
