@@ -89,8 +89,10 @@ def test_the_budget_is_respected_compilation_included(thick):
 
 
 def test_adapted_weights_are_kept_when_they_beat_the_start_on_held_out_slices(thick):
+    # 30 s: on a 2-core machine whose other core runs tests, compiling the step alone can
+    # take most of 8 s (CI made no step then).
     result = adapt(harmful(), thick[0], (1, 1, 4),
-                   settings=AdaptSettings(seconds=8, learning_rate=1e-2, algorithm="xla"))
+                   settings=AdaptSettings(seconds=30, learning_rate=1e-2, algorithm="xla"))
     db = result.heldout_psnr
     assert result.steps > 0 and result.kept and db["adapted"] > db["start"]
     assert result.model is result.adapted and result.adapted.origin["kept"]
