@@ -45,6 +45,7 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -220,25 +221,30 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             rows += new
     if args.json:
-        rows = merged(args.json, rows)
+        rows = merged(args.json, rows, _key)
     for region in dict.fromkeys(r["region"] for r in rows):
         print(table(rows, region) + "\n")
     if args.json:
-        # Through a temporary name: the file holds rows this run did not recompute.
-        partial = args.json.with_name(args.json.name + ".partial")
-        partial.write_text(json.dumps({"hr": str(args.hr), "rows": rows}, indent=1) + "\n",
-                           encoding="utf-8")
-        partial.replace(args.json)
+        write_json(args.json, {"hr": str(args.hr), "rows": rows})
     return 0
 
 
-def merged(path: Path, rows: list[dict]) -> list[dict]:
+def merged(path: Path, rows: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
     """The rows of the JSON file ``path`` (if any), each replaced by the row of ``rows``
-    for the same method, condition and region, then the rest of ``rows``."""
-    new = {_key(r): r for r in rows}
+    of the same ``key``, then the rest of ``rows``: a run that scores a few cells keeps
+    the others."""
+    new = {key(r): r for r in rows}
     old = json.loads(path.read_text(encoding="utf-8"))["rows"] if path.is_file() else []
-    kept = [new.pop(_key(r), r) for r in old]
+    kept = [new.pop(key(r), r) for r in old]
     return kept + list(new.values())
+
+
+def write_json(path: Path, content: dict) -> None:
+    """``content`` to ``path`` through a temporary name: the file holds rows earlier runs
+    scored, which a crash mid-write must not lose."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
+    partial.replace(path)
 
 
 def _key(row: dict) -> tuple[str, str, str]:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate import SHAVE, central_crop, noisy, shipped_models  # noqa: E402
+from evaluate import SHAVE, central_crop, merged, noisy, shipped_models, write_json  # noqa: E402
 
 from srrecnn_jax import guardrails  # noqa: E402
 from srrecnn_jax.checkpoint import load_model  # noqa: E402
@@ -231,14 +231,13 @@ def main(argv: list[str] | None = None) -> int:
 def save(path: Path, rows: list[dict], args: argparse.Namespace) -> None:
     """The rows and their summary to ``path``, through a temporary name; rows of a scan,
     condition and method not scored this time are kept from the file."""
-    new = {(r["scan"], r["condition"], r["method"]): r for r in rows}
-    old = json.loads(path.read_text(encoding="utf-8"))["rows"] if path.is_file() else []
-    kept = [new.pop((r["scan"], r["condition"], r["method"]), r) for r in old]
-    merged = kept + list(new.values())
-    result = {"rows": merged, "summary": summary(merged, args.candidate, args.versus)}
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    partial.replace(path)
+    rows = merged(path, rows, cell_key)
+    write_json(path, {"rows": rows, "summary": summary(rows, args.candidate, args.versus)})
+
+
+def cell_key(row: dict) -> tuple[str, str, str]:
+    """What a row scores: its scan, condition and method."""
+    return row["scan"], row["condition"], row["method"]
 
 
 if __name__ == "__main__":
