@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 from test_batch import assert_same_result, last_run, manifest, run_cli, save
 
+from srrecnn_jax.checkpoint import LoadedModel, load_model, save_model
 from srrecnn_jax.cli import main
 from srrecnn_jax.degradation import degrade_image, slice_profile
 from srrecnn_jax.errors import SrrecnnError
@@ -141,6 +142,24 @@ def test_batch_isotropic_gives_each_input_the_output_of_sr_isotropic_on_it(scans
         assert rows[path.name]["scale"] == pytest.approx(
             isotropic_factors(image.GetSize(), image.GetSpacing()))
     assert rows["z.nii.gz"]["scale"] != rows["y.nii.gz"]["scale"]
+
+
+def test_batch_isotropic_warns_about_each_inputs_own_factors(scans, models, tmp_path):
+    """A model trained at 1 x 1 x 4 for 1 mm voxels: each row warns that its own factors
+    are untrained (naming its input), and none that its output voxels are far from 1 mm
+    (they are 1 mm: the header check uses the input's factors, not a run-wide scale)."""
+    loaded = load_model(models["mono"])
+    model = save_model(tmp_path / "thick_model", LoadedModel(
+        loaded.params, loaded.config, trained_scales=[[1, 1, 4]], trained_spacing=1.0))
+    out = tmp_path / "out"
+    code, _, err = run_cli(tmp_path / "in", "--out-dir", out, "-m", model, "--isotropic")
+    assert code == 0, err
+    for row in manifest(out):
+        factors = tuple(row["scale"])
+        assert [w for w in row["warnings"] if "differs from the scale" in w] == [
+            f"{row['input']}: scale {factors} differs from the scale(s) [1x1x4] the model "
+            "was trained for"]
+        assert not [w for w in row["warnings"] if "far from the" in w], row["warnings"]
 
 
 def test_batch_isotropic_with_an_ambiguous_input_is_one_error_row(scans, models, tmp_path):
