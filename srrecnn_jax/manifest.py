@@ -43,6 +43,10 @@ class Record:
     falloff: float | None = None  # with --check: the input's spectral fall-off (guardrails)
     self_check_psf: str | None = None  # with --check: the self-check's acquisition
     self_check_gain_db: float | None = None  # with --check: predicted gain over spline
+    scale: list[float] | None = None  # (ok, skipped) the (x, y, z) factors used: the
+    # run's scale, or with isotropic the input's own
+    adapt: dict | None = None  # (ok, skipped) with adapt: fine-tuning's facts
+    # (``adapt.AdaptResult.facts``: seconds, steps, heldout_psnr, kept, fwhm_voxels)
 
 
 def new_run_id(micros: int | None = None, tag: int | None = None) -> str:

@@ -1,24 +1,32 @@
 """``srrecnn sr --adapt``: fine-tuning a thick-slice model on the scan itself (pairs from
 its in-plane axes, a wall-clock budget, a held-out check), ``--slice-thickness`` and
-``--save-adapted``; and nothing changed without ``--adapt``."""
+``--save-adapted``; and nothing changed without ``--adapt``. In batch mode each scan is
+fine-tuned on for itself, its facts in its row; a scan that cannot be is one failed
+job."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_batch import manifest, run_cli
 
 from srrecnn_jax import config, model
-from srrecnn_jax.adapt import AdaptSettings, adapt, make_pairs
+from srrecnn_jax.adapt import AdaptResult, AdaptSettings, adapt, make_pairs
+from srrecnn_jax.batch import pipeline
+from srrecnn_jax.batch.resume import changed_facts, job_facts
 from srrecnn_jax.checkpoint import LoadedModel, load_model
-from srrecnn_jax.cli import main
+from srrecnn_jax.cli import common, main
 from srrecnn_jax.degradation import degrade, degrade_image, slice_profile
-from srrecnn_jax.images import to_array
+from srrecnn_jax.images import to_array, to_image
 from srrecnn_jax.inference import prepare_array, super_resolve_array
+from srrecnn_jax.inference_options import InferenceOptions
+from srrecnn_jax.jobs import Job
 
 
 @pytest.fixture
@@ -156,12 +164,127 @@ def test_bad_values_are_one_error_line_naming_the_option(thick, models, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-def test_adapt_in_batch_mode_is_refused(thick, models, tmp_path, capsys):
+# --- batch mode: each scan fine-tuned on its own ---------------------------------------------
+
+@pytest.fixture
+def two_thick(thick, tmp_path) -> Path:
+    """A folder of two thick-slice scans: the 2 x 2 x 8 mm one, and the same with y and z
+    swapped (slices along y)."""
+    lr = sitk.ReadImage(str(thick[1]))
+    swapped = to_image(to_array(lr).transpose(0, 2, 1).copy(),
+                       tuple(np.array(lr.GetSpacing())[[0, 2, 1]]), lr.GetOrigin(),
+                       (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sitk.WriteImage(lr, str(folder / "z.nii.gz"))
+    sitk.WriteImage(swapped, str(folder / "y.nii.gz"))
+    return folder
+
+
+def test_batch_adapt_writes_each_output_with_its_own_adapt_facts(two_thick, models,
+                                                                 tmp_path):
+    """``--isotropic --adapt 3``: each scan is fine-tuned on for itself; its row has the
+    facts (held-out PSNRs, kept, steps, seconds, its slice profile) and the budget among
+    the facts that made the output."""
+    out = tmp_path / "out"
+    code, _, err = run_cli(two_thick, "--out-dir", out, "-m", models["mono"], "--isotropic",
+                           "--adapt", "3")
+    assert code == 0, err
+    rows = {Path(r["input"]).name: r for r in manifest(out)}
+    assert sorted(rows) == ["y.nii.gz", "z.nii.gz"]
+    for name, row in rows.items():
+        assert row["status"] == "ok" and (out / name.replace(".nii", "_SR.nii")).is_file()
+        facts = row["adapt"]
+        assert set(facts["heldout_psnr"]) == {"spline", "start", "adapted"}
+        assert isinstance(facts["kept"], bool) and facts["steps"] >= 0
+        assert 0 < facts["seconds"] <= 3 * 1.1 + 5
+        spacing = sitk.ReadImage(str(two_thick / name)).GetSpacing()
+        assert facts["fwhm_voxels"] == pytest.approx(max(spacing) / min(spacing), rel=1e-3)
+        assert (row["job"]["adapt"], row["job"]["slice_thickness"]) == (3, None)
+
+
+def test_batch_runs_each_job_with_its_own_adapted_weights_if_kept(two_thick, models,
+                                                                 tmp_path, monkeypatch):
+    """Fine-tuning (stood in for: a fixed result per scan) that keeps other weights for
+    ``z`` and drops them for ``y``: ``z``'s output is those weights' on ``z``, ``y``'s the
+    model's own on ``y``, whatever device or order the jobs took."""
+    other = harmful(0.02)
+
+    def fine_tuned(loaded, lr, factors, fwhm, settings, **kwargs) -> AdaptResult:
+        kept = factors[2] > 1  # z: slices along z
+        return AdaptResult(other if kept else loaded, other, kept, 0.1, 1,
+                           {"spline": 1.0, "start": 2.0, "adapted": 3.0 if kept else 1.5},
+                           fwhm)
+
+    monkeypatch.setattr(pipeline, "adapt", fine_tuned)
+    out = tmp_path / "out"
+    code, _, err = run_cli(two_thick, "--out-dir", out, "-m", models["mono"], "--isotropic",
+                           "--adapt", "3", "--exact")
+    assert code == 0, err
+    mono = load_model(models["mono"])
+    rows = {Path(r["input"]).name: r for r in manifest(out)}
+    for name, used in (("z", other), ("y", mono)):
+        lr = to_array(sitk.ReadImage(str(two_thick / f"{name}.nii.gz")))
+        expected = super_resolve_array(used.params, used.config, lr, rows[f"{name}.nii.gz"]
+                                       ["scale"], exact=True)
+        got = to_array(sitk.ReadImage(str(out / f"{name}_SR.nii.gz")))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * float(expected.max()))
+    assert (rows["z.nii.gz"]["adapt"]["kept"], rows["y.nii.gz"]["adapt"]["kept"]) == (
+        True, False)
+
+
+def test_batch_adapt_a_scan_too_small_to_fine_tune_on_is_one_error_row(thick, models,
+                                                                      tmp_path):
+    """3 voxels along x leave no voxel to degrade by 4: that input fails alone (its row
+    names the scale), the other is written."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(thick[1])), str(folder / "good.nii.gz"))
+    sitk.WriteImage(sitk.ReadImage(str(thick[1]))[:3], str(folder / "thin.nii.gz"))
+    out = tmp_path / "out"
+    code, _, err = run_cli(folder, "--out-dir", out, "-m", models["mono"], "-s", "1,1,4",
+                           "--adapt", "2")
+    assert code == 1
+    rows = {Path(r["input"]).name: r for r in manifest(out)}
+    assert rows["good.nii.gz"]["status"] == "ok" and rows["good.nii.gz"]["adapt"]
+    assert rows["thin.nii.gz"]["status"] == "error"
+    assert rows["thin.nii.gz"]["parameter"] == "scale"
+    assert str(folder / "thin.nii.gz") in rows["thin.nii.gz"]["error"]
+    assert [line for line in err.splitlines() if line.startswith("srrecnn: error:")] == [
+        f"srrecnn: error: {common.job_error_line(rows['thin.nii.gz']['error'], 'scale')}"]
+
+
+def test_save_adapted_in_batch_mode_is_refused(thick, models, tmp_path, capsys):
     code = main(["sr", str(thick[1]), "--out-dir", str(tmp_path / "o"),
-                 "-m", str(models["mono"]), "-s", "1,1,4", "--adapt", "3"])
+                 "-m", str(models["mono"]), "-s", "1,1,4", "--adapt", "3",
+                 "--save-adapted", str(tmp_path / "adapted")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and "--adapt" in err[0]
+    assert code == 1 and len(err) == 1 and err[0].startswith("srrecnn: error: --save-adapted: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_adapt_at_a_scale_without_one_thick_axis_is_refused_before_any_work(
+        thick, models, tmp_path, capsys):
+    """``-s 2 --adapt``: every scan would fail; one error line naming -s/--scale."""
+    code = main(["sr", str(thick[1]), "--out-dir", str(tmp_path / "o"),
+                 "-m", str(models["mono"]), "-s", "2", "--adapt", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("srrecnn: error: -s/--scale: ")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_rerun_redoes_an_output_made_with_another_adapt_budget_or_slice_thickness():
+    """The budget and the slice thickness are facts of an output (fine-tuning changes
+    its voxels); outputs made without --adapt record neither."""
+    job, options = Job(Path("in.nii.gz"), Path("out.nii.gz")), InferenceOptions((1, 1, 4))
+    plain = job_facts(job, options, "m")
+    three = job_facts(job, options, "m", adapt=3.0)
+    assert "adapt" not in plain and changed_facts(plain, plain) == []
+    assert changed_facts(plain, three) == ["adapt was off, now 3"]
+    assert changed_facts(three, plain) == ["adapt was 3, now off"]
+    assert changed_facts(three, job_facts(job, options, "m", adapt=3.0,
+                                          slice_thickness=6.0)) == [
+        "slice_thickness was the slice spacing, now 6"]
 
 
 def test_without_adapt_the_output_is_super_resolve_array(thick, models, tmp_path):

@@ -30,6 +30,7 @@ from conftest import crop
 
 from srrecnn_jax import cli
 from srrecnn_jax.bids import dataset, layout, naming, validator
+from srrecnn_jax.degradation import degrade_image, slice_profile
 
 pytest.importorskip("bids")
 
@@ -186,6 +187,75 @@ def test_a_rerun_makes_nothing_new(made):
     rows = manifest_rows(made["out"])
     assert code == 0 and rows[-1]["status"] == "skipped"
     assert (sidecar.stat().st_mtime_ns, (made["out"] / OUTPUT).stat().st_mtime_ns) == before
+
+
+# --- thick slices: --isotropic --adapt ---------------------------------------------------------
+
+ISO_OUTPUT = "sub-01/anat/sub-01_res-iso_desc-srrecnn_T1w.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def thick_made(tmp_path_factory, anatomical_image, models) -> dict:
+    """A dataset of two thick-slice T1w of different slice spacing (the real T1 degraded
+    by 1 x 1 x 4 and by 1 x 1 x 3), through ``--isotropic --adapt 3``."""
+    raw = tmp_path_factory.mktemp("thick") / "raw"
+    raw.mkdir()
+    (raw / "dataset_description.json").write_text(
+        json.dumps({"Name": "thick", "BIDSVersion": "1.10.0", "Authors": ["a", "b"]}))
+    (raw / "README").write_text("Thick slices of nibabel's anatomical.nii, for tests.\n" * 8)
+    image = sitk.Cast(anatomical_image, sitk.sitkFloat32)
+    for subject, factor in (("01", 4), ("02", 3)):
+        folder = raw / f"sub-{subject}" / "anat"
+        folder.mkdir(parents=True)
+        lr = degrade_image(image, (1, 1, factor), slice_profile((1, 1, factor)))["lr"]
+        sitk.WriteImage(lr, str(folder / f"sub-{subject}_T1w.nii.gz"))
+    out = tmp_path_factory.mktemp("thick_out") / "srrecnn"
+    code, err = run(raw, out, "participant", "-m", models["mono"], "--isotropic",
+                    "--adapt", "3", "--skip-bids-validation", "--no-check")
+    assert code == 0, err
+    return {"raw": raw, "out": out}
+
+
+def test_isotropic_outputs_are_labelled_iso_with_each_scans_own_factors(thick_made):
+    """``res-iso``; the sidecar's scale is the one this scan's header gave (the manifest
+    row's), its Resolution says what ``iso`` means, the montage can be drawn."""
+    rows = {Path(r["input"]).name: r for r in manifest_rows(thick_made["out"])}
+    scales = []
+    for subject in ("01", "02"):
+        output = thick_made["out"] / ISO_OUTPUT.replace("01", subject)
+        facts = json.loads(output.with_name(output.name.replace(".nii.gz", ".json"))
+                           .read_text())
+        row = rows[f"sub-{subject}_T1w.nii.gz"]
+        assert facts["SrrecnnScale"] == row["scale"] and facts["SrrecnnScale"][:2] == [1, 1]
+        assert list(facts["Resolution"]) == ["iso"]
+        assert facts["Resolution"]["iso"].startswith(
+            "isotropic at the source's in-plane voxel size, 2 mm")
+        scales.append(facts["SrrecnnScale"][2])
+    assert scales[0] > scales[1] > 1
+
+
+def test_an_adapted_output_s_sidecar_carries_the_fine_tuning_facts(thick_made):
+    row = next(r for r in manifest_rows(thick_made["out"])
+               if r["input"].endswith("sub-01_T1w.nii.gz"))
+    facts = json.loads((thick_made["out"] / ISO_OUTPUT.replace(".nii.gz", ".json"))
+                       .read_text())
+    adapted = facts["SrrecnnAdapt"]
+    assert (adapted["BudgetSeconds"], adapted["Seconds"], adapted["Steps"],
+            adapted["Kept"]) == (3, row["adapt"]["seconds"], row["adapt"]["steps"],
+                                 row["adapt"]["kept"])
+    assert adapted["HeldoutPsnrDb"] == {k.capitalize(): v for k, v in
+                                        row["adapt"]["heldout_psnr"].items()}
+    assert "after fine-tuning on the scan" in facts["Description"]
+
+
+@pytest.mark.skipif(validator.find() is None, reason="bids-validator-deno is not installed")
+def test_the_official_validator_accepts_isotropic_adapted_outputs(thick_made):
+    assert validator.errors(thick_made["out"], "derivative", validator.find()) == []
+
+
+def test_isotropic_names_the_target_spacing_in_the_label():
+    assert naming.isotropic_label(None) == "iso"
+    assert naming.isotropic_label(0.8) == "iso0p8mm" and naming.isotropic_label(1.0) == "iso1mm"
 
 
 # --- choosing the scans ---------------------------------------------------------------------

@@ -15,7 +15,8 @@ together and see each other end: ``processes``.
 """
 
 from srrecnn_jax.batch.driver import run
-from srrecnn_jax.batch.pipeline import Options, Summary, run_batch
+from srrecnn_jax.batch.options import Options
+from srrecnn_jax.batch.pipeline import Summary, run_batch
 from srrecnn_jax.batch.processes import LOCK, PRESENCE, Presence, folder_lock, merge, start_together
 
 __all__ = ["LOCK", "PRESENCE", "Options", "Presence", "Summary", "folder_lock", "merge", "run",

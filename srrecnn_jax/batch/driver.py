@@ -7,7 +7,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from srrecnn_jax.batch.pipeline import Options, Summary, run_batch
+from srrecnn_jax.batch.options import Options
+from srrecnn_jax.batch.pipeline import Summary, run_batch
 from srrecnn_jax.batch.processes import (
     Presence,
     folder_lock,

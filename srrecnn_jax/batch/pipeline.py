@@ -8,6 +8,7 @@ host memory stays flat however many volumes there are.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -15,12 +16,14 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from srrecnn_jax.adapt import AdaptSettings, adapt, check_adaptable, slice_fwhm
+from srrecnn_jax.batch.options import Options
 from srrecnn_jax.batch.processes import staging_dir
 from srrecnn_jax.batch.resume import job_facts, redo_reason
 from srrecnn_jax.checkpoint import fingerprint
@@ -28,31 +31,38 @@ from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.geometry import header_warnings
 from srrecnn_jax.guardrails import check_scan, losing_note, noise_percent
 from srrecnn_jax.images import read_input, to_array
-from srrecnn_jax.inference import SuperResolver, clipped_note, conv_algorithm, run_network
-from srrecnn_jax.inference_options import InferenceOptions
+from srrecnn_jax.inference import (
+    Prepared,
+    SuperResolver,
+    clipped_note,
+    conv_algorithm,
+    run_network,
+)
 from srrecnn_jax.jobs import Job
 from srrecnn_jax.manifest import Manifest, ManifestError, Record
-from srrecnn_jax.scales import untrained_scale_note
+from srrecnn_jax.scales import Scale, untrained_scale_note
 from srrecnn_jax.writing import stored_bytes, write_image_verified
 
 _DONE = object()
 
 
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """How to run each job: the inference settings of every job, and the batch's own
-    (see ``srrecnn sr --help``): ``bucket`` (pad volumes to a multiple of this many
-    voxels, so nearby sizes share one compilation), ``overwrite`` (redo every existing
-    output), ``readers`` (reader threads), ``prefetch`` (volumes queued between
-    stages) and ``check`` (each input's self-check, ``guardrails.check_scan``, in its row
-    beside the noise estimate every row has)."""
+@dataclasses.dataclass
+class _Work:
+    """One job on its way through the stages: its factors and notes (reader), the network
+    input and the input's checks (reader), with ``Options.adapt`` the input array and
+    slice profile fine-tuning needs (reader; dropped once used) and fine-tuning's facts
+    (device), and the network output (device)."""
 
-    inference: InferenceOptions
-    bucket: int = 8
-    overwrite: bool = False
-    readers: int = 2
-    prefetch: int = 2
-    check: bool = False
+    job: Job
+    started: float
+    factors: Scale
+    notes: list[str]
+    prepared: Prepared
+    checks: dict
+    lr: np.ndarray | None = None
+    fwhm: float | None = None
+    adapted: dict | None = None
+    y: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -70,12 +80,25 @@ class Summary:
 
     @property
     def utilisation(self) -> float:
-        """Fraction of the run's wall time the devices spent running the network."""
+        """Fraction of the run's wall time the devices spent running the network (and
+        fine-tuning, with ``Options.adapt``)."""
         return self.device_seconds / max(self.seconds * self.devices, 1e-9)
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _naming(job: Job) -> Iterator[None]:
+    """Re-raise a ``SrrecnnError`` about a job's settings (its factors, its fine-tuning),
+    which does not name a file, as one that names the job's input."""
+    try:
+        yield
+    except SrrecnnError as e:
+        if str(job.input) in e.message:
+            raise
+        raise SrrecnnError(f"{job.input}: {e.message}", e.parameter) from None
 
 
 def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
@@ -91,6 +114,11 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
     (``redo_reason``); otherwise it is redone, with a warning and the reason in its
     row. ``options.overwrite`` redoes every output.
 
+    A job whose factors cannot be found (``Options.isotropic``: an ambiguous geometry) or
+    whose scan cannot be fine-tuned on (``Options.adapt``) is one error row. With
+    ``Options.adapt``, a model that cannot be fine-tuned (``adapt.check_adaptable``) is
+    refused before any job.
+
     Args:
       resolver: the loaded model.
       jobs: what to do (this process's share).
@@ -102,6 +130,8 @@ def run_batch(resolver: SuperResolver, jobs: Sequence[Job], options: Options,
       warn: receives warnings (header, scale, reference resampling, redone outputs).
       recorded: what made the outputs already there (default: nothing known).
     """
+    if options.adapt is not None:
+        check_adaptable(resolver.model)
     run = _Run(resolver, options, manifest, stop or threading.Event(), progress,
                warn or _stderr)
     todo = run.triage(jobs, recorded or {})
@@ -178,7 +208,9 @@ class _Run:
         one that is made again is warned about with the reason (``redo_reason``)."""
         model, overwrite, todo = fingerprint(self.resolver.model), self.options.overwrite, []
         for job in jobs:
-            facts, redo = job_facts(job, self.options.inference, model), None
+            facts = job_facts(job, self.options.inference, model,
+                              **self.options.resume_facts())
+            redo = None
             if job.output.exists():
                 row = recorded.get(os.path.realpath(job.output))
                 redo = "overwrite" if overwrite else redo_reason(job.output, facts, row)
@@ -187,7 +219,8 @@ class _Run:
                     if self.record(Record(str(job.input), str(job.output), "skipped",
                                           str(job.reference) if job.reference else None,
                                           row.get("shape"), row.get("spacing"), job=facts,
-                                          output_bytes=row.get("output_bytes"))):
+                                          output_bytes=row.get("output_bytes"),
+                                          scale=row.get("scale"), adapt=row.get("adapt"))):
                         self.summary.skipped += 1
                     continue
                 if not overwrite:
@@ -197,6 +230,10 @@ class _Run:
         return todo
 
     def note_untrained_scale(self) -> None:
+        """The run's scale, if the model was not trained for it, said once (with
+        ``isotropic``, each job's own: ``prepare``)."""
+        if self.options.isotropic:
+            return
         note = untrained_scale_note(self.resolver.model.trained_scales,
                                     self.options.inference.scale)
         if note:
@@ -243,95 +280,128 @@ class _Run:
 
     def read(self) -> None:
         """Reader stage: read, check and prepare jobs until none is left or the run stops."""
-        inference = self.options.inference
         while not self.halted():
             try:
                 job = self.jobs_q.get_nowait()
             except queue.Empty:
                 break
             started = time.perf_counter()
-            notes: list[str] = list(self.run_notes)
             try:
-                image = read_input(job.input, "input image")
-                notes += header_warnings(image, str(job.input),
-                                         self.resolver.model.trained_spacing, inference.scale)
-                reference = (read_input(job.reference, "reference image")
-                             if job.reference else None)
-                prepared = self.resolver.prepare(image, inference, reference,
-                                                 input_name=str(job.input),
-                                                 reference_name=str(job.reference),
-                                                 log=notes.append)
-                checks = self.checks(to_array(image))
-                losing = losing_note(checks)
-                if losing:
-                    notes.append(f"{job.input}: {losing}")
+                work = self.prepare(job, started)
             except Exception as e:  # noqa: BLE001 - reported, the batch goes on
                 self.fail(job, e, started)
                 continue
-            for note in notes[len(self.run_notes):]:
+            for note in work.notes[len(self.run_notes):]:
                 self.warn(note)
-            self.ready_q.put((job, prepared, notes, started, checks))
+            self.ready_q.put(work)
 
-    def checks(self, lr) -> dict:
-        """The input's noise estimate, and with ``Options.check`` the self-check."""
+    def prepare(self, job: Job, started: float) -> _Work:
+        """One job's reader work: its factors (``Options.factors``), the warnings about
+        them and its header, the network input, the input's checks, and with
+        ``Options.adapt`` the slice profile (a scan without one thick axis is refused
+        here) and the input array to fine-tune on."""
+        model = self.resolver.model
+        image = read_input(job.input, "input image")
+        with _naming(job):
+            factors = self.options.factors(image)
+            fwhm = None
+            if self.options.adapt is not None:
+                fwhm = slice_fwhm(image.GetSpacing(), factors, self.options.slice_thickness)
+        options = dataclasses.replace(self.options.inference, scale=factors)
+        notes: list[str] = list(self.run_notes)
+        if self.options.isotropic:
+            note = untrained_scale_note(model.trained_scales, factors)
+            if note:
+                notes.append(f"{job.input}: {note}")
+        notes += header_warnings(image, str(job.input), model.trained_spacing, factors)
+        reference = read_input(job.reference, "reference image") if job.reference else None
+        prepared = self.resolver.prepare(image, options, reference, input_name=str(job.input),
+                                         reference_name=str(job.reference), log=notes.append)
+        lr = to_array(image)
+        checks = self.checks(lr, factors)
+        losing = losing_note(checks)
+        if losing:
+            notes.append(f"{job.input}: {losing}")
+        return _Work(job, started, factors, notes, prepared, checks,
+                     lr if fwhm is not None else None, fwhm)
+
+    def checks(self, lr, factors: Scale) -> dict:
+        """The input's noise estimate, and with ``Options.check`` the self-check at the
+        job's ``factors``."""
         if not self.options.check:
             return {"noise_percent": round(noise_percent(lr), 3)}
-        inference = self.options.inference
-        return check_scan(self.resolver.model.params, self.resolver.config, lr,
-                          inference.scale, inference.precision)
+        return check_scan(self.resolver.model.params, self.resolver.config, lr, factors,
+                          self.options.inference.precision)
 
     def compute(self, device) -> None:
-        """Device stage: the network on ``device`` for each prepared volume."""
+        """Device stage: for each prepared volume, with ``Options.adapt`` fine-tuning on
+        its scan first (``adapted``), then the network on ``device``."""
         resolver, inference = self.resolver, self.options.inference
         params = jax.device_put(resolver.model.params, device)
         while True:
-            item = self.ready_q.get()
-            if item is _DONE:
+            work = self.ready_q.get()
+            if work is _DONE:
                 self.ready_q.put(_DONE)  # let the other device threads see it too
                 break
             if self.halted():
                 continue  # not started: a rerun does it
-            job, prepared, notes, started, checks = item
             try:
                 tick = time.perf_counter()
                 with jax.default_device(device):
-                    y = run_network(params, resolver.config, prepared.volume, inference.tile,
-                                    inference.residual, self.options.bucket, devices=[device],
-                                    precision=inference.precision,
-                                    algorithm=conv_algorithm(inference.exact))
+                    used = (params if self.options.adapt is None
+                            else self.adapted(work, device, params))
+                    work.y = run_network(used, resolver.config, work.prepared.volume,
+                                         inference.tile, inference.residual,
+                                         self.options.bucket, devices=[device],
+                                         precision=inference.precision,
+                                         algorithm=conv_algorithm(inference.exact))
                 with self.lock:
                     self.summary.device_seconds += time.perf_counter() - tick
             except Exception as e:  # noqa: BLE001
-                self.fail(job, e, started)
+                self.fail(work.job, e, work.started)
                 continue
-            self.done_q.put((job, prepared, y, notes, started, checks))
+            self.done_q.put(work)
+
+    def adapted(self, work: _Work, device, params):
+        """Fine-tune the model on the job's own scan (``adapt.adapt``, within the
+        ``Options.adapt`` budget), its facts into ``work.adapted``; the parameters to run
+        the job with, on ``device``: the adapted ones if the held-out check kept them,
+        else ``params`` (the model's)."""
+        inference = self.options.inference
+        lr, work.lr = work.lr, None
+        with _naming(work.job):
+            result = adapt(self.resolver.model, lr, work.factors, work.fwhm,
+                           AdaptSettings(seconds=self.options.adapt), order=inference.order,
+                           interpolation=inference.interpolation,
+                           residual=inference.residual)
+        work.adapted = result.facts()
+        return jax.device_put(result.model.params, device) if result.kept else params
 
     def write(self) -> None:
         """Writer stage: finish, write and log each network output."""
         while True:
-            item = self.done_q.get()
-            if item is _DONE:
+            work = self.done_q.get()
+            if work is _DONE:
                 break
             if self.fatal:
                 continue  # keep taking results, so the device threads never block
-            job, prepared, y, notes, started, checks = item
             try:
-                image = self.resolver.finish(prepared, y)
-                note = clipped_note(prepared)
+                image = self.resolver.finish(work.prepared, work.y)
+                note = clipped_note(work.prepared)
                 if note:
-                    notes = notes + [note]
+                    work.notes = work.notes + [note]
                     self.warn(note)
-                job.output.parent.mkdir(parents=True, exist_ok=True)
-                write_image_verified(image, job.output, self.staging)
+                work.job.output.parent.mkdir(parents=True, exist_ok=True)
+                write_image_verified(image, work.job.output, self.staging)
             except Exception as e:  # noqa: BLE001
-                self.fail(job, e, started)
+                self.fail(work.job, e, work.started)
                 continue
-            self.written(job, image, notes, started, checks)
+            self.written(work, image)
 
-    def written(self, job: Job, image, notes: list[str], started: float,
-                checks: dict) -> None:
-        """Log a written output's row with what made it and the input's checks, and count
-        it."""
+    def written(self, work: _Work, image) -> None:
+        """Log a written output's row with what made it (the facts, the factors, with
+        ``Options.adapt`` fine-tuning's facts) and the input's checks, and count it."""
+        job = work.job
         voxels = int(np.prod(image.GetSize()))
         facts, redo = self.planned[job]
         try:
@@ -341,8 +411,10 @@ class _Run:
         if self.record(Record(str(job.input), str(job.output), "ok",
                               str(job.reference) if job.reference else None,
                               list(image.GetSize()), list(image.GetSpacing()),
-                              time.perf_counter() - started, warnings=notes, job=facts,
-                              output_bytes=size, redone=redo, **checks), voxels):
+                              time.perf_counter() - work.started, warnings=work.notes,
+                              job=facts, output_bytes=size, redone=redo,
+                              scale=list(work.factors), adapt=work.adapted, **work.checks),
+                       voxels):
             with self.lock:
                 self.summary.ok += 1
                 self.summary.redone += redo is not None

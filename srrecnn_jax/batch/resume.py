@@ -41,35 +41,60 @@ def source_facts(path: Path | None) -> dict | None:
         return None
 
 
-def job_facts(job: Job, options: InferenceOptions, model: str) -> dict:
+def job_facts(job: Job, options: InferenceOptions, model: str, *, isotropic: bool = False,
+              target_spacing: float | None = None, adapt: float | None = None,
+              slice_thickness: float | None = None) -> dict:
     """What decides an output's voxels: its input and reference (``source_facts``), the
     model (``checkpoint.fingerprint``), the scale and the options that change the result
     (not ``tile``, nor the batch's ``bucket`` and ``readers``: they leave it unchanged).
+    With ``isotropic`` the scale is each input's own (from its header, which its source
+    facts cover): ``scale`` is None, and ``isotropic`` and ``target_spacing`` are
+    recorded; with ``adapt`` (fine-tuning on the scan, seconds) the budget and
+    ``slice_thickness``. Those four are recorded only when set, so that the facts of
+    other outputs are those earlier versions recorded (``_UNRECORDED``).
     Recorded with each output in the manifest; a rerun redoes an output whose facts
     differ."""
     facts = {"input": source_facts(job.input), "reference": source_facts(job.reference),
-             "model": model, "scale": list(options.scale), "order": options.order,
-             "residual": options.residual, "header": options.header,
+             "model": model, "scale": None if isotropic else list(options.scale),
+             "order": options.order, "residual": options.residual, "header": options.header,
              "precision": options.precision, "interpolation": options.interpolation,
              "exact": options.exact, "ceiling": options.ceiling}
+    if isotropic:
+        facts |= {"isotropic": True, "target_spacing": target_spacing}
+    if adapt is not None:
+        facts |= {"adapt": adapt, "slice_thickness": slice_thickness}
     return json.loads(json.dumps(facts))  # as a manifest row reads back (lists, not tuples)
 
 
-def _shown(value) -> str:
+#: What a fact of None means, where it is not "default".
+_NONE = {"scale": "each input's own (isotropic)", "target_spacing": "the in-plane spacing",
+         "adapt": "off", "slice_thickness": "the slice spacing"}
+
+
+def _shown(value, key: str = "") -> str:
+    if value is None and key in _NONE:
+        return _NONE[key]
     if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
         return ",".join(f"{v:g}" for v in value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
     return "default" if value is None else str(value)
 
 
 #: Facts of outputs recorded before the fact was: versions before ``exact`` ran every
-#: convolution exactly (Winograd F(2, 3) on CPU), and before ``ceiling`` had none.
-_UNRECORDED = {"exact": True, "ceiling": None}
+#: convolution exactly (Winograd F(2, 3) on CPU), and before ``ceiling`` had none; and
+#: the facts recorded only when set (``job_facts``): what an output made without them
+#: records by leaving them out.
+_UNRECORDED = {"exact": True, "ceiling": None, "isotropic": False, "target_spacing": None,
+               "adapt": None, "slice_thickness": None}
 
 
 def changed_facts(old: dict, new: dict) -> list[str]:
     """What differs between the recorded facts of an output and this run's, in words."""
     changes = []
-    for key, value in new.items():
+    keys = list(new) + [k for k in old if k not in new and k in _UNRECORDED]
+    for key in keys:
+        value = new.get(key, _UNRECORDED.get(key))
         was = old.get(key, _UNRECORDED.get(key))
         if was == value:
             continue
@@ -79,7 +104,7 @@ def changed_facts(old: dict, new: dict) -> list[str]:
             changes.append(f"made by another model (sha256 {str(was)[:12]}, now "
                            f"{value[:12]})")
         else:
-            changes.append(f"{key} was {_shown(was)}, now {_shown(value)}")
+            changes.append(f"{key} was {_shown(was, key)}, now {_shown(value, key)}")
     return changes
 
 

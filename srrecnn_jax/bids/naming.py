@@ -32,12 +32,24 @@ def resolution_label(scale: Sequence[float]) -> str:
     return f"x{factors[0]}" if len(set(factors)) == 1 else "".join(f"x{f}" for f in factors)
 
 
-def derivative_path(entities: dict[str, Any], scale: Sequence[float],
+def isotropic_label(target: float | None = None) -> str:
+    """The ``res-`` label of outputs made isotropic (each source's factors from its own
+    header): ``iso`` at each source's in-plane spacing, ``iso0p8mm`` at a ``target`` of
+    0.8 mm."""
+    if target is None:
+        return "iso"
+    millimetres = f"{round(float(target), 4):f}".rstrip("0").rstrip(".")  # never 1e-05
+    return f"iso{millimetres.replace('.', 'p')}mm"
+
+
+def derivative_path(entities: dict[str, Any], resolution: Sequence[float] | str,
                     extension: str = ".nii.gz") -> PurePosixPath:
     """``sub-XX/[ses-YY/]anat/<entities>_res-<label>_desc-srrecnn_<suffix><extension>``:
-    the source's filename entities (pybids' names) with ``resolution`` and
-    ``description`` added, in the schema's order."""
-    named = {**entities, "resolution": resolution_label(scale), "description": DESC}
+    the source's filename entities (pybids' names) with ``resolution`` (a scale, whose
+    label ``resolution_label`` gives, or the label itself) and ``description`` added, in
+    the schema's order."""
+    label = resolution if isinstance(resolution, str) else resolution_label(resolution)
+    named = {**entities, "resolution": label, "description": DESC}
     parts = [f"{key}-{named[name]}" for name, key in entity_order() if name in named]
     folder = PurePosixPath(f"sub-{entities['subject']}")
     if "session" in entities:

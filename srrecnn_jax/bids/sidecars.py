@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from srrecnn_jax.bids.naming import bids_uri, resolution_label
+from srrecnn_jax.bids.naming import bids_uri, isotropic_label, resolution_label
 from srrecnn_jax.writing import write_text_atomic
 
 #: The manifest row's facts a sidecar carries, and their names there.
@@ -57,25 +57,63 @@ def _finer(scale: Sequence[float]) -> str:
     return f"{', '.join(f'{s:g}' for s in scale)} times finer along x, y, z"
 
 
+def _resolution(job: dict, scale: Sequence[float], input_spacing: Sequence[float],
+                output_spacing: Sequence[float] | None) -> dict:
+    """``Resolution``: what the output's ``res-`` label means. A scale's label
+    (``resolution_label``) is how much finer the output is; an isotropic run's
+    (``isotropic_label``: factors from each source's header) is its voxel size, with
+    this output's factors."""
+    voxels = "x".join(f"{s:g}" for s in output_spacing or [])
+    finer = (f"{_finer(scale)} than the source: voxels of {voxels} mm from "
+             f"{'x'.join(f'{s:g}' for s in _voxel(input_spacing))} mm")
+    if not job.get("isotropic"):
+        return {resolution_label(scale): finer}
+    target = job.get("target_spacing")
+    size = (f"{target:g} mm" if target is not None
+            else f"the source's in-plane voxel size, {min(_voxel(input_spacing)):g} mm")
+    return {isotropic_label(target): f"isotropic at {size} (factors from the source's "
+                                     f"header): {finer}"}
+
+
+def _adapt(job: dict, row: dict) -> dict:
+    """With fine-tuning on the scan, its budget and the row's facts (``SrrecnnAdapt``)."""
+    if job.get("adapt") is None:
+        return {}
+    facts = {"BudgetSeconds": job["adapt"], "SliceThicknessMm": job.get("slice_thickness")}
+    done = row.get("adapt") or {}
+    names = {"seconds": "Seconds", "steps": "Steps", "kept": "Kept",
+             "fwhm_voxels": "FwhmVoxels"}
+    facts |= {name: done.get(key) for key, name in names.items()}
+    psnr = done.get("heldout_psnr") or {}
+    facts["HeldoutPsnrDb"] = {k.capitalize(): psnr.get(k) for k in ("spline", "start",
+                                                                     "adapted")}
+    return {"SrrecnnAdapt": facts}
+
+
 def sidecar(row: dict, source: str, reference: str | None, input_spacing: Sequence[float],
             model: str, version: str, skull_stripped: bool = False) -> dict:
     """The sidecar of the output that ``row`` (a manifest row, see ``made_rows``) records;
     ``source`` and ``reference``: the input's and reference's paths in the raw dataset;
-    ``input_spacing``: the input's voxel size (mm); ``model``: the model's name."""
+    ``input_spacing``: the input's voxel size (mm); ``model``: the model's name. The
+    scale is the one the row records using (``--isotropic``: this input's own)."""
     job = row.get("job") or {}
-    scale = job.get("scale") or [1, 1, 1]
+    scale = row.get("scale") or job.get("scale") or [1, 1, 1]
     output_spacing = _voxel(row.get("spacing"))
-    label = resolution_label(scale)
-    voxels = "x".join(f"{s:g}" for s in output_spacing or [])
     factors = "x".join(f"{s:g}" for s in scale)
     sources = [bids_uri(source)] + ([bids_uri(reference)] if reference else [])
+    adapted = _adapt(job, row)
+    tuned = ""
+    if adapted:
+        kept = adapted["SrrecnnAdapt"]["Kept"]
+        tuned = (" after fine-tuning on the scan ("
+                 + ("adapted weights used" if kept else "not better: the model as trained")
+                 + ")")
     facts = {
         "Description": f"Super-resolved by SRReCNN3D (srrecnn-jax {version}, model {model}) "
                        f"at {factors}" + (" with the T2w as second channel" if reference
-                                         else ""),
+                                         else "") + tuned,
         "Sources": sources,
-        "Resolution": {label: f"{_finer(scale)} than the source: voxels of {voxels} mm "
-                              f"from {'x'.join(f'{s:g}' for s in _voxel(input_spacing))} mm"},
+        "Resolution": _resolution(job, scale, input_spacing, output_spacing),
         "SkullStripped": skull_stripped,
         "SrrecnnModel": model, "SrrecnnModelSHA256": job.get("model"),
         "SrrecnnScale": scale, "SrrecnnPrecision": job.get("precision"),
@@ -85,6 +123,7 @@ def sidecar(row: dict, source: str, reference: str | None, input_spacing: Sequen
         "SrrecnnOutputVoxelSize": output_spacing,
         "SrrecnnOutputShape": row.get("shape"),
     }
+    facts |= adapted
     facts |= {name: row.get(key) for key, name in CHECKS.items()}
     facts["SrrecnnWarnings"] = list(row.get("warnings") or [])
     return facts

@@ -9,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from srrecnn_jax.cli import common
+from srrecnn_jax.cli import common, sr_adapt
 from srrecnn_jax.cli.sr import _add_inference
 from srrecnn_jax.errors import SrrecnnError
 
@@ -40,6 +40,7 @@ def add_to(commands) -> None:
                    "multi-x2) takes each T1w with the T2w of the same subject, session "
                    "and run as its second channel")
     _add_inference(p)
+    sr_adapt.add_options(p.add_argument_group("fine-tuning on each scan (--adapt)"), save=False)
     _add_run(p.add_argument_group("the run"))
     p.set_defaults(run=run)
 

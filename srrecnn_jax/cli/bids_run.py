@@ -10,8 +10,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from srrecnn_jax.cli import common
-from srrecnn_jax.cli.sr import inference_options
+from srrecnn_jax.cli import common, sr_adapt
+from srrecnn_jax.cli.sr import check_scale, inference_options, per_input_settings
 from srrecnn_jax.errors import SrrecnnError
 
 
@@ -51,12 +51,17 @@ def _plan(args: argparse.Namespace):
 
     filters = layout.read_filters(args.bids_filter_file) if args.bids_filter_file else {}
     paired = load_model(args.model).config.in_channels == 2
+    if paired and args.adapt is not None:
+        raise SrrecnnError("takes monomodal models only, not a two-channel one",
+                           "adapt")
     index = layout.index(args.bids_dir, skip=[args.output_dir, args.work_dir])
     sources = layout.select(index, args.suffix, args.participant_label, args.session_label,
                             filters, paired)
     if not sources:
         raise SrrecnnError(f"{args.bids_dir}: no {', '.join(args.suffix)} scans selected")
-    jobs = [Job(s.path, args.output_dir / naming.derivative_path(s.entities, args.scale),
+    resolution = (naming.isotropic_label(args.target_spacing) if args.isotropic
+                  else args.scale)
+    jobs = [Job(s.path, args.output_dir / naming.derivative_path(s.entities, resolution),
                 s.reference) for s in sources]
     check_inputs_kept(jobs, args.work_dir / MANIFEST)
     return sources, jobs
@@ -66,15 +71,19 @@ def participant(args: argparse.Namespace) -> int:
     """Super-resolve the selected scans; write sidecars, dataset files, subject pages."""
     if args.model is None:
         raise SrrecnnError("-m/--model: needed at participant level")
-    if args.scale is None:
-        raise SrrecnnError("-s/--scale: needed at participant level")
-    if args.isotropic or args.target_spacing is not None:
-        raise SrrecnnError("--isotropic: applies to `srrecnn sr` with a single input")
-    options = inference_options(args)  # checks the options before any work
+    if args.scale is None and not args.isotropic:
+        raise SrrecnnError("-s/--scale: needed at participant level (or --isotropic)")
+    check_scale(args)
+    sr_adapt.check_settings(args)
+    from srrecnn_jax import batch
+
+    settings = batch.Options(inference_options(args), overwrite=args.force,
+                             readers=args.workers, check=args.check,
+                             **per_input_settings(args))  # checked before any work
     _validate_input(args)
     sources, jobs = _plan(args)
     process, count = args.shard or (0, 1)
-    summary = _run_batch(args, jobs, options, process, count)
+    summary = _run_batch(args, jobs, settings, process, count)
     from srrecnn_jax.jobs import shard
 
     share = shard(jobs, process, count)
@@ -87,13 +96,13 @@ def participant(args: argparse.Namespace) -> int:
     return 1 if summary.errors else 0
 
 
-def _run_batch(args: argparse.Namespace, jobs, options, process: int, count: int):
+def _run_batch(args: argparse.Namespace, jobs, settings, process: int, count: int):
+    """This share of the jobs through the batch pipeline (``batch.run``) with
+    ``settings`` (``batch.Options``), the manifest in the work folder."""
     from srrecnn_jax import batch
     from srrecnn_jax.jobs import shard
     from srrecnn_jax.manifest import MANIFEST
 
-    settings = batch.Options(options, overwrite=args.force, readers=args.workers,
-                             check=args.check)
     with common.stoppable(len(shard(jobs, process, count)), "vol", args.quiet,
                           "srrecnn: stopping after the volumes in flight are written") \
             as (stop, bar):

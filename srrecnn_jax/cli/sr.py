@@ -25,7 +25,7 @@ def add_to(commands) -> None:
                             "resumable, a manifest, one bad file does not stop the rest).")
     _add_paths(p)
     _add_inference(p)
-    sr_adapt.add_options(p.add_argument_group("fine-tuning on the scan (--adapt, one input)"))
+    sr_adapt.add_options(p.add_argument_group("fine-tuning on the scan (--adapt)"))
     _add_batch(p.add_argument_group("batch mode (--out-dir)"))
     p.set_defaults(run=run)
     _add_merge(commands)
@@ -74,13 +74,14 @@ def _add_inference(p) -> None:
                    help="zoom factor: one number or x,y,z (e.g. 2 or 2,2,2.5); the output "
                    "may have at most 2^32 voxels and must fit this machine's memory")
     p.add_argument("--isotropic", action="store_true",
-                   help="instead of -s, for a single thick-slice scan: the factors from its "
-                   "header, so that the output is isotropic at its in-plane spacing (the "
-                   "thick axis is the one of largest spacing, any of x, y, z; non-integer "
-                   "factors allowed); with a thick-slice model, -m thick-slice")
+                   help="instead of -s, for thick-slice scans: each input's factors from "
+                   "its own header, so that its output is isotropic at its in-plane spacing "
+                   "(the thick axis is the one of largest spacing, any of x, y, z; "
+                   "non-integer factors allowed; in a batch an input of ambiguous geometry "
+                   "is one failed job); with a thick-slice model, -m thick-slice")
     p.add_argument("--target-spacing", type=common.positive_float, metavar="MM",
                    help="with --isotropic: the output's voxel size instead of the in-plane "
-                   "spacing")
+                   "spacing (in a batch, of every output)")
     p.add_argument("--tile", type=common.positive_int,
                    help="run the network in tiles of N^3 output voxels (exact: equals the "
                    "whole-volume result); default: whole volume unless it would not fit memory")
@@ -174,25 +175,39 @@ def _ceiling(text: str) -> float | None:
 
 
 def inference_options(args: argparse.Namespace) -> InferenceOptions:
-    """The ``InferenceOptions`` of the command line, for one file and for each batch job."""
-    return InferenceOptions(args.scale, order=args.order, tile=args.tile,
-                            residual=False if args.no_residual else None, header=args.header,
-                            precision=args.precision, interpolation=args.interpolation,
-                            exact=args.exact, ceiling=args.ceiling)
+    """The ``InferenceOptions`` of the command line, for one file and for each batch job.
+    With ``--isotropic`` in a batch (no scale yet) the scale is 1, a placeholder: each
+    job's factors come from its own header (``per_input_settings``)."""
+    return InferenceOptions(1.0 if args.scale is None else args.scale, order=args.order,
+                            tile=args.tile, residual=False if args.no_residual else None,
+                            header=args.header, precision=args.precision,
+                            interpolation=args.interpolation, exact=args.exact,
+                            ceiling=args.ceiling)
 
 
-def _scale_from_header(args: argparse.Namespace) -> None:
-    """``-s`` or ``--isotropic`` (its factors from the single input's header)."""
+def per_input_settings(args: argparse.Namespace) -> dict:
+    """The ``batch.Options`` settings that act on each input of a batch on its own:
+    ``--isotropic``, ``--target-spacing``, ``--adapt``, ``--slice-thickness``."""
+    return {"isotropic": args.isotropic, "target_spacing": args.target_spacing,
+            "adapt": args.adapt, "slice_thickness": args.slice_thickness}
+
+
+def check_scale(args: argparse.Namespace) -> None:
+    """``-s`` or ``--isotropic``, one of them; ``--target-spacing`` with ``--isotropic``."""
     if args.isotropic and args.scale is not None:
         raise SrrecnnError("--isotropic: give either -s or --isotropic, not both")
     if args.target_spacing is not None and not args.isotropic:
         raise SrrecnnError("--target-spacing: applies with --isotropic")
-    if not args.isotropic:
-        if args.scale is None:
-            raise SrrecnnError("-s/--scale: give the zoom factors, or --isotropic")
+    if not args.isotropic and args.scale is None:
+        raise SrrecnnError("-s/--scale: give the zoom factors, or --isotropic")
+
+
+def _scale_from_header(args: argparse.Namespace) -> None:
+    """``-s`` or ``--isotropic``: for a single input its factors from its header (a
+    batch finds each input's when it reads it)."""
+    check_scale(args)
+    if not args.isotropic or args.out_dir is not None or len(args.inputs) != 1:
         return
-    if args.out_dir is not None or len(args.inputs) != 1:
-        raise SrrecnnError("--isotropic: applies to a single input (-o) for now")
     from srrecnn_jax.images import image_spacing
     from srrecnn_jax.scales import isotropic_factors
 
@@ -311,7 +326,8 @@ def _run_batch(args: argparse.Namespace, process: int, count: int, presence,
             print(f"{job.input} -> {job.output}{ref}")
         return 0
     options = batch.Options(inference_options(args), bucket=args.bucket,
-                            overwrite=args.force, readers=args.workers, check=args.check)
+                            overwrite=args.force, readers=args.workers, check=args.check,
+                            **per_input_settings(args))
     start, done_voxels = time.perf_counter(), [0]
     with common.stoppable(len(planning.shard(jobs, process, count)), "vol", args.quiet,
                           "srrecnn: stopping after the volumes in flight are written") \

@@ -1,5 +1,7 @@
-"""``srrecnn sr --adapt``: fine-tune the model on the single input before running it
-(``srrecnn_jax.adapt``), with ``--slice-thickness`` and ``--save-adapted``."""
+"""``--adapt``: fine-tune the model on each input before running it
+(``srrecnn_jax.adapt``), with ``--slice-thickness``; for a single input (``srrecnn sr
+-o``) also ``--save-adapted``, and its run. Batch mode and ``srrecnn bids`` pass the
+options to the batch pipeline (``batch.Options.adapt``)."""
 
 from __future__ import annotations
 
@@ -17,43 +19,63 @@ from srrecnn_jax.inference_options import InferenceOptions
 DEFAULT_SECONDS = 600.0
 
 
-def add_options(group) -> None:
-    """The options of fine-tuning on the scan."""
+def add_options(group, save: bool = True) -> None:
+    """The options of fine-tuning on the scan; ``save``: with ``--save-adapted`` (single
+    input only)."""
     group.add_argument("--adapt", type=common.positive_float, nargs="?",
                        const=DEFAULT_SECONDS, metavar="SECONDS",
-                       help="single thick-slice input (-o): first fine-tune the model's "
-                       "last layers on the scan itself for SECONDS of wall time (default "
+                       help="thick-slice inputs: first fine-tune the model's last layers on "
+                       "each scan itself for SECONDS of wall time (default "
                        f"{DEFAULT_SECONDS:g}), on pairs made by degrading its in-plane axes "
-                       "to its slice profile; the adapted weights are used only if they "
-                       "beat the model on held-out slices (PSNRs on stderr and in --json). "
-                       "Put it after the input, or write --adapt=SECONDS")
+                       "to its slice profile; the adapted weights are used, for that scan "
+                       "only, if they beat the model on held-out slices (PSNRs on stderr "
+                       "and in --json for one input, in the manifest row or sidecar of "
+                       "each in a batch, where each device fine-tunes one scan at a time). "
+                       "Put it after the inputs, or write --adapt=SECONDS")
     group.add_argument("--slice-thickness", type=common.positive_float, metavar="MM",
                        help="with --adapt: the slice thickness, when slices are thicker or "
                        "thinner than their spacing (gaps, overlap); the slice profile of "
-                       "the pairs has this FWHM (default: the slice spacing). Refused "
-                       "without --adapt: the shipped models have one trained profile")
-    group.add_argument("--save-adapted", type=Path, metavar="DIR",
-                       help="with --adapt: also write the adapted model folder (kept by "
-                       "the held-out check or not; its config.json records which), never "
-                       "over an existing folder without --force")
+                       "the pairs has this FWHM (default: the slice spacing; in a batch the "
+                       "same MM for every input). Refused without --adapt: the shipped "
+                       "models have one trained profile")
+    if save:
+        group.add_argument("--save-adapted", type=Path, metavar="DIR",
+                           help="with --adapt and a single input (-o): also write the "
+                           "adapted model folder (kept by the held-out check or not; its "
+                           "config.json records which), never over an existing folder "
+                           "without --force")
 
 
-def check(args: argparse.Namespace) -> None:
-    """Refuse combinations ``--adapt`` does not support, before any work."""
+def check_settings(args: argparse.Namespace) -> None:
+    """Refuse ``--slice-thickness`` without ``--adapt``, and ``--adapt`` with
+    ``--no-residual`` (``srrecnn sr`` and ``srrecnn bids``)."""
     if args.adapt is None:
-        for name, value in (("slice_thickness", args.slice_thickness),
-                            ("save_adapted", args.save_adapted)):
-            if value is not None:
-                raise SrrecnnError("applies with --adapt only (without it the network "
-                                   "runs as trained, for one slice profile)", name)
+        if args.slice_thickness is not None:
+            raise SrrecnnError("applies with --adapt only (without it the network runs as "
+                               "trained, for one slice profile)", "slice_thickness")
         return
-    if args.out_dir is not None or len(args.inputs) != 1:
-        raise SrrecnnError("applies to a single input (-o), not to batch mode", "adapt")
-    if args.reference is not None:
-        raise SrrecnnError("takes monomodal models only; no --reference", "adapt")
     if args.no_residual:
         raise SrrecnnError("fine-tunes the model as trained, with its residual; drop "
                            "--no-residual", "adapt")
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse combinations ``srrecnn sr --adapt`` does not support, before any work:
+    ``check_settings``, ``--save-adapted`` without ``--adapt`` or in batch mode, and a
+    reference (monomodal models only)."""
+    check_settings(args)
+    if args.save_adapted is not None:
+        if args.adapt is None:
+            raise SrrecnnError("applies with --adapt only (without it the network runs as "
+                               "trained, for one slice profile)", "save_adapted")
+        if args.out_dir is not None:
+            raise SrrecnnError("applies to a single input (-o), not to batch mode: there "
+                               "each scan's adapted weights serve that scan only",
+                               "save_adapted")
+    if args.adapt is not None and (args.reference is not None
+                                   or args.reference_pattern is not None):
+        raise SrrecnnError("takes monomodal models only; no --reference or "
+                           "--reference-pattern", "adapt")
 
 
 def run(args: argparse.Namespace, options: InferenceOptions,
