@@ -49,10 +49,11 @@ class Choice:
                 "gains_db": {k: round(v, 3) for k, v in self.gains.items()}}
 
 
-def candidates(scale: Sequence[float], root: Path = catalog.CHECKPOINTS) -> list[catalog.Shipped]:
-    """The shipped monomodal models trained for ``scale`` (x, y, z)."""
+def candidates(scale: Sequence[float], root: Path | None = None) -> list[catalog.Shipped]:
+    """The shipped monomodal models trained for ``scale`` (x, y, z); ``root``: the shelf
+    (default ``catalog.CHECKPOINTS``)."""
     found = []
-    for shipped in catalog.shipped(root):
+    for shipped in catalog.shipped(root or catalog.CHECKPOINTS):
         _, config = read_meta(shipped.path / "config.json")
         if config.in_channels == 1 and not untrained_scale(list(shipped.trained_scales),
                                                            scale):
@@ -61,7 +62,7 @@ def candidates(scale: Sequence[float], root: Path = catalog.CHECKPOINTS) -> list
 
 
 def choose(asked: LoadedModel, lr: np.ndarray, scale: Sequence[float],
-           precision: str = "fp32", root: Path = catalog.CHECKPOINTS,
+           precision: str = "fp32", root: Path | None = None,
            log: Callable[[str], None] | None = None) -> Choice:
     """The model to run on the (x, y, z) scan ``lr`` at ``scale``: ``asked`` unless it
     is predicted to lose to spline or was not trained for ``scale``, then the shipped

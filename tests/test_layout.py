@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "srrecnn_jax"
 # package's __init__ is the public facade (it imports lazily from below) and is left out.
 LAYERS = [
     ["cli.*"],
-    ["train.*", "batch.*", "bids.*", "demo"],
+    ["train.*", "batch.*", "bids.*", "demo", "auto_model"],
     ["jobs", "manifest", "catalog"],
     ["guardrails"],
     ["evaluation", "adapt"],

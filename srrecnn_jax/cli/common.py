@@ -30,7 +30,7 @@ OPTIONS = {
     "reference_pattern": "--reference-pattern", "suffix": "--suffix", "manifest": "--manifest",
     "patch_scales": "--set patch_scales", "max_iter": "--set max_iter", "batch": "--set batch",
     "isotropic": "--isotropic", "target_spacing": "--target-spacing",
-    "adapt": "--adapt", "slice_thickness": "--slice-thickness",
+    "adapt": "--adapt", "slice_thickness": "--slice-thickness", "auto_model": "--auto-model",
     "save_adapted": "--save-adapted",
     "bids_dir": "BIDS_DIR", "participant_label": "--participant-label",
     "session_label": "--session-label", "bids_filter_file": "--bids-filter-file",

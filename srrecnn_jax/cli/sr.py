@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from srrecnn_jax.cli import common, sr_adapt
+from srrecnn_jax.cli import common, sr_adapt, sr_auto
 from srrecnn_jax.config import INTERPOLATIONS, PRECISIONS
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference_options import CEILING, HEADERS, InferenceOptions
@@ -66,6 +66,7 @@ def _add_paths(p) -> None:
                    "model beats cubic spline on it (monomodal models; a warning when it is "
                    "predicted to lose); with --json (one input) in the JSON, in batch mode "
                    "in each manifest row")
+    sr_auto.add_options(p)
 
 
 def _add_inference(p) -> None:
@@ -217,6 +218,7 @@ def _scale_from_header(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     sr_adapt.check(args)
+    sr_auto.check(args)
     _scale_from_header(args)
     if args.out_dir is not None:
         if args.output is not None:
@@ -242,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
     adapted = {}
     if args.adapt is not None:
         result, adapted = sr_adapt.run(args, options, warn)
+    elif args.auto_model:
+        result, adapted = sr_auto.run(args, options, warn)
     else:
         result = super_resolve_file(args.inputs[0], args.output, args.model, options,
                                     args.reference, prototxt=args.prototxt,
@@ -253,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
     facts = {"input": str(args.inputs[0]), "output": str(args.output),
              "size": list(result.GetSize()), "spacing": list(result.GetSpacing()),
              "seconds": round(seconds, 3)} | adapted
-    if args.check:
+    if args.check and not args.auto_model:  # --auto-model has checked already
         facts |= _check(args, options)
     if args.json:
         print(json.dumps(facts))
@@ -279,10 +283,9 @@ def _check(args: argparse.Namespace, options: InferenceOptions) -> dict:
     if not args.quiet:
         print(said, file=sys.stderr)
         if losing:
-            better = ("" if "real_x2" in Path(str(args.model)).parts
-                      else "-m real-x2, trained on scanner acquisitions and noise, or ")
-            print(f"srrecnn: warning: {args.inputs[0]}: {losing}; try {better}compare "
-                  "with a spline zoom", file=sys.stderr)
+            print(f"srrecnn: warning: {args.inputs[0]}: {losing}; try --auto-model "
+                  "(self-checks every shipped model on this scan), or compare with a "
+                  "spline zoom", file=sys.stderr)
     return facts
 
 
