@@ -17,8 +17,9 @@ from srrecnn_jax.writing import write_image_atomic
 
 
 def modcrop(volume: np.ndarray, scale: Sequence[float]) -> np.ndarray:
-    """Crop the far end of each axis to a multiple of the scale (floor)."""
-    keep = tuple(int(np.floor(n / s) * s) for n, s in zip(volume.shape, scale))
+    """Crop the far end of each axis to a multiple of the scale (floor). A length that
+    is a multiple up to float rounding (110 / 4.4 = 24.999999999999996) counts as one."""
+    keep = tuple(int(np.floor(n / s + 1e-9) * s + 1e-9) for n, s in zip(volume.shape, scale))
     return volume[tuple(slice(0, k) for k in keep)]
 
 

@@ -44,6 +44,11 @@ def test_modcrop_keeps_multiples_of_the_scale():
     assert modcrop(np.zeros((10, 11, 12)), (3, 3, 3)).shape == (9, 9, 12)
 
 
+def test_modcrop_keeps_a_length_the_scale_divides_up_to_float_rounding():
+    """110 / 4.4 is 24.999999999999996 in floats: still 25 slices of 4.4."""
+    assert modcrop(np.zeros((110, 88, 12)), (4.4, 4.4, 2.5)).shape == (110, 88, 10)
+
+
 def test_degrade_blurs_then_downsamples():
     """lr = zoom(gaussian_filter(hr, 1) cropped, 1/2); hr is cropped to match."""
     hr = np.random.default_rng(0).random((11, 10, 9)).astype(np.float32)
