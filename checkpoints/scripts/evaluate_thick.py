@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import sys
 import time
@@ -143,6 +144,37 @@ def target_misses(rows: list[dict], name: str) -> list[str]:
     return misses
 
 
+def tables(rows: list[dict]) -> str:
+    """Markdown: per scan, spline's PSNR and every other method's gain over it (dB) per
+    condition, and each adapted run's steps and wall time."""
+    out = []
+    for scan in dict.fromkeys(r["scan"] for r in rows):
+        mine = [r for r in rows if r["scan"] == scan]
+        conditions = sorted(dict.fromkeys(r["condition"] for r in mine),
+                            key=lambda c: (c.split()[-1] != "z", float(c.split()[0])))
+        cell = {(r["method"], r["condition"]): r for r in mine}
+        out += [f"| {scan} | " + " | ".join(conditions) + " |",
+                "|---" * (len(conditions) + 1) + "|"]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            values = []
+            for c in conditions:
+                row, spline = cell.get((method, c)), cell.get(("cubic spline", c))
+                if row is None or spline is None:
+                    values.append("")
+                elif method == "cubic spline":
+                    values.append(f"{row['psnr']:.2f} dB")
+                else:
+                    extra = ""
+                    if "adapt" in row:
+                        a = row["adapt"]
+                        extra = (f" ({a['steps']} steps, {a['seconds']:.0f} s, "
+                                 f"{'kept' if a['kept'] else 'not kept'})")
+                    values.append(f"{row['psnr'] - spline['psnr']:+.2f}{extra}")
+            out.append(f"| {method} | " + " | ".join(values) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--colin", type=Path, default=COLIN27)
@@ -156,7 +188,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="also fine-tune on each thick scan for this budget first")
     parser.add_argument("--json", type=Path, help="merge the rows into this file (saved "
                         "after every cell)")
+    parser.add_argument("--tables", action="store_true", help="only print the tables and "
+                        "misses of --json (markdown), computing nothing")
     args = parser.parse_args(argv)
+    if args.tables:
+        rows = json.loads(args.json.read_text(encoding="utf-8"))["rows"]
+        print(tables(rows))
+        for miss in target_misses(rows, args.name):
+            print(f"miss: {miss}")
+        return 0
     found = scans(args.colin, args.real)
     unknown = set(args.scans or ()) - set(found)
     if unknown:
