@@ -48,6 +48,17 @@ def test_a_subject_page_shows_the_montage_numbers_warnings_and_errors(tmp_path):
     assert "+1.25" in first and "not an image" in second and "not an image" not in first
 
 
+def test_a_subject_page_shows_fine_tuning_on_the_scan_in_one_line(tmp_path):
+    found = entries(tmp_path)
+    found[0].facts["SrrecnnAdapt"] = {
+        "BudgetSeconds": 600, "SliceThicknessMm": None, "Seconds": 598.2, "Steps": 512,
+        "Kept": True, "FwhmVoxels": 4.0,
+        "HeldoutPsnrDb": {"Spline": 31.27, "Start": 32.2, "Adapted": 32.61}}
+    page = report.subject_page("01", found)
+    assert ("adapted weights used: 512 steps in 598.2 s of a 600 s budget; held-out PSNR "
+            "(dB) spline 31.27, start 32.20, adapted 32.61") in page
+
+
 @pytest.mark.skipif(not any(shutil.which(b) for b in BROWSERS),
                     reason="no chromium, chromium-browser or google-chrome on PATH")
 @pytest.mark.parametrize("page", ["index.html", "sub-01.html"])

@@ -107,6 +107,7 @@ FACTS = [("SrrecnnModel", "model", None), ("SrrecnnScale", "scale", None),
          ("SrrecnnSelfCheckGainDb", "self-check gain over spline (dB)", "+.2f"),
          ("SrrecnnSelfCheckPsf", "self-check acquisition", None),
          ("SrrecnnFalloff", "spectral fall-off", ".3g"),
+         ("SrrecnnAdapt", "fine-tuning on the scan", "adapt"),
          ("SrrecnnPrecision", "precision", None), ("SrrecnnCeiling", "ceiling", None),
          ("SrrecnnModelSHA256", "model SHA-256", None), ("SrrecnnVersion", "srrecnn-jax", None),
          ("Sources", "sources", None)]
@@ -115,11 +116,23 @@ FACTS = [("SrrecnnModel", "model", None), ("SrrecnnScale", "scale", None),
 def _shown(value, digits: str | None) -> str:
     if value is None:
         return "none"
+    if digits == "adapt":
+        return _adapt_line(value)
     if digits and isinstance(value, (int, float)):
         return format(value, digits)
     if isinstance(value, list):
         return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return str(value)
+
+
+def _adapt_line(facts: dict) -> str:
+    """A sidecar's ``SrrecnnAdapt`` in one line: the verdict, steps, time and held-out
+    PSNRs."""
+    psnr = facts.get("HeldoutPsnrDb") or {}
+    shown = ", ".join(f"{k.lower()} {v:.2f}" for k, v in psnr.items() if v is not None)
+    verdict = "adapted weights used" if facts.get("Kept") else "model used unchanged"
+    return (f"{verdict}: {facts.get('Steps')} steps in {facts.get('Seconds')} s of a "
+            f"{facts.get('BudgetSeconds')} s budget; held-out PSNR (dB) {shown or 'none'}")
 
 
 def _section(entry: Entry) -> str:
