@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from test_batch import manifest, run_cli
 
 from srrecnn_jax import config, model
-from srrecnn_jax.adapt import AdaptResult, AdaptSettings, adapt, make_pairs
+from srrecnn_jax.adapt import AdaptResult, AdaptSettings, _Best, adapt, make_pairs
 from srrecnn_jax.batch import pipeline
 from srrecnn_jax.batch.resume import changed_facts, job_facts
 from srrecnn_jax.checkpoint import LoadedModel, load_model
@@ -115,6 +115,30 @@ def test_adapted_weights_that_beat_the_start_by_less_than_the_margin_are_dropped
     db = result.heldout_psnr
     assert result.steps > 0 and db["adapted"] > db["start"]
     assert not result.kept and result.model is start
+
+
+def test_the_best_held_out_check_is_kept_not_the_last_weights():
+    """Checks at steps 10, 20, 30 scoring 31, 33, 32 dB: step 20's weights are the result."""
+    scores = iter([31.0, 33.0, 32.0])
+    best = _Best(30.0, {"w": 0}, 0, lambda trained: next(scores), interval=0.0, cost=0.0)
+    for step in (10, 20, 30):
+        best.check({"w": step}, step)
+    assert (best.db, best.trained, best.step, best.checked) == (33.0, {"w": 20}, 20, 30)
+
+
+def test_a_check_is_due_only_when_it_ends_before_the_deadline():
+    best = _Best(30.0, {}, 0, lambda trained: 0.0, interval=0.0, cost=5.0)
+    now = time.perf_counter()
+    assert best.due(now + 60) and not best.due(now + 1)
+
+
+def test_the_adapted_held_out_psnr_is_the_best_check_never_below_the_start(thick):
+    result = adapt(harmful(), thick[0], (1, 1, 4),
+                   settings=AdaptSettings(seconds=20, learning_rate=1e-2, algorithm="xla",
+                                          check_every=0.0))
+    db = result.heldout_psnr
+    assert 0 <= result.best_step <= result.steps and db["adapted"] >= db["start"]
+    assert result.adapted.origin["best_step"] == result.best_step
 
 
 def test_the_start_is_kept_when_adaptation_cannot_beat_it(thick):

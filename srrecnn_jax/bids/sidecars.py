@@ -81,7 +81,7 @@ def _adapt(job: dict, row: dict) -> dict:
         return {}
     facts = {"BudgetSeconds": job["adapt"], "SliceThicknessMm": job.get("slice_thickness")}
     done = row.get("adapt") or {}
-    names = {"seconds": "Seconds", "steps": "Steps", "kept": "Kept",
+    names = {"seconds": "Seconds", "steps": "Steps", "best_step": "BestStep", "kept": "Kept",
              "fwhm_voxels": "FwhmVoxels"}
     facts |= {name: done.get(key) for key, name in names.items()}
     psnr = done.get("heldout_psnr") or {}
