@@ -60,9 +60,9 @@ def montage(name: str, model_name: str, budget: float, crop: int, folder: Path) 
     adapted = to_array(SuperResolver(result.adapted).run(image, factors,
                                                           log=lambda _: None))
     spline = spline_baseline(lr, plain.shape)
-    verdict = "kept" if result.kept else "not kept by the held-out check"
+    verdict = "kept" if result.kept else "not kept"
     draw_planes([("cubic spline", spline), (model_name, plain),
-                 (f"{model_name} + adapt {budget:g} s ({verdict})", adapted)],
+                 (f"adapted {budget:g} s ({verdict})", adapted)],
                 folder / f"thick_{name}.png",
                 title=f"{name}: {'x'.join(f'{s:.3g}' for s in image.GetSpacing())} mm to "
                 f"isotropic (factors {', '.join(f'{f:.3g}' for f in factors)}), no truth")
