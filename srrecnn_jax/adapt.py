@@ -362,7 +362,7 @@ def adapt(loaded: LoadedModel, lr: np.ndarray, factors: Sequence[float],
         full = {**loaded.params, **jax.tree_util.tree_map(np.asarray, trained)}
         return heldout_psnr(full, config, pairs, h, cut, residual)[1]
 
-    best = _Best(start_db, split_params(loaded.params, settings.layers)[1], 0, validate,
+    best = BestCheck(start_db, split_params(loaded.params, settings.layers)[1], 0, validate,
                  max(settings.check_every, 4 * evaluation), evaluation)
     steps = _train(loaded.params, pairs, h, cut, settings, residual, deadline - evaluation,
                    best)
@@ -379,7 +379,7 @@ def adapt(loaded: LoadedModel, lr: np.ndarray, factors: Sequence[float],
 
 
 @dataclasses.dataclass
-class _Best:
+class BestCheck:
     """The best held-out check of a fine-tuning run so far: its PSNR ``db``, trained
     layers and step (the start: step 0); ``validate`` (trained layers -> held-out PSNR)
     runs every ``interval`` seconds of training and takes about ``cost`` seconds;
@@ -409,7 +409,7 @@ class _Best:
 
 
 def _train(params: model.Params, pairs: Sequence[Pair], h: int, cut: int,
-           settings: AdaptSettings, residual: bool, deadline: float, best: _Best) -> int:
+           settings: AdaptSettings, residual: bool, deadline: float, best: BestCheck) -> int:
     """The fine-tuning loop: as many steps as fit before ``deadline``
     (``time.perf_counter``), less the final held-out check, which runs after them; the
     steps made. ``best`` holds the best checked weights. A non-finite loss ends it."""

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from test_batch import manifest, run_cli
 
 from srrecnn_jax import config, model
-from srrecnn_jax.adapt import AdaptResult, AdaptSettings, _Best, adapt, make_pairs
+from srrecnn_jax.adapt import AdaptResult, AdaptSettings, BestCheck, adapt, make_pairs
 from srrecnn_jax.batch import pipeline
 from srrecnn_jax.batch.resume import changed_facts, job_facts
 from srrecnn_jax.checkpoint import LoadedModel, load_model
@@ -120,14 +120,14 @@ def test_adapted_weights_that_beat_the_start_by_less_than_the_margin_are_dropped
 def test_the_best_held_out_check_is_kept_not_the_last_weights():
     """Checks at steps 10, 20, 30 scoring 31, 33, 32 dB: step 20's weights are the result."""
     scores = iter([31.0, 33.0, 32.0])
-    best = _Best(30.0, {"w": 0}, 0, lambda trained: next(scores), interval=0.0, cost=0.0)
+    best = BestCheck(30.0, {"w": 0}, 0, lambda trained: next(scores), interval=0.0, cost=0.0)
     for step in (10, 20, 30):
         best.check({"w": step}, step)
     assert (best.db, best.trained, best.step, best.checked) == (33.0, {"w": 20}, 20, 30)
 
 
 def test_a_check_is_due_only_when_it_ends_before_the_deadline():
-    best = _Best(30.0, {}, 0, lambda trained: 0.0, interval=0.0, cost=5.0)
+    best = BestCheck(30.0, {}, 0, lambda trained: 0.0, interval=0.0, cost=5.0)
     now = time.perf_counter()
     assert best.due(now + 60) and not best.due(now + 1)
 
