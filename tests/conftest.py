@@ -144,3 +144,13 @@ def same_conv_float64(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     for i, j, k in np.ndindex(3, 3, 3):
         out += padded[:, i:i + nx, j:j + ny, k:k + nz] @ w[i, j, k].astype(np.float64)
     return out
+
+
+@pytest.fixture
+def blob_scan(tmp_path) -> Path:
+    """A 20 x 22 x 18 (x, y, z) Gaussian blob with a ripple along x, as a NIfTI file: a
+    small smooth scan for the self-check (``sr --check``, ``--auto-model``)."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in (20, 22, 18)],
+                                indexing="ij"))
+    values = np.exp(-(grid ** 2).sum(0)) * (1 + 0.2 * np.sin(5 * grid[0]))
+    return write(values.astype(np.float32), tmp_path / "scan.nii.gz")

@@ -8,7 +8,6 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import write
 
 from srrecnn_jax import catalog, config, model
 from srrecnn_jax.checkpoint import LoadedModel, save_model
@@ -42,11 +41,8 @@ def harmful(tmp_path):
 
 
 @pytest.fixture
-def scan(tmp_path):
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in (20, 22, 18)],
-                                indexing="ij"))
-    values = np.exp(-(grid ** 2).sum(0)) * (1 + 0.2 * np.sin(5 * grid[0]))
-    return write(values.astype(np.float32), tmp_path / "scan.nii.gz")
+def scan(blob_scan):
+    return blob_scan
 
 
 def test_a_model_predicted_to_lose_is_replaced_and_json_says_so(shelf, harmful, scan,
