@@ -77,7 +77,9 @@ def choose(asked: LoadedModel, lr: np.ndarray, scale: Sequence[float],
               "self_check_psf": psf}
 
     def gain(model: LoadedModel) -> float:
-        return self_check_gain_db(model.params, model.config, volume, scale, noise / 100,
+        # As ``guardrails.check_scan`` computes it (noise estimated on the self-check's
+        # crop), so that ``--auto-model`` and ``--check`` give one number for a model.
+        return self_check_gain_db(model.params, model.config, volume, scale, None,
                                   precision, psf)
 
     gains = {"asked": gain(asked)}
@@ -88,10 +90,10 @@ def choose(asked: LoadedModel, lr: np.ndarray, scale: Sequence[float],
         return Choice(asked, None, None, gains, checks)
     why = (f"not trained for scale {tuple(scale)}" if untrained else
            f"predicted {-gains['asked']:.2f} dB behind cubic spline")
-    best, best_model = None, asked
+    best, best_model, asked_print = None, asked, fingerprint(asked)
     for shipped in candidates(scale, root):
         loaded = load_model(shipped.path)
-        if fingerprint(loaded) == fingerprint(asked):  # the asked-for model, by name
+        if fingerprint(loaded) == asked_print:  # the asked-for model, by name
             continue
         gains[shipped.name] = gain(loaded)
         if log:
