@@ -141,6 +141,36 @@ def test_the_adapted_held_out_psnr_is_the_best_check_never_below_the_start(thick
     assert result.adapted.origin["best_step"] == result.best_step
 
 
+def test_max_steps_caps_the_steps_made(thick):
+    result = adapt(harmful(), thick[0], (1, 1, 4),
+                   settings=AdaptSettings(seconds=60, learning_rate=1e-2, algorithm="xla",
+                                          max_steps=3))
+    assert result.steps == 3
+
+
+def test_a_fixed_number_of_steps_gives_the_same_weights_twice(thick):
+    settings = AdaptSettings(seconds=60, learning_rate=1e-2, algorithm="xla", max_steps=4,
+                             renew_every=1, keep_margin_db=-1000.0, check_every=1e9)
+    first, second = (adapt(harmful(), thick[0], (1, 1, 4), settings=settings)
+                     for _ in range(2))
+    assert first.best_step == second.best_step == 4
+    for name in ("conv2", "conv3"):
+        np.testing.assert_array_equal(first.adapted.params[name]["kernel"],
+                                      second.adapted.params[name]["kernel"])
+
+
+def test_renewing_the_pool_trains_on_new_patches(thick):
+    """Same seed and steps, a pool of 8 patches: renewing it after every step (8 new ones)
+    changes what the later steps learn from, so the weights differ from one pool's."""
+    common = dict(seconds=60, learning_rate=1e-2, algorithm="xla", max_steps=4, pool=8,
+                  keep_margin_db=-1000.0, check_every=1e9)
+    fixed, renewed = (adapt(harmful(), thick[0], (1, 1, 4),
+                            settings=AdaptSettings(renew_every=r, **common)) for r in (0, 1))
+    assert fixed.steps == renewed.steps == 4
+    assert not np.array_equal(fixed.adapted.params["conv3"]["kernel"],
+                              renewed.adapted.params["conv3"]["kernel"])
+
+
 def test_the_start_is_kept_when_adaptation_cannot_beat_it(thick):
     """A learning rate of 0 changes nothing: no step, the start model is used."""
     start = harmful()
