@@ -8,11 +8,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from srrecnn_jax.cli import common, sr_adapt, sr_auto
 from srrecnn_jax.config import INTERPOLATIONS, PRECISIONS
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference_options import CEILING, HEADERS, InferenceOptions
+
+if TYPE_CHECKING:
+    from srrecnn_jax.checkpoint import LoadedModel
 
 
 def add_to(commands) -> None:
@@ -241,14 +245,18 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"srrecnn: warning: {args.inputs[0]}: {message}", file=sys.stderr)
 
-    adapted = {}
+    adapted, loaded = {}, None
     if args.adapt is not None:
         result, adapted = sr_adapt.run(args, options, warn)
     elif args.auto_model:
         result, adapted = sr_auto.run(args, options, warn)
     else:
-        result = super_resolve_file(args.inputs[0], args.output, args.model, options,
-                                    args.reference, prototxt=args.prototxt,
+        if args.check:  # loaded once, for the run and the checks
+            from srrecnn_jax.inference import SuperResolver
+
+            loaded = SuperResolver.load(args.model, args.prototxt).model
+        result = super_resolve_file(args.inputs[0], args.output, loaded or args.model,
+                                    options, args.reference, prototxt=args.prototxt,
                                     force=args.force, warn=warn)
     seconds = time.perf_counter() - start
     size = "x".join(str(n) for n in result.GetSize())
@@ -258,23 +266,24 @@ def run(args: argparse.Namespace) -> int:
              "size": list(result.GetSize()), "spacing": list(result.GetSpacing()),
              "seconds": round(seconds, 3)} | adapted
     if args.check and not args.auto_model:  # --auto-model has checked already
-        facts |= _check(args, options)
+        facts |= _check(args, options, loaded)
     if args.json:
         print(json.dumps(facts))
     return 0
 
 
-def _check(args: argparse.Namespace, options: InferenceOptions) -> dict:
-    """The per-scan checks of the single input (``guardrails.check_scan``), said on stderr,
-    with a warning when the model is predicted to lose to cubic spline."""
+def _check(args: argparse.Namespace, options: InferenceOptions,
+           loaded: LoadedModel | None = None) -> dict:
+    """The per-scan checks of the single input (``guardrails.check_scan``) for ``loaded``
+    (default: ``--model`` loaded here), said on stderr, with a warning when the model is
+    predicted to lose to cubic spline."""
     from srrecnn_jax.guardrails import check_scan, losing_note
     from srrecnn_jax.images import read_input, to_array
     from srrecnn_jax.inference import SuperResolver
 
-    resolver = SuperResolver.load(args.model, args.prototxt)
+    loaded = loaded or SuperResolver.load(args.model, args.prototxt).model
     lr = to_array(read_input(args.inputs[0], "input image"))
-    facts = check_scan(resolver.model.params, resolver.config, lr, options.scale,
-                       options.precision)
+    facts = check_scan(loaded.params, loaded.config, lr, options.scale, options.precision)
     gain = facts["self_check_gain_db"]
     said = (f"{args.inputs[0]}: noise about {facts['noise_percent']:.2g}% of the maximum"
             + ("" if gain is None else f"; self-check: model {gain:+.2f} dB against "
