@@ -4,6 +4,7 @@ on Colin27 and on the held-out slab of every real scan with a truth, in one run.
     python checkpoints/scripts/split_real.py data/real        # the held-out slabs
     python checkpoints/scripts/evaluate_real.py --real data/real \\
         [--models real_x2 mono_x2 ...] [--head-models real_x2 mono_x2] \\
+        [--scans "Colin27 head" ...] [--conditions "k-space 1%" ...] \\
         [--json checkpoints/scores/real_acquisitions.json]
 
 Scans: Colin27 (evaluation only: no model here was trained or selected on it), its
@@ -188,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="only these methods on Colin27's whole head (minutes per condition "
                    "each on 2 cores); default: all")
     p.add_argument("--scans", nargs="+", metavar="NAME", help="only these scans")
+    p.add_argument("--conditions", nargs="+", metavar="NAME",
+                   help="only these conditions, named as in the tables ('k-space 1%%')")
     p.add_argument("--candidate", help="the method whose targets are checked")
     p.add_argument("--versus", default="mono_x2",
                    help="the method wins and losses are counted against (default mono_x2)")
@@ -214,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         chosen = ({k: v for k, v in models.items() if k in args.head_models}
                   if args.head_models and scan == "Colin27 head" else models)
         for psf, noise in itertools.product(PSFS, NOISES):
-            cell = score_cell(hr, masked, psf, noise, chosen)
             name = condition_name(psf, noise)
+            if args.conditions and name not in args.conditions:
+                continue
+            cell = score_cell(hr, masked, psf, noise, chosen)
             rows += [{"scan": scan, "condition": name, "psf": psf, "noise": noise, **r}
                      for r in cell]
             said = ", ".join(f"{r['method']} {r.get('gain_db', r['psnr']):+.2f}" for r in cell)
