@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from srrecnn_jax import model
 from srrecnn_jax.checkpoint import LoadedModel, load_model
 from srrecnn_jax.config import ModelConfig
+from srrecnn_jax.consistency import project
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.files import check_output_file, writable_folder
 from srrecnn_jax.geometry import resample_onto, same_grid, zoomed_geometry
@@ -46,6 +47,9 @@ class Prepared:
       axes: when not None, ``volume``'s axes are the input's in this order (two swapped,
         see ``scales.slice_axes``), and the network output is put back before finishing.
       ceiling: the output's upper clamp, or None (``InferenceOptions.ceiling``).
+      lr: ``lr / top`` (x, y, z), kept for the data-consistency projection when
+        ``acquisition`` is not ``"none"``, else None.
+      acquisition, consistency: the projection's (``InferenceOptions``).
       clipped: set by ``finish_array``: how many output voxels the ceiling clipped.
     """
 
@@ -56,6 +60,9 @@ class Prepared:
     name: str = "input"
     axes: tuple[int, int, int] | None = None
     ceiling: float | None = None
+    lr: np.ndarray | None = None
+    acquisition: str = "none"
+    consistency: float | None = None
     clipped: int = 0
 
 
@@ -88,7 +95,9 @@ def prepare_array(config: ModelConfig, lr: np.ndarray,
                                f"{interp.shape}")
         check_values(reference, "reference")
         channels.append(reference / np.float32(reference.max()))
-    return Prepared(np.stack(channels, axis=-1), low, top, ceiling=options.ceiling)
+    kept = None if options.acquisition == "none" else lr / np.float32(top)
+    return Prepared(np.stack(channels, axis=-1), low, top, ceiling=options.ceiling, lr=kept,
+                    acquisition=options.acquisition, consistency=options.consistency)
 
 
 #: Bytes of memory per output voxel besides the network's own (tiled) work: the network
@@ -116,15 +125,18 @@ def output_shape(size: Sequence[int], factors: Sequence[float], channels: int,
 
 
 def finish_array(prepared: Prepared, y: np.ndarray) -> np.ndarray:
-    """De-normalise the network output and clamp it at the input minimum and at
-    ``prepared.ceiling`` times its maximum (the count of voxels clipped there goes to
-    ``prepared.clipped``).
+    """Project the network output onto the input's measurements (``consistency.project``,
+    when ``prepared.acquisition`` asks), de-normalise it and clamp it at the input
+    minimum and at ``prepared.ceiling`` times its maximum (the count of voxels clipped
+    there goes to ``prepared.clipped``).
 
     A result with a NaN or infinite voxel (a model that overflows on this input)
     is an error, never an output.
     """
     if prepared.axes is not None:  # a swap of two axes is its own inverse
         y = y.transpose(prepared.axes)
+    if prepared.lr is not None:
+        y = project(y, prepared.lr, prepared.acquisition, prepared.consistency)
     out = np.maximum(y * np.float32(prepared.top), np.float32(prepared.low))
     if prepared.ceiling is not None:
         top = np.float32(prepared.ceiling * prepared.top)

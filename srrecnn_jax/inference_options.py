@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from srrecnn_jax.config import INTERPOLATIONS, PRECISIONS
+from srrecnn_jax.config import ACQUISITIONS, INTERPOLATIONS, PRECISIONS
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.scales import Scale, parse_scale
 
@@ -42,6 +42,12 @@ class InferenceOptions:
         of the fastest algorithm (on CPU within 3e-5 of the output range).
       ceiling: clip the output at this multiple (>= 1) of the input's maximum; None: the
         release's range (clamped at the input's minimum only).
+      acquisition: how the input was acquired, for the data-consistency projection of the
+        network's output (``consistency.project``), one of ``config.ACQUISITIONS``:
+        ``"none"`` (the release: no projection), ``"kspace"`` (a scanner's), ``"gaussian"``
+        (the release's simulation).
+      consistency: the projection's regularisation ``lam`` (>= 0; 0 exact); None: the
+        acquisition's default (``consistency.DEFAULT_LAMBDA``).
     """
 
     scale: Scale
@@ -53,6 +59,8 @@ class InferenceOptions:
     interpolation: str = "device"
     exact: bool = False
     ceiling: float | None = CEILING
+    acquisition: str = "none"
+    consistency: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", parse_scale(self.scale))
@@ -72,6 +80,11 @@ class InferenceOptions:
         if self.ceiling is not None and not self.ceiling >= 1:  # NaN too
             raise SrrecnnError(f"must be at least 1 (a multiple of the input's maximum), "
                                f"got {self.ceiling}", "ceiling")
+        if self.acquisition not in ACQUISITIONS:
+            raise SrrecnnError(f"must be one of {', '.join(ACQUISITIONS)}, "
+                               f"not {self.acquisition!r}", "acquisition")
+        if self.consistency is not None and not self.consistency >= 0:  # NaN too
+            raise SrrecnnError(f"must be 0 or more, got {self.consistency}", "consistency")
 
     @classmethod
     def of(cls, scale: InferenceOptions | float | str | Sequence[float],

@@ -22,7 +22,7 @@ LAYERS = [
     ["guardrails"],
     ["evaluation", "adapt"],
     ["inference"],
-    ["tiling", "checkpoint"],
+    ["tiling", "checkpoint", "consistency"],
     ["flax_module"],
     ["model", "degradation", "plots"],
     ["conv", "caffe", "images", "writing", "geometry", "interpolation", "metrics", "parallel",

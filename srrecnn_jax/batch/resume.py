@@ -50,7 +50,8 @@ def job_facts(job: Job, options: InferenceOptions, model: str, *, isotropic: boo
     With ``isotropic`` the scale is each input's own (from its header, which its source
     facts cover): ``scale`` is None, and ``isotropic`` and ``target_spacing`` are
     recorded; with ``adapt`` (fine-tuning on the scan, seconds) the budget and
-    ``slice_thickness``. Those four are recorded only when set, so that the facts of
+    ``slice_thickness``; with a data-consistency ``acquisition``, it and its
+    ``consistency``. Those six are recorded only when set, so that the facts of
     other outputs are those earlier versions recorded (``_UNRECORDED``).
     Recorded with each output in the manifest; a rerun redoes an output whose facts
     differ."""
@@ -63,12 +64,15 @@ def job_facts(job: Job, options: InferenceOptions, model: str, *, isotropic: boo
         facts |= {"isotropic": True, "target_spacing": target_spacing}
     if adapt is not None:
         facts |= {"adapt": adapt, "slice_thickness": slice_thickness}
+    if options.acquisition != "none":
+        facts |= {"acquisition": options.acquisition, "consistency": options.consistency}
     return json.loads(json.dumps(facts))  # as a manifest row reads back (lists, not tuples)
 
 
 #: What a fact of None means, where it is not "default".
 _NONE = {"scale": "each input's own (isotropic)", "target_spacing": "the in-plane spacing",
-         "adapt": "off", "slice_thickness": "the slice spacing"}
+         "adapt": "off", "slice_thickness": "the slice spacing",
+         "consistency": "the acquisition's default"}
 
 
 def _shown(value, key: str = "") -> str:
@@ -86,7 +90,8 @@ def _shown(value, key: str = "") -> str:
 #: the facts recorded only when set (``job_facts``): what an output made without them
 #: records by leaving them out.
 _UNRECORDED = {"exact": True, "ceiling": None, "isotropic": False, "target_spacing": None,
-               "adapt": None, "slice_thickness": None}
+               "adapt": None, "slice_thickness": None, "acquisition": "none",
+               "consistency": None}
 
 
 def changed_facts(old: dict, new: dict) -> list[str]:

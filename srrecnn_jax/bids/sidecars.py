@@ -118,6 +118,7 @@ def sidecar(row: dict, source: str, reference: str | None, input_spacing: Sequen
         "SrrecnnModel": model, "SrrecnnModelSHA256": job.get("model"),
         "SrrecnnScale": scale, "SrrecnnPrecision": job.get("precision"),
         "SrrecnnCeiling": job.get("ceiling"), "SrrecnnInterpolationOrder": job.get("order"),
+        "SrrecnnAcquisition": job.get("acquisition", "none"),
         "SrrecnnVersion": version,
         "SrrecnnInputVoxelSize": _voxel(input_spacing),
         "SrrecnnOutputVoxelSize": output_spacing,

@@ -23,7 +23,7 @@ from srrecnn_jax.errors import OutputExistsError, SrrecnnError
 OPTIONS = {
     "scale": "-s/--scale", "tile": "--tile", "order": "--order", "precision": "--precision",
     "interpolation": "--interpolation", "reference": "--reference", "header": "--header",
-    "ceiling": "--ceiling",
+    "ceiling": "--ceiling", "acquisition": "--acquisition", "consistency": "--consistency",
     "prototxt": "--prototxt", "model": "-m/--model", "init": "--init", "sigma": "--sigma",
     "shave": "--shave", "mask": "--mask", "mode": "--mode", "others": "-i/--other",
     "outputs": "-o/--output", "overrides": "--set", "output_template": "--output-template",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from srrecnn_jax.cli import common, sr_adapt, sr_auto
-from srrecnn_jax.config import INTERPOLATIONS, PRECISIONS
+from srrecnn_jax.config import ACQUISITIONS, DEFAULT_LAMBDA, INTERPOLATIONS, PRECISIONS
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference_options import CEILING, HEADERS, InferenceOptions
 
@@ -117,6 +117,16 @@ def _add_inference(p) -> None:
                    help=f"clip the output at X times the input's maximum (default {CEILING:g}; "
                    "a warning counts the clipped voxels: the model over-sharpened the scan); "
                    "'off' keeps the original release's range, clamped at the minimum only")
+    p.add_argument("--acquisition", choices=ACQUISITIONS, default="none",
+                   help="how the input was acquired: the network's output is then made to "
+                   "give back the input when acquired that way again (a data-consistency "
+                   "projection). 'kspace': a scanner's acquisition, the central part of "
+                   "k-space (real scans); 'gaussian': the release's simulation (Gaussian "
+                   "blur, then sampling); 'none' (default): the network's output as it is")
+    p.add_argument("--consistency", type=float, metavar="LAMBDA",
+                   help="the projection's regularisation: 0 makes the output give back the "
+                   "input exactly, larger trusts the input's noise less (default "
+                   + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LAMBDA.items()) + ")")
 
 
 def _add_batch(batch) -> None:
@@ -187,7 +197,8 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
                             tile=args.tile, residual=False if args.no_residual else None,
                             header=args.header, precision=args.precision,
                             interpolation=args.interpolation, exact=args.exact,
-                            ceiling=args.ceiling)
+                            ceiling=args.ceiling, acquisition=args.acquisition,
+                            consistency=args.consistency)
 
 
 def per_input_settings(args: argparse.Namespace) -> dict:
