@@ -41,6 +41,7 @@ from evaluate import SHAVE, central_crop, merged, noisy, shipped_models, write_j
 
 from srrecnn_jax import guardrails  # noqa: E402
 from srrecnn_jax.checkpoint import load_model  # noqa: E402
+from srrecnn_jax.config import ACQUISITIONS  # noqa: E402
 from srrecnn_jax.degradation import observe  # noqa: E402
 from srrecnn_jax.evaluation import head_mask, score  # noqa: E402
 from srrecnn_jax.images import read_image, to_array  # noqa: E402
@@ -72,15 +73,17 @@ def scans(colin: Path, real: Path) -> dict[str, tuple[np.ndarray, bool]]:
 
 
 def score_cell(hr: np.ndarray, masked: bool, psf: str, noise: float,
-               models: dict, check: bool = True) -> list[dict]:
-    """Rows for one scan and condition: spline first, then each model."""
+               models: dict, check: bool = True, acquisition: str = "none") -> list[dict]:
+    """Rows for one scan and condition: spline first, then each model (its output made
+    consistent with the input under ``acquisition``, ``consistency.project``)."""
     lr, truth = observe(hr, SCALE, psf=psf)
     lr = noisy(lr, noise, float(hr.max()))
     mask = head_mask(truth) if masked else None
     rows, spline = [], None
     for method, loaded in models.items():
         start = time.perf_counter()
-        sr = super_resolve_array(loaded.params, loaded.config, lr, SCALE)
+        sr = super_resolve_array(loaded.params, loaded.config, lr, SCALE,
+                                 acquisition=acquisition)
         seconds = round(time.perf_counter() - start, 1)
         scores = score(sr, truth, lr if spline is None else None, mask, SHAVE)
         if spline is None:
@@ -191,6 +194,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scans", nargs="+", metavar="NAME", help="only these scans")
     p.add_argument("--conditions", nargs="+", metavar="NAME",
                    help="only these conditions, named as in the tables ('k-space 1%%')")
+    p.add_argument("--acquisition", choices=ACQUISITIONS, default="none",
+                   help="make each model's output consistent with its input under this "
+                   "acquisition (sr --acquisition), whatever the condition: the methods "
+                   "are named '<model> +<acquisition>' and carry no self-check")
     p.add_argument("--candidate", help="the method whose targets are checked")
     p.add_argument("--versus", default="mono_x2",
                    help="the method wins and losses are counted against (default mono_x2)")
@@ -210,17 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     models = {name: load_model(path) for name, path in available.items()
               if not args.models or name in args.models}
     models |= {str(path): load_model(path) for path in args.extra}
+    if args.acquisition != "none":
+        models = {f"{name} +{args.acquisition}": m for name, m in models.items()}
     rows = []
     for scan, (hr, masked) in scans(args.colin, args.real).items():
         if args.scans and scan not in args.scans:
             continue
-        chosen = ({k: v for k, v in models.items() if k in args.head_models}
+        chosen = ({k: v for k, v in models.items() if k.split(" +")[0] in args.head_models}
                   if args.head_models and scan == "Colin27 head" else models)
         for psf, noise in itertools.product(PSFS, NOISES):
             name = condition_name(psf, noise)
             if args.conditions and name not in args.conditions:
                 continue
-            cell = score_cell(hr, masked, psf, noise, chosen)
+            cell = score_cell(hr, masked, psf, noise, chosen, check=args.acquisition == "none",
+                              acquisition=args.acquisition)
             rows += [{"scan": scan, "condition": name, "psf": psf, "noise": noise, **r}
                      for r in cell]
             said = ", ".join(f"{r['method']} {r.get('gain_db', r['psnr']):+.2f}" for r in cell)
