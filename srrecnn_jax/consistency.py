@@ -10,7 +10,9 @@ The acquisition ``A`` maps the output grid (x, y, z: ``n`` voxels per axis) to t
 input's (``m``) and is separable, ``A_i = Z_i K_i`` per axis: ``K_i`` the point spread
 (``"kspace"``: the central ``m / n`` of k-space, ``degradation.kspace_matrix``;
 ``"gaussian"``: the release's blur of sigma 1 output voxel, reflect, truncate 4, as
-``degradation.degrade``), ``Z_i`` the spline zoom from ``n`` to ``m`` samples
+``degradation.degrade``; ``"slice_profile"``: thick slices, a Gaussian of FWHM the
+factor ``n / m`` along each axis whose factor is not 1, none along the others, as
+``degradation.slice_profile``), ``Z_i`` the spline zoom from ``n`` to ``m`` samples
 (``interpolation.zoom_matrix``): the sampling of ``degradation.observe``, whose voxel
 centres are the inverse of ``sr``'s zoom, so the two grids line up. The result is
 
@@ -18,8 +20,8 @@ centres are the inverse of ``sr``'s zoom, so the two grids line up. The result i
 
 with ``t_i`` the mean diagonal of ``A_i A_i^T``: with ``lam = 0`` the least-squares
 projection (``A x' = y``); a larger ``lam`` trusts the input less, which is what its
-noise asks for (``regularisation``). Axes with scale 1 are left alone under
-``"kspace"``; the Gaussian blurs every axis, as the release's simulation does.
+noise asks for. Axes with scale 1 are left alone under ``"kspace"`` and
+``"slice_profile"``; the release's Gaussian blurs every axis, as its simulation does.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 import scipy.ndimage
 
 from srrecnn_jax.config import ACQUISITIONS, DEFAULT_LAMBDA
-from srrecnn_jax.degradation import kspace_matrix
+from srrecnn_jax.degradation import FWHM_PER_SIGMA, kspace_matrix
 from srrecnn_jax.interpolation import zoom_matrix
 
 
@@ -42,11 +44,15 @@ def axis_operators(n: int, m: int, acquisition: str, lam: float
     pseudo-inverse (see the module's docstring). float64, cached, read-only."""
     if acquisition == "kspace":
         spread = kspace_matrix(n, n / m) if n != m else np.eye(n)
-    elif acquisition == "gaussian":
-        spread = scipy.ndimage.gaussian_filter1d(np.eye(n), 1.0, axis=0, mode="reflect",
+    elif acquisition == "slice_profile" and n == m:
+        spread = np.eye(n)
+    elif acquisition in ("gaussian", "slice_profile"):
+        sigma = 1.0 if acquisition == "gaussian" else (n / m) / FWHM_PER_SIGMA
+        spread = scipy.ndimage.gaussian_filter1d(np.eye(n), sigma, axis=0, mode="reflect",
                                                  truncate=4.0)
     else:
-        raise ValueError(f"acquisition must be kspace or gaussian, not {acquisition!r}")
+        raise ValueError(f"acquisition must be kspace, gaussian or slice_profile, "
+                         f"not {acquisition!r}")
     a = zoom_matrix(n, m) @ spread
     gram = a @ a.T
     p = a.T @ np.linalg.pinv(gram + lam * np.trace(gram) / m * np.eye(m), rcond=1e-10,

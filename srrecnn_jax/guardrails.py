@@ -126,12 +126,16 @@ def likely_psf(volume: np.ndarray) -> str:
 
 def self_check_gain_db(params: model.Params, config: ModelConfig, lr: np.ndarray,
                        scale: Sequence[float], noise: float | None = None,
-                       precision: str = "fp32", psf: str | None = None) -> float:
+                       precision: str = "fp32", psf: str | None = None,
+                       acquisition: str = "none", consistency: float | None = None
+                       ) -> float:
     """The model's PSNR gain over cubic spline restoring (the centre of) ``lr`` from its
     own acquisition at ``scale`` (see the module's docstring). ``noise``: the input's
     noise sigma as a fraction of its maximum (default: ``noise_percent`` / 100); ``psf``:
-    the acquisition's point spread (default: ``likely_psf(lr)``). A monomodal model only
-    (a second channel has no acquisition of its own here)."""
+    the acquisition's point spread (default: ``likely_psf(lr)``); ``acquisition`` and
+    ``consistency``: the data-consistency projection the run makes
+    (``InferenceOptions``), made here too. A monomodal model only (a second channel has
+    no acquisition of its own here)."""
     if config.in_channels != 1:
         raise ValueError("the self-check needs a monomodal model")
     truth = central_crop(np.asarray(lr, np.float32))
@@ -139,7 +143,8 @@ def self_check_gain_db(params: model.Params, config: ModelConfig, lr: np.ndarray
     psf = likely_psf(lr) if psf is None else psf
     low, cropped = observe(truth, scale, psf=psf, noise=sigma, seed=0)
     factors = tuple(a / b for a, b in zip(cropped.shape, low.shape))
-    restored = super_resolve_array(params, config, low, factors, precision=precision)
+    restored = super_resolve_array(params, config, low, factors, precision=precision,
+                                   acquisition=acquisition, consistency=consistency)
     spline = spline_baseline(low, cropped.shape)
     peak = float(cropped.max())
     return psnr(restored, cropped, peak) - psnr(spline, cropped, peak)
@@ -157,16 +162,19 @@ def losing_note(facts: dict) -> str | None:
 
 
 def check_scan(params: model.Params, config: ModelConfig, lr: np.ndarray,
-               scale: Sequence[float], precision: str = "fp32") -> dict:
+               scale: Sequence[float], precision: str = "fp32", acquisition: str = "none",
+               consistency: float | None = None) -> dict:
     """Every check of the (x, y, z) input ``lr`` for a model at ``scale``:
     ``{"noise_percent", "falloff", "self_check_psf", "self_check_gain_db"}`` (the last two
-    None for a multimodal model)."""
+    None for a multimodal model); the self-check runs the model as the run does
+    (``precision``, ``acquisition``, ``consistency``)."""
     volume = np.asarray(lr, np.float32)
     facts = {"noise_percent": round(noise_percent(volume), 3),
              "falloff": round(falloff(volume), 4), "self_check_psf": None,
              "self_check_gain_db": None}
     if config.in_channels == 1:
         psf = likely_psf(volume)
-        gain = self_check_gain_db(params, config, volume, scale, precision=precision, psf=psf)
+        gain = self_check_gain_db(params, config, volume, scale, precision=precision, psf=psf,
+                                  acquisition=acquisition, consistency=consistency)
         facts.update(self_check_psf=psf, self_check_gain_db=round(gain, 3))
     return facts

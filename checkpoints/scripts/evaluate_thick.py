@@ -43,8 +43,9 @@ from evaluate_real import cell_key  # noqa: E402
 
 from srrecnn_jax.adapt import AdaptSettings, adapt, slice_fwhm  # noqa: E402
 from srrecnn_jax.checkpoint import load_model  # noqa: E402
+from srrecnn_jax.config import ACQUISITIONS  # noqa: E402
 from srrecnn_jax.degradation import observe, slice_profile  # noqa: E402
-from srrecnn_jax.evaluation import head_mask, score  # noqa: E402
+from srrecnn_jax.evaluation import head_mask, score, spline_baseline  # noqa: E402
 from srrecnn_jax.images import read_image, to_array, to_image  # noqa: E402
 from srrecnn_jax.inference import SuperResolver  # noqa: E402
 from srrecnn_jax.sources import COLIN27, REAL_HELD_OUT  # noqa: E402
@@ -88,36 +89,48 @@ def acquire(hr: np.ndarray, factor: float, axis: int) -> tuple[np.ndarray, np.nd
     return lr, truth, [a / b for a, b in zip(truth.shape, lr.shape)]
 
 
-def restore(loaded, lr: np.ndarray, factors: list) -> tuple[np.ndarray, float]:
-    """The model's output for ``lr`` as ``srrecnn sr`` computes it, and its seconds."""
+def restore(loaded, lr: np.ndarray, factors: list, acquisition: str = "none"
+            ) -> tuple[np.ndarray, float]:
+    """The model's output for ``lr`` as ``srrecnn sr`` computes it (with
+    ``--acquisition``), and its seconds."""
     spacing = [1.0 * f for f in factors]  # HR 1 mm: the slice spacing is the factor
     image = to_image(lr, spacing, (0, 0, 0), np.eye(3).ravel())
     start = time.perf_counter()
-    out = SuperResolver(loaded).run(image, factors, log=lambda _: None)
+    out = SuperResolver(loaded).run(image, factors, log=lambda _: None,
+                                    acquisition=acquisition)
     return to_array(out), time.perf_counter() - start
 
 
+def suffixed(method: str, acquisition: str) -> str:
+    """A method's row name, with `` +<acquisition>`` when its output was projected."""
+    return method if acquisition == "none" else f"{method} +{acquisition}"
+
+
 def score_cell(hr: np.ndarray, masked: bool, factor: float, axis: str, loaded,
-               name: str, budget: float | None) -> list[dict]:
-    """Rows for one scan and condition: spline, the model and (``budget``) adapted."""
+               name: str, budget: float | None, acquisitions: tuple = ("none",)
+               ) -> list[dict]:
+    """Rows for one scan and condition: spline, the model and (``budget``) adapted, each
+    model row once per acquisition of ``acquisitions`` (``sr --acquisition``)."""
     lr, truth, factors = acquire(hr, factor, AXES[axis])
     mask = head_mask(truth) if masked else None
-    condition = f"{factor:g} along {axis}"
-    sr, seconds = restore(loaded, lr, factors)
-    scores = score(sr, truth, lr, mask, SHAVE)
-    base = {"condition": condition, "factor": factor, "axis": axis}
-    rows = [{**base, "method": "cubic spline", **scores["spline"]},
-            {**base, "method": name, **scores["sr"], "seconds": round(seconds, 1)}]
+    base = {"condition": f"{factor:g} along {axis}", "factor": factor, "axis": axis}
+    rows = [{**base, "method": "cubic spline",
+             **score(spline_baseline(lr, truth.shape), truth, None, mask, SHAVE)["sr"]}]
+    for acquisition in acquisitions:
+        sr, seconds = restore(loaded, lr, factors, acquisition)
+        rows.append({**base, "method": suffixed(name, acquisition),
+                     **score(sr, truth, None, mask, SHAVE)["sr"], "seconds": round(seconds, 1)})
     if budget is not None:
         spacing = [1.0 * f for f in factors]
         fwhm = slice_fwhm(spacing, factors)
         result = adapt(loaded, lr.astype(np.float32), factors, fwhm,
                        AdaptSettings(seconds=budget))
-        sr, seconds = restore(result.model, lr, factors)
-        rows.append({**base, "method": f"{name} + adapt {budget:g} s",
-                     **score(sr, truth, None, mask, SHAVE)["sr"],
-                     "seconds": round(seconds, 1), "budget": budget,
-                     "adapt": result.facts()})
+        for acquisition in acquisitions:
+            sr, seconds = restore(result.model, lr, factors, acquisition)
+            rows.append({**base, "method": suffixed(f"{name} + adapt {budget:g} s", acquisition),
+                         **score(sr, truth, None, mask, SHAVE)["sr"],
+                         "seconds": round(seconds, 1), "budget": budget,
+                         "adapt": result.facts()})
     return rows
 
 
@@ -186,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="thick-slice", help="the model's row name")
     parser.add_argument("--adapt", type=float, metavar="SECONDS",
                         help="also fine-tune on each thick scan for this budget first")
+    parser.add_argument("--acquisition", choices=[a for a in ACQUISITIONS if a != "none"],
+                        help="also score each model output projected onto the input under "
+                        "this acquisition (sr --acquisition), named '<method> +<acquisition>'")
     parser.add_argument("--json", type=Path, help="merge the rows into this file (saved "
                         "after every cell)")
     parser.add_argument("--tables", action="store_true", help="only print the tables and "
@@ -210,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for factor, axis in itertools.product(args.factors, args.axes):
             new = [{"scan": scan, **r} for r in
-                   score_cell(hr, masked, factor, axis, loaded, args.name, args.adapt)]
+                   score_cell(hr, masked, factor, axis, loaded, args.name, args.adapt,
+                              ("none",) + ((args.acquisition,) if args.acquisition else ()))]
             print(f"{scan}, {factor:g} along {axis}: " + ", ".join(
                 f"{r['method']} {r['psnr']:.2f}" for r in new), file=sys.stderr, flush=True)
             rows += new

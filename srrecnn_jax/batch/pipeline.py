@@ -330,8 +330,9 @@ class _Run:
         job's ``factors``."""
         if not self.options.check:
             return {"noise_percent": round(noise_percent(lr), 3)}
+        inference = self.options.inference
         return check_scan(self.resolver.model.params, self.resolver.config, lr, factors,
-                          self.options.inference.precision)
+                          inference.precision, inference.acquisition, inference.consistency)
 
     def compute(self, device) -> None:
         """Device stage: for each prepared volume, with ``Options.adapt`` fine-tuning on

@@ -122,7 +122,9 @@ def _add_inference(p) -> None:
                    "give back the input when acquired that way again (a data-consistency "
                    "projection). 'kspace': a scanner's acquisition, the central part of "
                    "k-space (real scans); 'gaussian': the release's simulation (Gaussian "
-                   "blur, then sampling); 'none' (default): the network's output as it is")
+                   "blur, then sampling); 'slice_profile': thick slices (a Gaussian slice "
+                   "profile of FWHM the slice spacing); 'none' (default): the network's "
+                   "output as it is")
     p.add_argument("--consistency", type=float, metavar="LAMBDA",
                    help="the projection's regularisation: 0 makes the output give back the "
                    "input exactly, larger trusts the input's noise less (default "
@@ -294,7 +296,8 @@ def _check(args: argparse.Namespace, options: InferenceOptions,
 
     loaded = loaded or SuperResolver.load(args.model, args.prototxt).model
     lr = to_array(read_input(args.inputs[0], "input image"))
-    facts = check_scan(loaded.params, loaded.config, lr, options.scale, options.precision)
+    facts = check_scan(loaded.params, loaded.config, lr, options.scale, options.precision,
+                       options.acquisition, options.consistency)
     gain = facts["self_check_gain_db"]
     said = (f"{args.inputs[0]}: noise about {facts['noise_percent']:.2g}% of the maximum"
             + ("" if gain is None else f"; self-check: model {gain:+.2f} dB against "
