@@ -109,6 +109,23 @@ class AdaptSettings:
     renew_every: int = 0
     max_steps: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("renew_every", "max_steps"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 0):
+                raise SrrecnnError(f"must be a whole number, 0 or more, got {value!r}", name)
+        for name in ("layers", "patch", "pool", "batch"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise SrrecnnError(f"must be a whole number, 1 or more, got {value!r}", name)
+        if not self.seconds > 0:  # NaN too
+            raise SrrecnnError(f"must be above 0, got {self.seconds!r}", "seconds")
+        for name in ("learning_rate", "check_every"):
+            if not getattr(self, name) >= 0:
+                raise SrrecnnError(f"must be 0 or more, got {getattr(self, name)!r}", name)
+        if not 0 < self.heldout < 1:
+            raise SrrecnnError(f"must be between 0 and 1, got {self.heldout!r}", "heldout")
+
 
 @dataclasses.dataclass
 class Pair:

@@ -63,11 +63,13 @@ def candidates(scale: Sequence[float], root: Path | None = None) -> list[catalog
 
 def choose(asked: LoadedModel, lr: np.ndarray, scale: Sequence[float],
            precision: str = "fp32", root: Path | None = None,
-           log: Callable[[str], None] | None = None) -> Choice:
+           log: Callable[[str], None] | None = None, *, acquisition: str = "none",
+           consistency: float | None = None) -> Choice:
     """The model to run on the (x, y, z) scan ``lr`` at ``scale``: ``asked`` unless it
     is predicted to lose to spline or was not trained for ``scale``, then the shipped
     model of the best predicted gain (see the module's docstring). ``log`` hears each
-    model's predicted gain as it is computed."""
+    model's predicted gain as it is computed; ``acquisition`` and ``consistency``: the
+    run's data-consistency projection, which every self-check makes too."""
     if asked.config.in_channels != 1:
         raise ValueError("choosing a model by the self-check needs a monomodal model")
     volume = np.asarray(lr, np.float32)
@@ -80,7 +82,7 @@ def choose(asked: LoadedModel, lr: np.ndarray, scale: Sequence[float],
         # As ``guardrails.check_scan`` computes it (noise estimated on the self-check's
         # crop), so that ``--auto-model`` and ``--check`` give one number for a model.
         return self_check_gain_db(model.params, model.config, volume, scale, None,
-                                  precision, psf)
+                                  precision, psf, acquisition, consistency)
 
     gains = {"asked": gain(asked)}
     if log:

@@ -23,6 +23,7 @@ from srrecnn_jax.batch.resume import changed_facts, job_facts
 from srrecnn_jax.checkpoint import LoadedModel, load_model
 from srrecnn_jax.cli import common, main
 from srrecnn_jax.degradation import degrade, degrade_image, slice_profile
+from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.images import to_array, to_image
 from srrecnn_jax.inference import prepare_array, super_resolve_array
 from srrecnn_jax.inference_options import InferenceOptions
@@ -361,3 +362,13 @@ def test_without_adapt_the_output_is_super_resolve_array(thick, models, tmp_path
     expected = super_resolve_array(loaded.params, loaded.config,
                                    to_array(sitk.ReadImage(str(thick[1]))), (1, 1, 4))
     np.testing.assert_array_equal(to_array(sitk.ReadImage(str(out))), expected)
+
+
+@pytest.mark.parametrize(("field", "value"), [("renew_every", -1), ("max_steps", -5),
+                                              ("max_steps", 2.5), ("pool", 0),
+                                              ("seconds", 0.0), ("learning_rate", float("nan")),
+                                              ("heldout", 1.0)])
+def test_bad_settings_are_refused_naming_them(field, value):
+    with pytest.raises(SrrecnnError, match="must be") as info:
+        AdaptSettings(**{field: value})
+    assert info.value.parameter == field

@@ -152,3 +152,19 @@ def test_self_check_makes_the_projection_the_run_makes(anatomical):
     mended = self_check_gain_db(loaded.params, loaded.config, lr, (2, 2, 2), psf="kspace",
                                 acquisition="kspace")
     assert mended > plain + 0.5
+
+
+def test_auto_model_checks_with_the_runs_projection(anatomical):
+    """``--auto-model`` and ``--check`` give one number for a model: the asked-for
+    model's predicted gain under ``acquisition="kspace"`` is the self-check's."""
+    from srrecnn_jax.auto_model import choose
+    from srrecnn_jax.guardrails import self_check_gain_db
+
+    loaded = load_model(catalog.locate("mono-x2"))
+    lr = to_array(anatomical, np.float32)
+    choice = choose(loaded, lr, (2, 2, 2), acquisition="kspace")
+    alone = self_check_gain_db(loaded.params, loaded.config, lr, (2, 2, 2),
+                               acquisition="kspace")
+    plain = self_check_gain_db(loaded.params, loaded.config, lr, (2, 2, 2))
+    assert abs(alone - plain) > 0.01  # the projection changes the prediction here
+    assert choice.gains["asked"] == pytest.approx(alone, abs=1e-6)

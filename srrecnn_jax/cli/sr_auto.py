@@ -57,7 +57,8 @@ def run(args: argparse.Namespace, options: InferenceOptions,
         if not args.quiet:
             print(f"srrecnn: auto-model: {message}", file=sys.stderr)
 
-    choice = choose(asked, lr, options.scale, options.precision, log=say)
+    choice = choose(asked, lr, options.scale, options.precision, log=say,
+                    acquisition=options.acquisition, consistency=options.consistency)
     facts = choice.facts()
     if choice.why is None:
         say("keeping the model asked for")
