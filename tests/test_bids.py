@@ -117,6 +117,7 @@ def test_the_sidecar_holds_sources_resolution_and_the_runs_facts(made):
     assert facts["Sources"] == ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"]
     assert list(facts["Resolution"]) == ["x2"]
     assert facts["SrrecnnScale"] == [2, 2, 2] and facts["SrrecnnPrecision"] == "fp32"
+    assert facts["SrrecnnAcquisition"] == "none"
     assert len(facts["SrrecnnModelSHA256"]) == 64
     assert facts["SrrecnnInputVoxelSize"] == [2, 2, 2]
     assert all(0.9 < s < 1.0 for s in facts["SrrecnnOutputVoxelSize"])

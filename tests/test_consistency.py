@@ -168,3 +168,17 @@ def test_auto_model_checks_with_the_runs_projection(anatomical):
     plain = self_check_gain_db(loaded.params, loaded.config, lr, (2, 2, 2))
     assert abs(alone - plain) > 0.01  # the projection changes the prediction here
     assert choice.gains["asked"] == pytest.approx(alone, abs=1e-6)
+
+
+def test_bids_sidecar_records_the_acquisition(anatomical, tmp_path, models):
+    import json
+
+    from test_bids import OUTPUT, make_dataset, run
+
+    raw = make_dataset(tmp_path / "raw", anatomical, corrupt=False)
+    out = raw / "derivatives" / "srrecnn"
+    code, _ = run(raw, out, "participant", "--participant-label", "01", "-m", models["mono"],
+                  "-s", "2", "--skip-bids-validation", "--acquisition", "kspace")
+    assert code == 0
+    facts = json.loads((out / OUTPUT.replace(".nii.gz", ".json")).read_text())
+    assert facts["SrrecnnAcquisition"] == "kspace"

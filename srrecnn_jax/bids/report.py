@@ -108,6 +108,7 @@ FACTS = [("SrrecnnModel", "model", None), ("SrrecnnScale", "scale", None),
          ("SrrecnnSelfCheckPsf", "self-check acquisition", None),
          ("SrrecnnFalloff", "spectral fall-off", ".3g"),
          ("SrrecnnAdapt", "fine-tuning on the scan", "adapt"),
+         ("SrrecnnAcquisition", "data consistency with the input's acquisition", None),
          ("SrrecnnPrecision", "precision", None), ("SrrecnnCeiling", "ceiling", None),
          ("SrrecnnModelSHA256", "model SHA-256", None), ("SrrecnnVersion", "srrecnn-jax", None),
          ("Sources", "sources", None)]
