@@ -80,7 +80,8 @@ def prepare_array(config: ModelConfig, lr: np.ndarray,
     _check_channels(config, reference is not None)
     options = InferenceOptions.of(options, **settings)
     scale, order = options.scale, options.order
-    output_shape(lr.shape, scale, config.in_channels)
+    output_shape(lr.shape, scale, config.in_channels,
+                 projecting=options.acquisition != "none")
     check_values(lr, "input")
     low, top = float(lr.min()), float(lr.max())
     if options.interpolation == "device":
@@ -101,21 +102,25 @@ def prepare_array(config: ModelConfig, lr: np.ndarray,
 
 
 #: Bytes of memory per output voxel besides the network's own (tiled) work: the network
-#: input (float32 per channel), its output, the finished array and the output image.
-def _bytes_per_output_voxel(channels: int) -> int:
-    return 4 * (channels + 4)
+#: input (float32 per channel), its output, the finished array and the output image;
+#: with a data-consistency projection, its volumes of work (``consistency.project``: the
+#: correction, the sum, and the halved and quartered volumes between them).
+def _bytes_per_output_voxel(channels: int, projecting: bool = False) -> int:
+    return 4 * (channels + 4 + (3 if projecting else 0))
 
 
 def output_shape(size: Sequence[int], factors: Sequence[float], channels: int,
-                 name: str = "input") -> tuple[int, ...]:
+                 name: str = "input", projecting: bool = False) -> tuple[int, ...]:
     """The zoomed size ``round(n * s)`` of an input of ``size`` voxels (x, y, z) by
     ``factors``, refused (``SrrecnnError`` naming ``scale``) before any work when it has
     fewer than 2 voxels along an axis, more than ``limits.MAX_VOXELS`` voxels, or needs more
-    memory than this machine has (``channels``: the network's input channels)."""
+    memory than this machine has (``channels``: the network's input channels;
+    ``projecting``: with a data-consistency projection, which needs more)."""
     extent = [float(n) * s for n, s in zip(size, factors)]
     described = (f"{name} of {size_text(size)} voxels scaled by {tuple(factors)} gives "
                  f"{size_text(extent)} voxels")
-    problem = size_problem(float(np.prod(extent)), _bytes_per_output_voxel(channels))
+    problem = size_problem(float(np.prod(extent)),
+                           _bytes_per_output_voxel(channels, projecting))
     if problem:
         raise SrrecnnError(f"{described}, {problem}", "scale")
     shape = zoomed_shape(size, factors)
@@ -255,7 +260,8 @@ class SuperResolver:
         _check_channels(self.config, reference is not None)
         options = InferenceOptions.of(options, **settings)
         factors = options.scale
-        out_size = output_shape(image.GetSize(), factors, self.config.in_channels, input_name)
+        out_size = output_shape(image.GetSize(), factors, self.config.in_channels, input_name,
+                                projecting=options.acquisition != "none")
         lr = to_array(image)
         check_values(lr, input_name)
         geometry = zoomed_geometry(image, out_size, factors, options.header)
@@ -329,7 +335,8 @@ def super_resolve_file(source: Path, output: Path, model: str | Path | LoadedMod
     inputs = [source] + ([reference] if reference else [])
     check_output_file(output, force, inputs, make_folder=True)
     image = read_input(source, "input image")
-    output_shape(image.GetSize(), options.scale, 2 if reference else 1, str(source))
+    output_shape(image.GetSize(), options.scale, 2 if reference else 1, str(source),
+                 projecting=options.acquisition != "none")
     ref = read_input(reference, "reference image") if reference else None
     resolver = (SuperResolver(model) if isinstance(model, LoadedModel)
                 else SuperResolver.load(model, prototxt))

@@ -182,3 +182,19 @@ def test_bids_sidecar_records_the_acquisition(anatomical, tmp_path, models):
     assert code == 0
     facts = json.loads((out / OUTPUT.replace(".nii.gz", ".json")).read_text())
     assert facts["SrrecnnAcquisition"] == "kspace"
+
+
+def test_the_projection_is_counted_in_the_memory_check(monkeypatch):
+    """A 100^3 output of a 1-channel model needs 20 bytes a voxel without the projection
+    and 32 with it (3 float32 volumes of work): on a machine of 2.5e7 bytes the first
+    fits, the second is refused before any work, naming ``scale``."""
+    from test_safety import machine_with_memory
+
+    from srrecnn_jax.errors import SrrecnnError
+    from srrecnn_jax.inference import output_shape
+
+    machine_with_memory(monkeypatch, 25_000_000)
+    assert output_shape((50, 50, 50), (2, 2, 2), 1) == (100, 100, 100)
+    with pytest.raises(SrrecnnError, match="memory") as info:
+        output_shape((50, 50, 50), (2, 2, 2), 1, projecting=True)
+    assert info.value.parameter == "scale"
