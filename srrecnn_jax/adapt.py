@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from srrecnn_jax import model
+from srrecnn_jax.adapt_settings import RENEW, AdaptSettings
 from srrecnn_jax.checkpoint import LoadedModel, fingerprint
 from srrecnn_jax.config import ModelConfig
 from srrecnn_jax.degradation import FWHM_PER_SIGMA, degrade
@@ -43,88 +44,6 @@ from srrecnn_jax.inference import conv_algorithm, prepare_array
 from srrecnn_jax.metrics import psnr
 from srrecnn_jax.scales import slice_axes
 from srrecnn_jax.tiling import run_network
-
-#: The default budget of ``srrecnn sr --adapt``, in seconds.
-DEFAULT_SECONDS = 600.0
-#: Patches replaced in the pool at each renewal (``AdaptSettings.renew_every``).
-RENEW = 8
-
-
-@dataclasses.dataclass(frozen=True)
-class AdaptSettings:
-    """How ``adapt`` fine-tunes.
-
-    Attributes:
-      seconds: wall-clock budget of the whole adaptation (pairs, features, compilation,
-        steps and both held-out evaluations).
-      layers: how many last layers learn (all of them when the model has fewer).
-      patch: patch edge in voxels (shorter along an axis the pairs are shorter on).
-      pool: patches whose frozen features are computed once and drawn from (fewer when
-        computing them reaches the budget).
-      batch: patches per step.
-      learning_rate: Adam's step size (0: nothing changes, the start is kept).
-      heldout: fraction of the longer in-plane axis held out, at its far end.
-      seed: of the patch positions and of the batches.
-      algorithm: of the trained layers' convolutions (``conv.ALGORITHMS``): ``exact``
-        (the train step's: fast gradients on CPU, slower to compile) or ``xla`` (compiles
-        in about a second on CPU; slower steps for 64 filters).
-      check_every: seconds of fine-tuning between held-out checks (at least four times
-        one check's duration); the weights of the best check are the result. Without
-        renewal a pool of patches is learnt by heart in time: the held-out gain
-        (in-plane pairs, no truth needed) was 0.22 dB after 112 steps and 0.001 dB after
-        885 on one scan.
-      keep_margin_db: how far (dB) the adapted weights must beat the start on the
-        held-out pairs to be kept. The held-out pairs are in-plane, the task
-        through-plane: on the CE-T1's training slab at 1x1x4 a held-out gain of 0.06 dB
-        (7 steps) came with a through-plane loss of 0.04 dB, gains of 0.2 dB and more
-        with through-plane gains; Colin27 was not used to set it.
-      renew_every: steps between renewals of the pool: every ``renew_every`` steps, its
-        ``RENEW`` oldest patches are replaced by new random ones (their frozen features
-        computed then), so that the pool is not learnt by heart; 0 (the default): one
-        pool throughout. Every 8 steps costs about 15% of the steps. It raises the
-        held-out (in-plane) gain on every scan tried, not the through-plane one: on real
-        training slabs at 1x1x4, 300 s, through-plane PSNR over the start, one pool ->
-        renewed every 8 steps: CE-T1 +0.51 -> +0.99 dB, stroke T2 +0.26 -> +0.26, 1.6 mm
-        T1 head (inside its mask) +0.02 -> -0.03; on Colin27's crop (evaluation, 600 s)
-        +0.48 -> +0.00, with the held-out gain +0.24 -> +0.32. The in-plane pairs hold
-        the thick axis at its own coarse spacing, where the scan has a fine one: the
-        longer the last layers learn them, the more they learn that geometry. Pairs on
-        the output grid instead (the thick axis spline-zoomed first) made 3 times fewer
-        steps for no more: +0.79 and +0.05 on the CE-T1 and the head.
-      max_steps: the most steps made (0: as many as the budget allows); a run of fixed
-        steps gives the same weights on any machine that finishes them in the budget.
-    """
-
-    seconds: float = DEFAULT_SECONDS
-    layers: int = 3
-    patch: int = 21
-    pool: int = 48
-    batch: int = 4
-    learning_rate: float = 1e-4
-    heldout: float = 0.2
-    seed: int = 0
-    algorithm: str = "exact"
-    check_every: float = 60.0
-    keep_margin_db: float = 0.1
-    renew_every: int = 0
-    max_steps: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("renew_every", "max_steps"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 0):
-                raise SrrecnnError(f"must be a whole number, 0 or more, got {value!r}", name)
-        for name in ("layers", "patch", "pool", "batch"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise SrrecnnError(f"must be a whole number, 1 or more, got {value!r}", name)
-        if not self.seconds > 0:  # NaN too
-            raise SrrecnnError(f"must be above 0, got {self.seconds!r}", "seconds")
-        for name in ("learning_rate", "check_every"):
-            if not getattr(self, name) >= 0:
-                raise SrrecnnError(f"must be 0 or more, got {getattr(self, name)!r}", name)
-        if not 0 < self.heldout < 1:
-            raise SrrecnnError(f"must be between 0 and 1, got {self.heldout!r}", "heldout")
 
 
 @dataclasses.dataclass

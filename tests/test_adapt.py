@@ -366,9 +366,14 @@ def test_without_adapt_the_output_is_super_resolve_array(thick, models, tmp_path
 
 @pytest.mark.parametrize(("field", "value"), [("renew_every", -1), ("max_steps", -5),
                                               ("max_steps", 2.5), ("pool", 0),
-                                              ("seconds", 0.0), ("learning_rate", float("nan")),
+                                              ("learning_rate", float("nan")),
                                               ("heldout", 1.0)])
 def test_bad_settings_are_refused_naming_them(field, value):
-    with pytest.raises(SrrecnnError, match="must be") as info:
+    with pytest.raises(SrrecnnError, match=f"AdaptSettings.{field} must be"):
         AdaptSettings(**{field: value})
-    assert info.value.parameter == field
+
+
+def test_a_budget_of_no_time_is_refused_as_the_adapt_option():
+    with pytest.raises(SrrecnnError, match="above 0 seconds") as info:
+        AdaptSettings(seconds=0.0)
+    assert info.value.parameter == "adapt"

@@ -26,7 +26,7 @@ LAYERS = [
     ["flax_module"],
     ["model", "degradation", "plots"],
     ["conv", "caffe", "images", "writing", "geometry", "interpolation", "metrics", "parallel",
-     "locking", "sources", "inference_options", "structured"],
+     "locking", "sources", "inference_options", "structured", "adapt_settings"],
     ["gradients"],
     ["winograd", "matmul"],
     ["operands"],

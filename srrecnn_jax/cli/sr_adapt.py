@@ -10,13 +10,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from srrecnn_jax.adapt_settings import DEFAULT_SECONDS
 from srrecnn_jax.cli import common
 from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference_options import InferenceOptions
-
-#: ``--adapt`` without a number: seconds (``adapt.DEFAULT_SECONDS``, not imported here so
-#: that the parser does not load JAX).
-DEFAULT_SECONDS = 600.0
 
 
 def add_options(group, save: bool = True) -> None:
