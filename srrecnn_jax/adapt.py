@@ -402,19 +402,27 @@ def _train(params: model.Params, pairs: Sequence[Pair], h: int, cut: int,
             break
         trained, steps = updated, steps + 1
         if settings.renew_every and steps % settings.renew_every == 0:
-            count = min(RENEW, pool)
-            slots = jnp.asarray(((steps // settings.renew_every - 1) * count
-                                 + np.arange(count)) % pool)
-            new_inputs, new_labels = draw_patches(pairs, h, cut, shape, count, rng)
-            feats = feats.at[slots].set(features(frozen, new_inputs))
-            base = base.at[slots].set(new_inputs[..., :1])
-            label = label.at[slots].set(new_labels)
+            renewal = steps // settings.renew_every - 1
+            feats, base, label = _renew((feats, base, label), renewal, frozen,
+                                        draw_patches(pairs, h, cut, shape, min(RENEW, pool), rng))
         estimate = time.perf_counter() - began
         if best.due(deadline):
             best.check(trained, steps)
     if steps > best.checked:
         best.check(trained, steps)
     return steps
+
+
+def _renew(pool: tuple, renewal: int, frozen: model.Params, drawn: tuple) -> tuple:
+    """The pool ``(feats, base, label)`` with its oldest patches, those of ``renewal``
+    (0, 1, ...) taken in turn, replaced by the ``drawn`` ``(inputs, labels)``, their
+    frozen features computed now."""
+    feats, base, label = pool
+    inputs, labels = drawn
+    count = len(inputs)
+    slots = jnp.asarray((renewal * count + np.arange(count)) % feats.shape[0])
+    return (feats.at[slots].set(features(frozen, inputs)),
+            base.at[slots].set(inputs[..., :1]), label.at[slots].set(labels))
 
 
 def _compile_before(lowered, deadline: float):

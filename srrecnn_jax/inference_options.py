@@ -85,6 +85,9 @@ class InferenceOptions:
                                f"not {self.acquisition!r}", "acquisition")
         if self.consistency is not None and not self.consistency >= 0:  # NaN too
             raise SrrecnnError(f"must be 0 or more, got {self.consistency}", "consistency")
+        if self.consistency is not None and self.acquisition == "none":
+            raise SrrecnnError("sets the projection of an acquisition: give the acquisition "
+                               "too, or it changes nothing", "consistency")
 
     @classmethod
     def of(cls, scale: InferenceOptions | float | str | Sequence[float],

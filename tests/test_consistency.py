@@ -114,6 +114,13 @@ def test_bad_settings_are_refused_naming_them(field, value):
     assert info.value.parameter == field
 
 
+def test_consistency_without_an_acquisition_is_refused():
+    """``--consistency`` alone would change nothing: an error naming it, not a no-op."""
+    with pytest.raises(Exception, match="acquisition") as info:
+        InferenceOptions(2, consistency=0.1)
+    assert info.value.parameter == "consistency"
+
+
 def test_cli_bad_consistency_is_one_line_naming_the_option(anatomical, tmp_path, capsys):
     import SimpleITK as sitk
 

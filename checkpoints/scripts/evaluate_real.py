@@ -58,6 +58,11 @@ TARGETS = {("kspace", 0.0): 1.0, ("kspace", 1.0): 0.5, ("gaussian", 0.0): 2.0,
            ("gaussian", 1.0): 1.0, ("gaussian", 2.0): 0.0, ("gaussian", 3.0): 0.0}
 
 
+def suffixed(method: str, acquisition: str) -> str:
+    """A method's row name, with `` +<acquisition>`` when its output was projected."""
+    return method if acquisition == "none" else f"{method} +{acquisition}"
+
+
 def condition_name(psf: str, noise: float) -> str:
     return f"{'k-space' if psf == 'kspace' else 'gaussian'} {noise:g}%"
 
@@ -217,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {name: load_model(path) for name, path in available.items()
               if not args.models or name in args.models}
     models |= {str(path): load_model(path) for path in args.extra}
-    if args.acquisition != "none":
-        models = {f"{name} +{args.acquisition}": m for name, m in models.items()}
+    models = {suffixed(name, args.acquisition): m for name, m in models.items()}
     rows = []
     for scan, (hr, masked) in scans(args.colin, args.real).items():
         if args.scans and scan not in args.scans:

@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluate import SHAVE, central_crop, merged, write_json  # noqa: E402
-from evaluate_real import cell_key  # noqa: E402
+from evaluate_real import cell_key, suffixed  # noqa: E402
 
 from srrecnn_jax.adapt import AdaptSettings, adapt, slice_fwhm  # noqa: E402
 from srrecnn_jax.checkpoint import load_model  # noqa: E402
@@ -99,11 +99,6 @@ def restore(loaded, lr: np.ndarray, factors: list, acquisition: str = "none"
     out = SuperResolver(loaded).run(image, factors, log=lambda _: None,
                                     acquisition=acquisition)
     return to_array(out), time.perf_counter() - start
-
-
-def suffixed(method: str, acquisition: str) -> str:
-    """A method's row name, with `` +<acquisition>`` when its output was projected."""
-    return method if acquisition == "none" else f"{method} +{acquisition}"
 
 
 def score_cell(hr: np.ndarray, masked: bool, factor: float, axis: str, loaded,

@@ -126,8 +126,9 @@ def _add_inference(p) -> None:
                    "profile of FWHM the slice spacing); 'none' (default): the network's "
                    "output as it is")
     p.add_argument("--consistency", type=float, metavar="LAMBDA",
-                   help="the projection's regularisation: 0 makes the output give back the "
-                   "input exactly, larger trusts the input's noise less (default "
+                   help="with --acquisition, the projection's regularisation: 0 makes the "
+                   "output give back the input exactly, larger trusts the input's noise less "
+                   "(default "
                    + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LAMBDA.items()) + ")")
 
 
