@@ -295,14 +295,17 @@ def check_adaptable(loaded: LoadedModel) -> None:
 def adapt(loaded: LoadedModel, lr: np.ndarray, factors: Sequence[float],
           fwhm: float | None = None, settings: AdaptSettings | None = None,
           order: int = 3, interpolation: str = "device",
-          residual: bool | None = None) -> AdaptResult:
+          residual: bool | None = None, stop: Callable[[], bool] | None = None
+          ) -> AdaptResult:
     """Fine-tune ``loaded`` on the (x, y, z) scan ``lr`` that ``factors`` will zoom along
     its thick axis (``make_pairs``; ``fwhm`` of the slice profile in in-plane voxels,
     default the factor), within ``settings.seconds`` of wall time, compilation included:
     a step is not started when the last one's duration would take it past the budget
     less the time the final held-out evaluation needs. Returns the model to use (the
     adapted one only if it beat the start on the held-out slices by
-    ``settings.keep_margin_db``) and the numbers."""
+    ``settings.keep_margin_db``) and the numbers. ``stop``, asked before each step,
+    ends the fine-tuning early when it returns True (a batch run's Ctrl-C): the result
+    is then that of the steps made, and not to be used for an output."""
     start = time.perf_counter()
     settings = settings or AdaptSettings()
     deadline = start + settings.seconds
@@ -323,7 +326,7 @@ def adapt(loaded: LoadedModel, lr: np.ndarray, factors: Sequence[float],
     best = BestCheck(start_db, split_params(loaded.params, settings.layers)[1], 0,
                      validate, max(settings.check_every, 4 * evaluation), evaluation)
     steps = _train(loaded.params, pairs, h, cut, settings, residual, deadline - evaluation,
-                   best)
+                   best, stop or (lambda: False))
     params = {**loaded.params, **jax.tree_util.tree_map(np.asarray, best.trained)}
     kept = best.step > 0 and best.db >= start_db + settings.keep_margin_db
     numbers = {"spline": spline_db, "start": start_db, "adapted": best.db}
@@ -367,12 +370,14 @@ class BestCheck:
 
 
 def _train(params: model.Params, pairs: Sequence[Pair], h: int, cut: int,
-           settings: AdaptSettings, residual: bool, deadline: float, best: BestCheck) -> int:
+           settings: AdaptSettings, residual: bool, deadline: float, best: BestCheck,
+           stop: Callable[[], bool]) -> int:
     """The fine-tuning loop: as many steps as fit before ``deadline``
     (``time.perf_counter``), less the final held-out check, which runs after them; the
-    steps made. ``best`` holds the best checked weights. A non-finite loss ends it."""
+    steps made. ``best`` holds the best checked weights. A non-finite loss ends it, and
+    so does ``stop()`` returning True (then without a last check)."""
     frozen, trained = split_params(params, settings.layers)
-    if settings.learning_rate == 0 or time.perf_counter() >= deadline:
+    if settings.learning_rate == 0 or time.perf_counter() >= deadline or stop():
         return 0
     rng = np.random.default_rng(settings.seed)
     shape = patch_shape(pairs, h, cut, settings.patch)
@@ -395,6 +400,8 @@ def _train(params: model.Params, pairs: Sequence[Pair], h: int, cut: int,
     steps, best.last = 0, time.perf_counter()
     limit = settings.max_steps or math.inf
     while steps < limit and time.perf_counter() + estimate <= deadline:
+        if stop():
+            return steps
         began = time.perf_counter()
         updated, opt_state, value = step(trained, opt_state, feats, base, label, index)
         index = jnp.asarray(rng.choice(pool, batch, replace=False))

@@ -7,6 +7,8 @@ job."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -147,6 +149,20 @@ def test_max_steps_caps_the_steps_made(thick):
                    settings=AdaptSettings(seconds=60, learning_rate=1e-2, algorithm="xla",
                                           max_steps=3))
     assert result.steps == 3
+
+
+def test_a_stop_request_ends_the_fine_tuning_at_the_next_step(thick):
+    """``stop`` is asked before every step: True at its third asking (the first is before
+    the loop) ends the run after one step, long before the budget."""
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) >= 3
+
+    result = adapt(harmful(), thick[0], (1, 1, 4), stop=stop,
+                   settings=AdaptSettings(seconds=120, learning_rate=1e-2, algorithm="xla"))
+    assert (result.steps, len(asked)) == (1, 3)
 
 
 def test_a_fixed_number_of_steps_gives_the_same_weights_twice(thick):
@@ -297,6 +313,32 @@ def test_batch_runs_each_job_with_its_own_adapted_weights_if_kept(two_thick, mod
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * float(expected.max()))
     assert (rows["z.nii.gz"]["adapt"]["kept"], rows["y.nii.gz"]["adapt"]["kept"]) == (
         True, False)
+
+
+def test_ctrl_c_during_batch_fine_tuning_stops_it_and_writes_nothing(two_thick, models,
+                                                                    tmp_path, monkeypatch):
+    """Ctrl-C while a scan is fine-tuned on reaches the fine-tuning (its ``stop`` turns
+    True) instead of waiting out the budget; that job's output is not written and every
+    job is left as not started, for a rerun."""
+    seen = []
+
+    def fine_tuned(loaded, lr, factors, fwhm, settings, stop, **kwargs) -> AdaptResult:
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 20
+        while not stop() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(stop())
+        return AdaptResult(loaded, loaded, False, 0.1, 0,
+                           {"spline": 1.0, "start": 2.0, "adapted": 2.0}, fwhm)
+
+    monkeypatch.setattr(pipeline, "adapt", fine_tuned)
+    out = tmp_path / "out"
+    code, _, err = run_cli(two_thick, "--out-dir", out, "-m", models["mono"], "--isotropic",
+                           "--adapt", "600", "--workers", "1")
+    assert code == 130, err
+    assert seen == [True]
+    assert list(out.glob("*_SR.nii.gz")) == []
+    assert [r["status"] for r in manifest(out)] == ["not-started", "not-started"]
 
 
 def test_batch_adapt_a_scan_too_small_to_fine_tune_on_is_one_error_row(thick, models,

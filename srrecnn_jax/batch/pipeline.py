@@ -351,6 +351,8 @@ class _Run:
                 with jax.default_device(device):
                     used = (params if self.options.adapt is None
                             else self.adapted(work, device, params))
+                    if self.halted():
+                        continue  # stopped while fine-tuning: a rerun does it
                     work.y = run_network(used, resolver.config, work.prepared.volume,
                                          inference.tile, inference.residual,
                                          self.options.bucket, devices=[device],
@@ -374,7 +376,7 @@ class _Run:
             result = adapt(self.resolver.model, lr, work.factors, work.fwhm,
                            AdaptSettings(seconds=self.options.adapt), order=inference.order,
                            interpolation=inference.interpolation,
-                           residual=inference.residual)
+                           residual=inference.residual, stop=self.halted)
         work.adapted = result.facts()
         return jax.device_put(result.model.params, device) if result.kept else params
 
