@@ -320,7 +320,7 @@ def super_resolve_file(source: Path, output: Path, model: str | Path | LoadedMod
                        reference: Path | None = None, *, prototxt: Path | None = None,
                        force: bool = False, log: Callable[[str], None] = _stderr,
                        warn: Callable[[str], None] | None = None,
-                       **settings) -> sitk.Image:
+                       image: sitk.Image | None = None, **settings) -> sitk.Image:
     """Super-resolve one image file (or DICOM series folder) into ``output``.
 
     The output is checked (format, not an input, ``force`` to replace) and the
@@ -329,12 +329,14 @@ def super_resolve_file(source: Path, output: Path, model: str | Path | LoadedMod
     ``force`` only if the name is still free (another run may have taken it meanwhile:
     ``OutputExistsError``). ``scale`` and ``settings`` as ``SuperResolver.run``; a scale
     the model was not trained for goes to ``warn`` (default ``log``). ``model``: a path
-    as ``load_model`` takes, or a model already loaded (``adapt``). Returns the image.
+    as ``load_model`` takes, or a model already loaded (``adapt``); ``image``: ``source``
+    already read by the caller (its checks), so that it is not read twice. Returns the
+    image.
     """
     options = InferenceOptions.of(scale, **settings)
     inputs = [source] + ([reference] if reference else [])
     check_output_file(output, force, inputs, make_folder=True)
-    image = read_input(source, "input image")
+    image = read_input(source, "input image") if image is None else image
     output_shape(image.GetSize(), options.scale, 2 if reference else 1, str(source),
                  projecting=options.acquisition != "none")
     ref = read_input(reference, "reference image") if reference else None

@@ -76,3 +76,24 @@ def test_batch_rows_without_check_have_no_self_check(harmful, scan, tmp_path):
             (tmp_path / "out" / "srrecnn_manifest.jsonl").read_text().splitlines()]
     (row,) = [r for r in rows if r["status"] == "ok"]
     assert row["self_check_gain_db"] is None and row["noise_percent"] is not None
+
+
+@pytest.mark.parametrize("option", ["--check", "--auto-model"])
+def test_the_input_file_is_read_once_for_the_checks_and_the_run(option, harmful, scan,
+                                                                  tmp_path, monkeypatch):
+    """The checks and the run share one reading of the input (a large scan, or a DICOM
+    series, is not read twice)."""
+    from srrecnn_jax import images, inference
+
+    reads = []
+
+    def counted(path, *args, **kwargs):
+        reads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    real = images.read_input
+    monkeypatch.setattr(images, "read_input", counted)
+    monkeypatch.setattr(inference, "read_input", counted)
+    assert main(["sr", str(scan), "-o", str(tmp_path / "sr.nii.gz"), "-m", str(harmful),
+                 "-s", "2", option, "--quiet"]) == 0
+    assert reads == [str(scan)]

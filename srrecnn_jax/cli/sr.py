@@ -259,19 +259,17 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"srrecnn: warning: {args.inputs[0]}: {message}", file=sys.stderr)
 
-    adapted, loaded = {}, None
+    adapted, loaded, image = {}, None, None
     if args.adapt is not None:
         result, adapted = sr_adapt.run(args, options, warn)
     elif args.auto_model:
         result, adapted = sr_auto.run(args, options, warn)
     else:
-        if args.check:  # loaded once, for the run and the checks
-            from srrecnn_jax.inference import SuperResolver
-
-            loaded = SuperResolver.load(args.model, args.prototxt).model
+        if args.check:  # loaded and read once, for the run and the checks
+            loaded, image = _checked_inputs(args)
         result = super_resolve_file(args.inputs[0], args.output, loaded or args.model,
                                     options, args.reference, prototxt=args.prototxt,
-                                    force=args.force, warn=warn)
+                                    force=args.force, warn=warn, image=image)
     seconds = time.perf_counter() - start
     size = "x".join(str(n) for n in result.GetSize())
     spacing = "x".join(f"{s:.4g}" for s in result.GetSpacing())
@@ -280,23 +278,36 @@ def run(args: argparse.Namespace) -> int:
              "size": list(result.GetSize()), "spacing": list(result.GetSpacing()),
              "seconds": round(seconds, 3)} | adapted
     if args.check and not args.auto_model:  # --auto-model has checked already
-        facts |= _check(args, options, loaded)
+        facts |= _check(args, options, loaded, image)
     if args.json:
         print(json.dumps(facts))
     return 0
 
 
+def _checked_inputs(args: argparse.Namespace) -> tuple[LoadedModel, object]:
+    """For ``--check``: the output checked, then ``--model`` loaded and the single input
+    read (a ``SimpleITK.Image``), once for both the run and the checks."""
+    from srrecnn_jax.files import check_output_file
+    from srrecnn_jax.images import read_input
+    from srrecnn_jax.inference import SuperResolver
+
+    inputs = [args.inputs[0]] + ([args.reference] if args.reference else [])
+    check_output_file(args.output, args.force, inputs, make_folder=True)
+    loaded = SuperResolver.load(args.model, args.prototxt).model
+    return loaded, read_input(args.inputs[0], "input image")
+
+
 def _check(args: argparse.Namespace, options: InferenceOptions,
-           loaded: LoadedModel | None = None) -> dict:
+           loaded: LoadedModel | None = None, image=None) -> dict:
     """The per-scan checks of the single input (``guardrails.check_scan``) for ``loaded``
-    (default: ``--model`` loaded here), said on stderr, with a warning when the model is
-    predicted to lose to cubic spline."""
+    (default: ``--model`` loaded here) on ``image`` (default: the input, read here), said
+    on stderr, with a warning when the model is predicted to lose to cubic spline."""
     from srrecnn_jax.guardrails import check_scan, losing_note
     from srrecnn_jax.images import read_input, to_array
     from srrecnn_jax.inference import SuperResolver
 
     loaded = loaded or SuperResolver.load(args.model, args.prototxt).model
-    lr = to_array(read_input(args.inputs[0], "input image"))
+    lr = to_array(image if image is not None else read_input(args.inputs[0], "input image"))
     facts = check_scan(loaded.params, loaded.config, lr, options.scale, options.precision,
                        options.acquisition, options.consistency)
     gain = facts["self_check_gain_db"]

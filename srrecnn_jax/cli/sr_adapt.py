@@ -108,5 +108,5 @@ def run(args: argparse.Namespace, options: InferenceOptions,
         write_model(args.save_adapted, result.adapted, args.force, protected)
         facts["saved"] = str(args.save_adapted)
     output = super_resolve_file(source, args.output, result.model, options,
-                                force=args.force, warn=warn)
+                                force=args.force, warn=warn, image=image)
     return output, {"adapt": facts}

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace, options: InferenceOptions,
 
     source = args.inputs[0]
     check_output_file(args.output, args.force, [source], make_folder=True)
-    lr = to_array(read_input(source, "input image"))
+    image = read_input(source, "input image")
+    lr = to_array(image)
     asked = load_model(args.model, args.prototxt)
     if asked.config.in_channels != 1:
         raise SrrecnnError("takes monomodal models only", "auto_model")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace, options: InferenceOptions,
         say(f"the model asked for is {choice.why}; using {choice.name} "
             f"({choice.gains[choice.name]:+.2f} dB predicted)")
     output = super_resolve_file(source, args.output, choice.model, options,
-                                force=args.force, warn=warn)
+                                force=args.force, warn=warn, image=image)
     gain = choice.gains[choice.name or "asked"]
     return output, {**choice.checks, "self_check_gain_db": round(gain, 3),
                     "auto_model": facts}
