@@ -211,18 +211,28 @@ def patch_shape(pairs: Sequence[Pair], h: int, cut: int, edge: int) -> tuple[int
     return tuple(shape)
 
 
+#: Tries at drawing a patch of foreground (``draw_patches``) before one is taken as it is.
+DRAW_TRIES = 20
+
+
 def draw_patches(pairs: Sequence[Pair], h: int, cut: int, shape: Sequence[int], count: int,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                 rng: np.random.Generator, floor: float = 0.0
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """``count`` random patches of ``shape`` from the training part of the pairs (a pair
-    drawn at random for each): inputs ``(N, *shape, 1)`` and labels ``(N, *shape, 1)``."""
+    drawn at random for each): inputs ``(N, *shape, 1)`` and labels ``(N, *shape, 1)``.
+    A patch whose target's mean is below ``floor`` (targets are divided by the scan's
+    maximum) is drawn again, up to ``DRAW_TRIES`` times: air teaches nothing."""
     inputs, labels = [], []
     for _ in range(count):
-        pair = pairs[rng.integers(len(pairs))]
-        corner = []
-        for i, n in enumerate(shape):
-            extent = cut if pair.axes[i] == h else pair.volume.shape[i]
-            corner.append(int(rng.integers(extent - n + 1)))
-        where = tuple(slice(c, c + n) for c, n in zip(corner, shape))
+        for _ in range(DRAW_TRIES):
+            pair = pairs[rng.integers(len(pairs))]
+            corner = []
+            for i, n in enumerate(shape):
+                extent = cut if pair.axes[i] == h else pair.volume.shape[i]
+                corner.append(int(rng.integers(extent - n + 1)))
+            where = tuple(slice(c, c + n) for c, n in zip(corner, shape))
+            if pair.target[where].mean() >= floor:
+                break
         inputs.append(pair.volume[where])
         labels.append(pair.target[where][..., None])
     return np.stack(inputs), np.stack(labels)
@@ -381,7 +391,8 @@ def _train(params: model.Params, pairs: Sequence[Pair], h: int, cut: int,
         return 0
     rng = np.random.default_rng(settings.seed)
     shape = patch_shape(pairs, h, cut, settings.patch)
-    inputs, labels = draw_patches(pairs, h, cut, shape, settings.pool, rng)
+    inputs, labels = draw_patches(pairs, h, cut, shape, settings.pool, rng,
+                                  settings.foreground)
     before = time.perf_counter()
     feats = features(frozen, inputs, deadline=deadline)
     pool = len(feats)
@@ -411,7 +422,8 @@ def _train(params: model.Params, pairs: Sequence[Pair], h: int, cut: int,
         if settings.renew_every and steps % settings.renew_every == 0:
             renewal = steps // settings.renew_every - 1
             feats, base, label = _renew((feats, base, label), renewal, frozen,
-                                        draw_patches(pairs, h, cut, shape, min(RENEW, pool), rng))
+                                        draw_patches(pairs, h, cut, shape, min(RENEW, pool), rng,
+                                                     settings.foreground))
         estimate = time.perf_counter() - began
         if best.due(deadline):
             best.check(trained, steps)

@@ -57,6 +57,14 @@ class AdaptSettings:
         longer the last layers learn them, the more they learn that geometry. Pairs on
         the output grid instead (the thick axis spline-zoomed first) made 3 times fewer
         steps for no more: +0.79 and +0.05 on the CE-T1 and the head.
+      foreground: a patch whose target's mean is below this fraction of the scan's
+        maximum is drawn again (``adapt.draw_patches``), so that the air around a head
+        does not fill the pool; 0 (the default): patches from anywhere. On the real
+        training slabs at 1x1x4, 300 s, through-plane gain of the adapted model over
+        the start inside the head mask, 0 -> 0.1: 1.6 mm T1 head +0.05 -> +0.07 dB,
+        stroke T2 +0.24 -> +0.19, CE-T1 +0.75 -> +0.00 (its held-out slab is mostly
+        air, which a model fine-tuned on tissue alone restores less well, so nothing
+        was kept).
       max_steps: the most steps made (0: as many as the budget allows); a run of fixed
         steps gives the same weights on any machine that finishes them in the budget.
     """
@@ -74,6 +82,7 @@ class AdaptSettings:
     keep_margin_db: float = 0.1
     renew_every: int = 0
     max_steps: int = 0
+    foreground: float = 0.0
 
     def __post_init__(self) -> None:
         least = {"renew_every": 0, "max_steps": 0, "layers": 1, "patch": 1, "pool": 1,
@@ -88,6 +97,9 @@ class AdaptSettings:
         if not self.seconds > 0:
             raise SrrecnnError(f"must be a budget above 0 seconds, got {self.seconds!r}",
                                "adapt")
+        if not 0 <= self.foreground < 1:
+            raise SrrecnnError(f"AdaptSettings.foreground must be between 0 and 1, "
+                               f"got {self.foreground!r}")
         if not 0 < self.heldout < 1:
             raise SrrecnnError(f"AdaptSettings.heldout must be between 0 and 1, "
                                f"got {self.heldout!r}")

@@ -19,7 +19,15 @@ import SimpleITK as sitk
 from test_batch import manifest, run_cli
 
 from srrecnn_jax import config, model
-from srrecnn_jax.adapt import AdaptResult, AdaptSettings, BestCheck, adapt, make_pairs
+from srrecnn_jax.adapt import (
+    AdaptResult,
+    AdaptSettings,
+    BestCheck,
+    Pair,
+    adapt,
+    draw_patches,
+    make_pairs,
+)
 from srrecnn_jax.batch import pipeline
 from srrecnn_jax.batch.resume import changed_facts, job_facts
 from srrecnn_jax.checkpoint import LoadedModel, load_model
@@ -163,6 +171,24 @@ def test_a_stop_request_ends_the_fine_tuning_at_the_next_step(thick):
     result = adapt(harmful(), thick[0], (1, 1, 4), stop=stop,
                    settings=AdaptSettings(seconds=120, learning_rate=1e-2, algorithm="xla"))
     assert (result.steps, len(asked)) == (1, 3)
+
+
+def half_air_pair() -> Pair:
+    """A 40^3 pair whose first half along x is air (0) and second half tissue (0.5 to 1)."""
+    target = np.zeros((40, 40, 40), np.float32)
+    target[20:] = np.random.default_rng(1).uniform(0.5, 1.0, (20, 40, 40))
+    return Pair(target[..., None].copy(), target, 1.0, (0, 1, 2), 0)
+
+
+def test_patches_of_air_are_drawn_again():
+    """With ``floor`` 0.1 every 8^3 patch of a half-air scan has a target mean of at least
+    0.1; without it, some of 64 are (almost) all air."""
+    pair = half_air_pair()
+    rng = np.random.default_rng(0)
+    _, anywhere = draw_patches([pair], 2, 40, (8, 8, 8), 64, rng)
+    _, tissue = draw_patches([pair], 2, 40, (8, 8, 8), 64, rng, floor=0.1)
+    assert anywhere.mean(axis=(1, 2, 3, 4)).min() < 0.1
+    assert tissue.mean(axis=(1, 2, 3, 4)).min() >= 0.1
 
 
 def test_a_fixed_number_of_steps_gives_the_same_weights_twice(thick):
@@ -407,6 +433,7 @@ def test_without_adapt_the_output_is_super_resolve_array(thick, models, tmp_path
 
 
 @pytest.mark.parametrize(("field", "value"), [("renew_every", -1), ("max_steps", -5),
+                                              ("foreground", 1.0), ("foreground", -0.1),
                                               ("max_steps", 2.5), ("pool", 0),
                                               ("learning_rate", float("nan")),
                                               ("heldout", 1.0)])
