@@ -1,7 +1,7 @@
 """How far the self-check's choice of point spread limits it: the self-check's predicted
 gain under each acquisition it can make (``guardrails.self_check_gain_db`` with
 ``psf="gaussian"`` and ``psf="kspace"``) beside the true gain, per model, scan and
-condition, and the sign agreement of three rules: as shipped (the point spread the
+condition, and the sign agreement of two rules: as shipped (the point spread the
 input's fall-off suggests, ``guardrails.likely_psf``), and told the true one (oracle).
 
     python checkpoints/scripts/split_real.py data/real
@@ -9,6 +9,7 @@ input's fall-off suggests, ``guardrails.likely_psf``), and told the true one (or
         data/real/ce_T1_1mm_inferior.nii.gz data/real/ce_T1_1mm_superior.nii.gz \\
         --models mono_x2 mono_x2_robust real_x2 --json runs/selfcheck_oracle_ce.json
     python checkpoints/scripts/selfcheck_oracle.py --colin-crop \\
+        --models "original 10L-64 x2" mono_x2 mono_x2_robust real_x2 \\
         --json runs/selfcheck_oracle_colin.json
 
 Each volume (its central 96 x 112 x 96 voxels at most) is acquired at x2 as
