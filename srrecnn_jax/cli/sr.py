@@ -16,6 +16,8 @@ from srrecnn_jax.errors import SrrecnnError
 from srrecnn_jax.inference_options import CEILING, HEADERS, InferenceOptions
 
 if TYPE_CHECKING:
+    import SimpleITK as sitk
+
     from srrecnn_jax.checkpoint import LoadedModel
 
 
@@ -284,9 +286,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checked_inputs(args: argparse.Namespace) -> tuple[LoadedModel, object]:
+def _checked_inputs(args: argparse.Namespace) -> tuple[LoadedModel, sitk.Image]:
     """For ``--check``: the output checked, then ``--model`` loaded and the single input
-    read (a ``SimpleITK.Image``), once for both the run and the checks."""
+    read, once for both the run and the checks."""
     from srrecnn_jax.files import check_output_file
     from srrecnn_jax.images import read_input
     from srrecnn_jax.inference import SuperResolver
@@ -298,7 +300,7 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[LoadedModel, object]:
 
 
 def _check(args: argparse.Namespace, options: InferenceOptions,
-           loaded: LoadedModel | None = None, image=None) -> dict:
+           loaded: LoadedModel | None = None, image: sitk.Image | None = None) -> dict:
     """The per-scan checks of the single input (``guardrails.check_scan``) for ``loaded``
     (default: ``--model`` loaded here) on ``image`` (default: the input, read here), said
     on stderr, with a warning when the model is predicted to lose to cubic spline."""
