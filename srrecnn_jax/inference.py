@@ -81,7 +81,7 @@ def prepare_array(config: ModelConfig, lr: np.ndarray,
     options = InferenceOptions.of(options, **settings)
     scale, order = options.scale, options.order
     output_shape(lr.shape, scale, config.in_channels,
-                 projecting=options.acquisition != "none")
+                 projecting=options.projecting)
     check_values(lr, "input")
     low, top = float(lr.min()), float(lr.max())
     if options.interpolation == "device":
@@ -96,7 +96,7 @@ def prepare_array(config: ModelConfig, lr: np.ndarray,
                                f"{interp.shape}")
         check_values(reference, "reference")
         channels.append(reference / np.float32(reference.max()))
-    kept = None if options.acquisition == "none" else lr / np.float32(top)
+    kept = lr / np.float32(top) if options.projecting else None
     return Prepared(np.stack(channels, axis=-1), low, top, ceiling=options.ceiling, lr=kept,
                     acquisition=options.acquisition, consistency=options.consistency)
 
@@ -261,7 +261,7 @@ class SuperResolver:
         options = InferenceOptions.of(options, **settings)
         factors = options.scale
         out_size = output_shape(image.GetSize(), factors, self.config.in_channels, input_name,
-                                projecting=options.acquisition != "none")
+                                projecting=options.projecting)
         lr = to_array(image)
         check_values(lr, input_name)
         geometry = zoomed_geometry(image, out_size, factors, options.header)
@@ -338,7 +338,7 @@ def super_resolve_file(source: Path, output: Path, model: str | Path | LoadedMod
     check_output_file(output, force, inputs, make_folder=True)
     image = read_input(source, "input image") if image is None else image
     output_shape(image.GetSize(), options.scale, 2 if reference else 1, str(source),
-                 projecting=options.acquisition != "none")
+                 projecting=options.projecting)
     ref = read_input(reference, "reference image") if reference else None
     resolver = (SuperResolver(model) if isinstance(model, LoadedModel)
                 else SuperResolver.load(model, prototxt))

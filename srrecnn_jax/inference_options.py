@@ -89,6 +89,12 @@ class InferenceOptions:
             raise SrrecnnError("sets the projection of an acquisition: give the acquisition "
                                "too, or it changes nothing", "consistency")
 
+    @property
+    def projecting(self) -> bool:
+        """Whether the output is projected onto the input's acquisition
+        (``consistency.project``), which needs more memory."""
+        return self.acquisition != "none"
+
     @classmethod
     def of(cls, scale: InferenceOptions | float | str | Sequence[float],
            **settings) -> InferenceOptions:

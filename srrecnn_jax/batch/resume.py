@@ -64,7 +64,7 @@ def job_facts(job: Job, options: InferenceOptions, model: str, *, isotropic: boo
         facts |= {"isotropic": True, "target_spacing": target_spacing}
     if adapt is not None:
         facts |= {"adapt": adapt, "slice_thickness": slice_thickness}
-    if options.acquisition != "none":
+    if options.projecting:
         facts |= {"acquisition": options.acquisition, "consistency": options.consistency}
     return json.loads(json.dumps(facts))  # as a manifest row reads back (lists, not tuples)
 
